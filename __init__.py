@@ -1,0 +1,11 @@
+"""ComfyUI-WanFit: WAN 2.2 video generation that fits the GPU it runs on.
+
+ComfyUI imports this folder under whatever name it was cloned as, so every import
+inside the package is relative. Nothing heavy is imported here.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./js"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
