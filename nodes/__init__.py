@@ -1,10 +1,13 @@
 """Node classes only; each file declares its nodes and calls into wanfit/."""
 
-from . import attention, device_info
+from . import attention, device_info, plan
+from .routes import register_with_comfyui
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
-for _module in (device_info, attention):
+for _module in (device_info, plan, attention):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+register_with_comfyui()

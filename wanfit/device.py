@@ -103,8 +103,13 @@ def comfyui_version():
     return getattr(module, "__version__", "")
 
 
-def probe_device(torch_device=None):
-    """Read the device PyTorch (or ComfyUI, when given its torch_device) will use."""
+def probe_device(torch_device=None, count_own_allocations_as_free=False):
+    """Read the device PyTorch (or ComfyUI, when given its torch_device) will use.
+
+    Inside ComfyUI, VRAM this process already holds (loaded models, the allocator's cache)
+    can be freed by ComfyUI itself, so the planner must not mistake it for another process's:
+    count_own_allocations_as_free adds it back to the free figure.
+    """
     import torch
 
     total_ram, free_ram = system_ram_bytes()
@@ -122,6 +127,8 @@ def probe_device(torch_device=None):
     if torch_device.type == "cuda":
         index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
         free_vram, total_vram = torch.cuda.mem_get_info(index)
+        if count_own_allocations_as_free:
+            free_vram = min(total_vram, free_vram + torch.cuda.memory_reserved(index))
         return DeviceInfo(
             kind="cuda",
             name=torch.cuda.get_device_name(index),
@@ -139,4 +146,4 @@ def probe_comfyui_device():
     """The device ComfyUI's model management chose (honours --cpu)."""
     import comfy.model_management as model_management
 
-    return probe_device(model_management.get_torch_device())
+    return probe_device(model_management.get_torch_device(), count_own_allocations_as_free=True)

@@ -1,0 +1,87 @@
+"""WanFit Offload Plan node and GET /wanfit/plan through a real ComfyUI server."""
+
+import json
+import urllib.parse
+
+import pytest
+
+from wanfit.client import PromptFailedError
+
+
+def plan_graph(**inputs):
+    defaults = dict(model_variant="ti2v_5b", width=1280, height=704, frames=121, batch=1, cfg=True, mode="auto",
+                    reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto")
+    return {"1": {"class_type": "WanFitOffloadPlan", "inputs": {**defaults, **inputs}}}
+
+
+def get_plan(client, **params):
+    status, body = client._request("GET", "/wanfit/plan?" + urllib.parse.urlencode(params))
+    return status, json.loads(body)
+
+
+def test_plan_node_on_this_cpu_server_says_cpu_and_reaches_the_ui(client):
+    entry = client.run(plan_graph(width=64, height=64, frames=5), timeout_s=60)
+    summary = entry["outputs"]["1"]["text"][0]
+    plan = entry["outputs"]["1"]["wanfit_plan"][0]
+    assert summary.startswith("WanFit plan: TI2V-5B 64x64x5")
+    assert "[CPU]" in summary and "CPU only" in summary
+    assert plan["tier"] == "CPU" and plan["launch_args"] == ["--cpu"]
+    assert any("no GPU is available" in reason for reason in plan["reasons"])
+
+
+def test_plan_node_for_a_named_tier(client):
+    entry = client.run(plan_graph(model_variant="t2v_a14b", width=832, height=480, frames=81,
+                                  mode="PROSUMER_24GB"), timeout_s=60)
+    plan = entry["outputs"]["1"]["wanfit_plan"][0]
+    assert plan["tier"] == "PROSUMER_24GB"
+    assert plan["predicted_peak_vram_bytes"] <= plan["total_vram_bytes"] - plan["reserve_vram_bytes"]
+    assert "Predicted peak VRAM" in entry["outputs"]["1"]["text"][0]
+
+
+def test_plan_node_refuses_what_cannot_fit_and_says_what_would(client):
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(plan_graph(model_variant="t2v_a14b", width=1280, height=720, frames=81, mode="CONSUMER_8GB"))
+    message = str(failure.value)
+    assert "PlanDoesNotFitError" in message and "does not fit on" in message
+    assert "What would fit: fewer frames: at most" in message
+
+
+def test_plan_node_names_the_bad_field(client):
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(plan_graph(width=64, height=64, frames=8))
+    assert "frames=8 is invalid: expected 4n+1" in str(failure.value)
+
+
+def test_http_route_returns_the_same_plan_as_the_node(client):
+    status, plan = get_plan(client, model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB")
+    assert status == 200, plan
+    entry = client.run(plan_graph(model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB"))
+    assert plan == entry["outputs"]["1"]["wanfit_plan"][0]
+
+
+def test_http_route_on_this_machine_plans_for_the_cpu(client):
+    status, plan = get_plan(client, width=64, height=64, frames=5)
+    assert status == 200 and plan["tier"] == "CPU"
+
+
+@pytest.mark.parametrize("params, field, text", [
+    ({"frames": 8}, "frames", "expected 4n+1"),
+    ({"width": 100}, "width", "expected a multiple of 32 for TI2V-5B"),
+    ({"width": -64}, "width", "width=-64 is invalid"),
+    ({"model_variant": "wan_1_3b"}, "model_variant", "one of ti2v_5b, t2v_a14b, i2v_a14b"),
+    ({"frames": "many"}, "frames", "expected a whole number"),
+    ({"mode": "PROSUMER_24GB", "reserve_vram_gb": 30}, "reserve_vram_gb", "reserve_vram_gb"),
+    ({"colour": "red"}, "colour", "one of the parameters"),
+])
+def test_http_route_rejects_bad_input_naming_the_field(client, params, field, text):
+    status, body = get_plan(client, **params)
+    assert status == 400, body
+    assert body["field"] == field
+    assert text in body["error"]
+
+
+def test_http_route_refusal_lists_suggestions(client):
+    status, body = get_plan(client, model_variant="t2v_a14b", width=1280, height=720, frames=81, mode="CONSUMER_8GB")
+    assert status == 422
+    assert body["max_frames"] is not None and body["max_frames"] < 81
+    assert any("fewer frames" in suggestion for suggestion in body["suggestions"])

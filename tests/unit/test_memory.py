@@ -1,0 +1,112 @@
+"""Memory model: parameter counts against the architectures, bytes per dtype, monotone activations."""
+
+import os
+import sys
+
+import pytest
+
+from wanfit import memory
+
+COMFYUI = os.path.expanduser("~/ComfyUI")
+
+
+@pytest.mark.parametrize("config, expected", [
+    (memory.TI2V_5B, 4_999_787_712),
+    (memory.T2V_A14B_EXPERT, 14_288_491_584),
+])
+def test_transformer_param_count_matches_the_formula(config, expected):
+    assert memory.transformer_param_count(config) == expected
+
+
+def test_i2v_expert_differs_only_by_input_channels():
+    extra = memory.transformer_param_count(memory.I2V_A14B_EXPERT) - memory.transformer_param_count(memory.T2V_A14B_EXPERT)
+    assert extra == (36 - 16) * 4 * 5120
+
+
+def test_umt5_xxl_is_about_5_7b():
+    assert memory.t5_encoder_param_count() == 5_680_910_336
+
+
+@pytest.mark.parametrize("dtype, low_gib, high_gib", [
+    ("fp16", 26.0, 27.0), ("bf16", 26.0, 27.0), ("fp8_scaled", 13.0, 14.0), ("fp8_e4m3fn", 13.0, 14.0), ("fp8_e5m2", 13.0, 14.0),
+])
+def test_a14b_expert_weight_bytes_per_dtype(dtype, low_gib, high_gib):
+    size = memory.transformer_weight_bytes(memory.T2V_A14B_EXPERT, dtype) / 2**30
+    assert low_gib < size < high_gib, f"{dtype}: {size:.2f} GiB"
+
+
+def test_fp8_scaled_text_encoder_matches_the_published_file_size():
+    # umt5_xxl_fp8_e4m3fn_scaled.safetensors is ~6.7 GB: embedding stays 16-bit
+    assert 6.6e9 < memory.text_encoder_weight_bytes("fp8_scaled") < 6.8e9
+    assert memory.text_encoder_weight_bytes("fp16") == 2 * memory.t5_encoder_param_count()
+
+
+def test_cpu_upcasts_16_bit_weights_to_fp32_but_not_fp8():
+    fp16 = memory.transformer_weight_bytes(memory.TI2V_5B, "fp16")
+    assert memory.transformer_weight_bytes(memory.TI2V_5B, "fp16", upcast_to_fp32=True) > 1.9 * fp16
+    assert memory.transformer_weight_bytes(memory.TI2V_5B, "fp8_scaled", upcast_to_fp32=True) < 0.6 * fp16
+
+
+@pytest.mark.parametrize("config, width, height, frames, tokens", [
+    (memory.TI2V_5B, 1280, 704, 121, 31 * 22 * 40),
+    (memory.T2V_A14B_EXPERT, 1280, 720, 81, 21 * 45 * 80),
+    (memory.T2V_A14B_EXPERT, 832, 480, 81, 21 * 30 * 52),
+])
+def test_tokens(config, width, height, frames, tokens):
+    assert memory.transformer_tokens(config, width, height, frames) == tokens
+
+
+def test_activations_scale_with_tokens_and_batch():
+    one = memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 832, 480, 81)
+    assert memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 832, 480, 81, batch_elements=2) == pytest.approx(2 * one, rel=1e-6)
+    assert memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) > 2 * one
+    # 720p A14B, one pass: a few GB, not tens (SDPA never materializes the score matrix)
+    assert 5 * 2**30 < memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) < 12 * 2**30
+
+
+def test_vae_decode_does_not_grow_with_video_length_but_with_pixels():
+    assert memory.vae_decode_bytes("wan2.2", 1280, 704) > memory.vae_decode_bytes("wan2.2", 832, 480)
+    assert memory.vae_decode_min_tile_bytes("wan2.1") < memory.vae_decode_bytes("wan2.1", 832, 480)
+    assert set(memory.VAE_DECODE_BYTES_PER_OUTPUT_PIXEL) == {"wan2.1", "wan2.2"}
+
+
+def test_comfyui_estimate_is_larger_than_ours():
+    """ComfyUI's memory_required is deliberately pessimistic; ours models live tensors."""
+    ours = memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81)
+    assert memory.comfyui_memory_required_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) > ours
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(COMFYUI, "comfy")), reason="needs a ComfyUI checkout at ~/ComfyUI")
+def test_formula_matches_comfyui_modules_on_meta_device():
+    """Build ComfyUI's real WanModel / VAEs / umT5 on the meta device and count parameters."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, COMFYUI)
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # model_management must not look for a GPU
+        import json
+
+        import comfy.ldm.wan.model as wan_model
+        import comfy.ldm.wan.vae as vae21
+        import comfy.ldm.wan.vae2_2 as vae22
+        import comfy.ops
+        import comfy.text_encoders.t5 as t5
+    finally:
+        sys.path.remove(COMFYUI)
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):
+        for config in (memory.TI2V_5B, memory.T2V_A14B_EXPERT, memory.I2V_A14B_EXPERT):
+            model = wan_model.WanModel(model_type="t2v", in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim,
+                                       out_dim=config.out_dim, num_heads=config.num_heads, num_layers=config.num_layers,
+                                       device="meta", operations=comfy.ops.disable_weight_init)
+            assert count(model) == memory.transformer_param_count(config), config.name
+        common = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True])
+        assert count(vae22.WanVAE(dim=160, z_dim=48, **common)) == memory.VAE_PARAM_COUNTS["wan2.2"]
+        assert count(vae21.WanVAE(dim=96, z_dim=16, **common)) == memory.VAE_PARAM_COUNTS["wan2.1"]
+        with open(os.path.join(COMFYUI, "comfy/text_encoders/umt5_config_xxl.json")) as handle:
+            umt5 = t5.T5(json.load(handle), dtype=None, device="meta", operations=comfy.ops.disable_weight_init)
+        assert count(umt5) == memory.t5_encoder_param_count()

@@ -1,0 +1,273 @@
+"""Planner: every plan fits the card and the RAM, or refuses saying what would fit."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+import pytest
+
+from wanfit import memory
+from wanfit.device import DeviceInfo
+from wanfit.errors import InvalidInputError, WanFitError
+from wanfit.plan import (GPU_TIERS, Job, Overrides, Plan, PlanDoesNotFitError, cpu_device, device_for_gpu,
+                         device_for_tier, plan, tier_for_vram)
+
+GIB = 2**30
+CARDS = ["RTX 3070", "RTX 3060", "RTX 4080", "RTX 4090", "RTX 5090", "RTX A6000", "L40S", "H100 80GB", "H200"]
+RAM_GB = [16, 32, 64, 117, 968]
+JOBS = [
+    ("ti2v_5b", Job(1280, 704, 121)),
+    ("t2v_a14b", Job(832, 480, 81)),
+    ("t2v_a14b", Job(1280, 720, 81)),
+    ("i2v_a14b", Job(1280, 720, 81)),
+]
+MATRIX = [(card, ram, variant, job) for card in CARDS for ram in RAM_GB for variant, job in JOBS]
+
+
+@pytest.mark.parametrize("card, ram_gb, variant, job", MATRIX,
+                         ids=[f"{c}-{r}GB-{v}-{j.width}x{j.height}x{j.frames}" for c, r, v, j in MATRIX])
+def test_matrix_plan_fits_or_refuses_usefully(card, ram_gb, variant, job):
+    device = device_for_gpu(card, ram_gb * GIB)
+    try:
+        result = plan(device, variant, job)
+    except PlanDoesNotFitError as error:
+        message = str(error)
+        assert "does not fit" in message and device.name in message
+        assert "What would fit:" in message, message
+        assert error.suggestions, message
+        return
+    limit = device.total_vram_bytes - result.reserve_vram_bytes
+    assert result.predicted_peak_vram_bytes <= limit, f"VRAM {result.predicted_peak_vram_bytes / GIB:.2f} > {limit / GIB:.2f}"
+    assert result.predicted_peak_ram_bytes <= ram_gb * GIB, f"RAM {result.predicted_peak_ram_bytes / GIB:.2f} > {ram_gb}"
+    assert 0 <= result.resident_model_bytes <= result.model_weight_bytes
+    assert result.resident_model_bytes + result.streamed_model_bytes == result.model_weight_bytes
+    assert "--reserve-vram" in result.launch_args
+    assert result.launch_env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert result.reasons
+
+
+EXPECTED = [
+    # card, RAM GB, variant, job, weight dtype (None: refused), text encoder device
+    ("H100 80GB", 117, "t2v_a14b", Job(1280, 720, 81), "fp16", "gpu"),
+    ("RTX 4090", 64, "t2v_a14b", Job(1280, 720, 81), "fp8_scaled", "gpu"),
+    ("RTX 5090", 64, "i2v_a14b", Job(1280, 720, 81), "fp8_scaled", "gpu"),
+    ("RTX 3060", 64, "t2v_a14b", Job(832, 480, 81), "fp8_scaled", "gpu"),
+    ("RTX 3070", 32, "t2v_a14b", Job(832, 480, 81), "fp8_scaled", "cpu"),
+    ("RTX 3070", 64, "ti2v_5b", Job(1280, 704, 121), "fp16", "cpu"),
+    ("RTX 4090", 64, "ti2v_5b", Job(1280, 704, 121), "fp16", "gpu"),
+    ("RTX 3070", 16, "t2v_a14b", Job(1280, 720, 81), None, None),
+]
+
+
+@pytest.mark.parametrize("card, ram_gb, variant, job, dtype, te_device", EXPECTED)
+def test_choices_for_known_setups(card, ram_gb, variant, job, dtype, te_device):
+    device = device_for_gpu(card, ram_gb * GIB)
+    if dtype is None:
+        with pytest.raises(PlanDoesNotFitError):
+            plan(device, variant, job)
+        return
+    result = plan(device, variant, job)
+    assert (result.weight_dtype, result.text_encoder_device) == (dtype, te_device), result.summary()
+
+
+def test_a14b_streams_an_fp8_expert_on_an_8gb_card():
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81))
+    assert result.streamed_model_bytes > 10 * GIB
+    assert "--async-offload" in result.launch_args
+
+
+def test_low_ram_drops_the_high_noise_expert_before_the_low_noise_one():
+    result = plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81))
+    assert result.drop_high_noise_expert_before_low and result.drop_text_encoder_after_encode
+    assert "--cache-none" in result.launch_args
+    roomy = plan(device_for_gpu("RTX 4090", 117 * GIB), "t2v_a14b", Job(832, 480, 81))
+    assert not roomy.drop_high_noise_expert_before_low
+    # RAM counts both experts and the text encoder when nothing is dropped
+    both = 2 * roomy.model_weight_bytes + memory.text_encoder_weight_bytes(roomy.text_encoder_dtype)
+    assert roomy.predicted_peak_ram_bytes > both
+
+
+def test_refusal_on_8gb_with_16gb_ram_says_what_would_fit():
+    with pytest.raises(PlanDoesNotFitError) as caught:
+        plan(device_for_gpu("RTX 3070", 16 * GIB), "t2v_a14b", Job(1280, 720, 81))
+    message = str(caught.value)
+    assert "VRAM" in message and "RAM" in message
+    assert "TI2V-5B" in message
+
+
+def test_refusal_computes_max_frames_and_smaller_size():
+    with pytest.raises(PlanDoesNotFitError) as caught:
+        plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 81))
+    error = caught.value
+    assert error.max_frames is not None and (error.max_frames - 1) % 4 == 0
+    assert f"at most {error.max_frames} frames" in str(error)
+    assert plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, error.max_frames))
+    assert "smaller size" in str(error)
+
+
+def test_refusal_for_ram_names_the_ram_needed():
+    with pytest.raises(PlanDoesNotFitError) as caught:
+        plan(device_for_gpu("H100 80GB", 16 * GIB), "t2v_a14b", Job(832, 480, 81))
+    error = caught.value
+    assert "more system RAM: at least" in str(error)
+    needed = error.required_ram_bytes
+    assert needed > 16 * GIB
+    assert plan(device_for_gpu("H100 80GB", needed), "t2v_a14b", Job(832, 480, 81))
+
+
+def test_forced_fp16_refusal_suggests_fp8():
+    with pytest.raises(PlanDoesNotFitError) as caught:
+        plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81), Overrides(weight_dtype="fp16"))
+    assert "fp8" in str(caught.value)
+
+
+def test_cpu_plan_says_cpu_and_why():
+    result = plan(cpu_device(64 * GIB), "ti2v_5b", Job(640, 352, 17))
+    assert result.tier == "CPU" and result.is_cpu
+    assert result.launch_args == ("--cpu",)
+    assert result.predicted_peak_vram_bytes == 0
+    assert result.attention_backend == "pytorch_sdpa"
+    assert "CPU" in result.summary() and any("no GPU" in reason for reason in result.reasons)
+
+
+def test_reserve_for_a_colocated_llm_server():
+    result = plan(device_for_gpu("RTX 4090", 64 * GIB), "ti2v_5b", Job(1280, 704, 121), Overrides(reserve_vram_bytes=10 * GIB))
+    assert result.reserve_vram_bytes == 10 * GIB
+    assert result.predicted_peak_vram_bytes <= result.total_vram_bytes - 10 * GIB
+    assert "--disable-smart-memory" in result.launch_args
+    assert result.launch_args[result.launch_args.index("--reserve-vram") + 1] == "10"
+
+
+def test_vram_held_by_another_process_is_reserved():
+    card = device_for_gpu("RTX 4090", 64 * GIB)
+    busy = device_for_gpu("RTX 4090", 64 * GIB, free_vram_bytes=card.total_vram_bytes - 8 * GIB)
+    assert plan(busy, "ti2v_5b", Job(1280, 704, 121)).reserve_vram_bytes >= 7 * GIB
+
+
+def test_plan_as_dict_is_json_and_summary_is_short():
+    result = plan(device_for_tier("PROSUMER_24GB"), "t2v_a14b", Job(1280, 720, 81))
+    data = json.loads(json.dumps(result.as_dict()))
+    for key in ("weight_dtype", "text_encoder_device", "resident_model_bytes", "streamed_model_bytes",
+                "drop_high_noise_expert_before_low", "vae_decode_budget_bytes", "attention_backend",
+                "reserve_vram_bytes", "predicted_peak_vram_bytes", "predicted_peak_ram_bytes", "launch_args",
+                "launch_env", "reasons", "tier"):
+        assert key in data
+    assert data["tier"] == "PROSUMER_24GB"
+    assert 3 <= len(result.summary().splitlines()) <= 8
+
+
+@pytest.mark.parametrize("tier", list(GPU_TIERS))
+def test_tier_helpers_round_trip(tier):
+    assert tier_for_vram(device_for_tier(tier).total_vram_bytes) == tier
+
+
+def test_l40s_counts_as_a_48gb_card():
+    assert tier_for_vram(device_for_gpu("L40S").total_vram_bytes) == "PROSUMER_48GB"
+
+
+def test_old_cards_prefer_sdpa():
+    turing = DeviceInfo(kind="cuda", name="RTX 2080 Ti", total_vram_bytes=11 * GIB, free_vram_bytes=11 * GIB,
+                        compute_capability=(7, 5), total_ram_bytes=64 * GIB)
+    assert plan(turing, "ti2v_5b", Job(832, 480, 41)).attention_backend == "pytorch_sdpa"
+
+
+# --- bad inputs ----------------------------------------------------------------
+
+BAD = [
+    ("ti2v_5b", Job(1280, 704, 120), None, "frames"),
+    ("ti2v_5b", Job(1280, 704, 0), None, "frames"),
+    ("ti2v_5b", Job(1280, 720, 121), None, "height"),  # 720 is not a multiple of 32
+    ("ti2v_5b", Job(1296, 704, 121), None, "width"),
+    ("t2v_a14b", Job(1288, 720, 81), None, "width"),
+    ("t2v_a14b", Job(0, 720, 81), None, "width"),
+    ("t2v_a14b", Job(832, -480, 81), None, "height"),
+    ("t2v_a14b", Job(832, 480, 81, batch=0), None, "batch"),
+    ("wan_1b", Job(832, 480, 81), None, "model_variant"),
+    ("t2v_a14b", Job(832, 480, 81), Overrides(reserve_vram_bytes=100 * GIB), "reserve_vram_gb"),
+    ("t2v_a14b", Job(832, 480, 81), Overrides(weight_dtype="int4"), "weight_dtype"),
+    ("t2v_a14b", Job(832, 480, 81), Overrides(text_encoder_device="tpu"), "text_encoder_device"),
+]
+
+
+@pytest.mark.parametrize("variant, job, overrides, field", BAD)
+def test_bad_inputs_name_the_field(variant, job, overrides, field):
+    with pytest.raises(InvalidInputError) as caught:
+        plan(device_for_gpu("RTX 4090"), variant, job, overrides)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field), str(caught.value)
+
+
+def test_a14b_accepts_multiples_of_16():
+    assert plan(device_for_gpu("RTX 4090"), "t2v_a14b", Job(1280, 720, 81))
+
+
+def test_gpu_reporting_zero_vram_is_refused():
+    broken = DeviceInfo(kind="cuda", name="ghost", total_vram_bytes=0, free_vram_bytes=0, total_ram_bytes=64 * GIB)
+    with pytest.raises(InvalidInputError, match="total_vram_bytes"):
+        plan(broken, "ti2v_5b", Job(1280, 704, 121))
+
+
+def test_all_errors_are_wanfit_errors():
+    assert issubclass(PlanDoesNotFitError, WanFitError) and issubclass(InvalidInputError, WanFitError)
+
+
+# --- properties ------------------------------------------------------------------
+
+variants = st.sampled_from(["ti2v_5b", "t2v_a14b", "i2v_a14b"])
+ram_gbs = st.sampled_from(RAM_GB)
+
+
+def _job(variant, width_units, height_units, n):
+    unit = 32 if variant == "ti2v_5b" else 16
+    return Job(width_units * unit, height_units * unit, 4 * n + 1)
+
+
+def _try(device, variant, job):
+    try:
+        return plan(device, variant, job)
+    except PlanDoesNotFitError:
+        return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(variant=variants, ram_gb=ram_gbs, small_gb=st.floats(6, 140), extra_gb=st.floats(0.5, 60),
+       width_units=st.integers(10, 40), height_units=st.integers(10, 40), n=st.integers(0, 40))
+def test_more_vram_never_means_more_offloading(variant, ram_gb, small_gb, extra_gb, width_units, height_units, n):
+    job = _job(variant, width_units, height_units, n)
+
+    def device(gb):
+        total = int(gb * GIB)
+        return DeviceInfo(kind="cuda", name="card", total_vram_bytes=total, free_vram_bytes=total,
+                          compute_capability=(8, 9), total_ram_bytes=ram_gb * GIB)
+
+    small, big = _try(device(small_gb), variant, job), _try(device(small_gb + extra_gb), variant, job)
+    if small is None:
+        return
+    assert big is not None, "a bigger card refused a job a smaller one planned"
+    assert big.resident_fraction >= small.resident_fraction
+    assert big.streamed_model_bytes <= small.streamed_model_bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(variant=variants, card=st.sampled_from(CARDS), ram_gb=ram_gbs, width_units=st.integers(10, 40),
+       height_units=st.integers(10, 40), n=st.integers(0, 40), more_n=st.integers(0, 20), more_w=st.integers(0, 10))
+def test_more_frames_or_pixels_never_lower_predicted_memory(variant, card, ram_gb, width_units, height_units, n, more_n, more_w):
+    device = device_for_gpu(card, ram_gb * GIB)
+    small = _try(device, variant, _job(variant, width_units, height_units, n))
+    big = _try(device, variant, _job(variant, width_units + more_w, height_units, n + more_n))
+    if small is None or big is None or big.weight_dtype != small.weight_dtype:
+        return  # a refusal or a cheaper dtype is the planner's answer to more memory
+    assert big.predicted_peak_vram_bytes >= small.predicted_peak_vram_bytes
+    if big.drop_text_encoder_after_encode == small.drop_text_encoder_after_encode and \
+            big.drop_high_noise_expert_before_low == small.drop_high_noise_expert_before_low:
+        assert big.predicted_peak_ram_bytes >= small.predicted_peak_ram_bytes
+
+
+@settings(max_examples=25, deadline=None)
+@given(variant=variants, card=st.sampled_from(CARDS), ram_gb=ram_gbs, n=st.integers(0, 30))
+def test_same_inputs_same_plan(variant, card, ram_gb, n):
+    job = _job(variant, 40 if variant != "ti2v_5b" else 20, 30 if variant != "ti2v_5b" else 15, n)
+    first = _try(device_for_gpu(card, ram_gb * GIB), variant, job)
+    second = _try(device_for_gpu(card, ram_gb * GIB), variant, job)
+    assert first == second
+    if first is not None:
+        assert isinstance(first, Plan) and first.as_dict() == second.as_dict()

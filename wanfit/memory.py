@@ -1,0 +1,342 @@
+"""Memory model of WAN 2.2 inside ComfyUI v0.3.64: weights, activations, VAE decode.
+
+Everything here is arithmetic on the published architectures, so the planner can
+predict memory before any file is loaded. Parameter counts are derived layer by
+layer from the module definitions in ComfyUI (`comfy/ldm/wan/model.py`,
+`comfy/text_encoders/t5.py` with `umt5_config_xxl.json`); a unit test checks the
+transformer formula against ComfyUI's real `WanModel` built on the meta device.
+
+Constants that are estimates rather than counts are marked ESTIMATE and say
+where they come from; a GPU benchmark (docs/benchmarks.md) is what may change them.
+"""
+
+from dataclasses import dataclass
+import math
+
+from .units import BYTES_PER_GIB, BYTES_PER_MIB
+
+# --- bytes per stored weight -------------------------------------------------
+
+# fp8 "scaled" files (Comfy-Org's *_fp8_scaled.safetensors) store the large
+# matrices in fp8_e4m3fn plus one fp32 scale per matrix; vectors stay 16-bit.
+DTYPE_BYTES = {
+    "fp32": 4,
+    "bf16": 2,
+    "fp16": 2,
+    "fp8_e4m3fn": 1,
+    "fp8_e5m2": 1,
+    "fp8_scaled": 1,
+}
+FP8_DTYPES = ("fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
+WEIGHT_DTYPES = tuple(DTYPE_BYTES)
+FP8_SCALE_BYTES_PER_MATRIX = 4  # one fp32 scale_weight per quantized Linear
+
+
+def dtype_bytes(dtype):
+    return DTYPE_BYTES[dtype]
+
+
+# --- architectures -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WanTransformerConfig:
+    """The numbers ComfyUI reads from a WAN state dict (comfy/model_detection.py)."""
+
+    name: str
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    num_heads: int
+    in_dim: int
+    out_dim: int
+    text_dim: int = 4096  # umt5-xxl d_model
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    patch_size: tuple = (1, 2, 2)
+    vae_spatial_stride: int = 8  # pixels per latent pixel (16 for the Wan 2.2 VAE)
+    latent_channels: int = 16
+
+    @property
+    def head_dim(self):
+        return self.dim // self.num_heads
+
+    @property
+    def pixels_per_token_side(self):
+        """Pixels along one side of one transformer token (VAE stride x patch)."""
+        return self.vae_spatial_stride * self.patch_size[1]
+
+
+TI2V_5B = WanTransformerConfig("TI2V-5B", dim=3072, ffn_dim=14336, num_layers=30, num_heads=24,
+                               in_dim=48, out_dim=48, vae_spatial_stride=16, latent_channels=48)
+T2V_A14B_EXPERT = WanTransformerConfig("T2V-A14B expert", dim=5120, ffn_dim=13824, num_layers=40,
+                                       num_heads=40, in_dim=16, out_dim=16)
+# I2V experts take 16 noise + 20 conditioning channels (WanImageToVideo) and have no img_emb.
+I2V_A14B_EXPERT = WanTransformerConfig("I2V-A14B expert", dim=5120, ffn_dim=13824, num_layers=40,
+                                       num_heads=40, in_dim=36, out_dim=16)
+
+
+def linear_params(in_features, out_features, bias=True):
+    return in_features * out_features + (out_features if bias else 0)
+
+
+def transformer_param_counts(config):
+    """Parameters per component as {name: (matrix_params, vector_params)}.
+
+    Derivation (comfy/ldm/wan/model.py, WanModel with model_type "t2v"; the
+    A14B I2V experts are also built as "t2v", with in_dim 36 and no img_emb):
+    - patch_embedding: Conv3d(in_dim, dim, kernel (1,2,2)) -> in_dim*4*dim + dim (kept fp32)
+    - text_embedding: Linear(text_dim, dim), GELU, Linear(dim, dim)
+    - time_embedding: Linear(freq_dim, dim), SiLU, Linear(dim, dim)
+    - time_projection: SiLU, Linear(dim, 6*dim)
+    - per block (num_layers of them):
+        norm1, norm2: LayerNorm without affine -> 0
+        self_attn: q, k, v, o Linear(dim, dim) with bias + RMSNorm q/k weights (2*dim)
+        norm3: LayerNorm with affine -> 2*dim
+        cross_attn: the same as self_attn (k, v read the dim-wide text context)
+        ffn: Linear(dim, ffn_dim), GELU, Linear(ffn_dim, dim)
+        modulation: Parameter (1, 6, dim)
+    - head: LayerNorm without affine, Linear(dim, out_dim*prod(patch)), modulation (1, 2, dim)
+    """
+    dim, ffn = config.dim, config.ffn_dim
+    patch_volume = math.prod(config.patch_size)
+
+    def linear(i, o):  # split a Linear into (matrix, bias)
+        return i * o, o
+
+    attention_matrix = 4 * dim * dim
+    attention_vector = 4 * dim + 2 * dim  # q/k/v/o biases + RMSNorm q and k
+    block_matrix = 2 * attention_matrix + 2 * dim * ffn
+    block_vector = 2 * attention_vector + 2 * dim + (ffn + dim) + 6 * dim  # + norm3, ffn biases, modulation
+    text_1, text_2 = linear(config.text_dim, dim), linear(dim, dim)
+    time_1, time_2 = linear(config.freq_dim, dim), linear(dim, dim)
+    projection = linear(dim, 6 * dim)
+    head = linear(dim, config.out_dim * patch_volume)
+    return {
+        "patch_embedding": (config.in_dim * patch_volume * dim, dim),
+        "text_embedding": (text_1[0] + text_2[0], text_1[1] + text_2[1]),
+        "time_embedding": (time_1[0] + time_2[0], time_1[1] + time_2[1]),
+        "time_projection": projection,
+        "blocks": (config.num_layers * block_matrix, config.num_layers * block_vector),
+        "head": (head[0], head[1] + 2 * dim),
+    }
+
+
+def transformer_param_count(config):
+    return sum(matrix + vector for matrix, vector in transformer_param_counts(config).values())
+
+
+def transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=False):
+    """Bytes the diffusion model occupies once loaded.
+
+    fp8 applies to the block matrices (what the fp8 files quantize); embeddings,
+    head, biases, norms and modulation stay 16-bit, the patch embedding fp32
+    (ComfyUI builds it with dtype=float32). `upcast_to_fp32`: ComfyUI with --cpu
+    computes in fp32 and loads 16-bit files as fp32 (fp8 files stay fp8).
+    """
+    counts = transformer_param_counts(config)
+    if weight_dtype in FP8_DTYPES:
+        block_matrix, block_vector = counts["blocks"]
+        matrices_per_block = 8 + 2  # q k v o (self) + q k v o (cross) + 2 ffn
+        scales = config.num_layers * matrices_per_block * FP8_SCALE_BYTES_PER_MATRIX if weight_dtype == "fp8_scaled" else 0
+        other = sum(m + v for name, (m, v) in counts.items() if name not in ("blocks", "patch_embedding"))
+        return block_matrix * 1 + (block_vector + other) * 2 + sum(counts["patch_embedding"]) * 4 + scales
+    element_bytes = 4 if upcast_to_fp32 else dtype_bytes(weight_dtype)
+    patch = sum(counts["patch_embedding"])
+    return (transformer_param_count(config) - patch) * element_bytes + patch * 4
+
+
+def largest_matrix_params(config):
+    """The largest single weight ComfyUI casts at once (an FFN matrix)."""
+    return max(config.dim * config.ffn_dim, config.dim * config.dim * 6)
+
+
+# --- text encoder: umt5-xxl (encoder only) -----------------------------------
+
+
+@dataclass(frozen=True)
+class T5EncoderConfig:
+    """comfy/text_encoders/umt5_config_xxl.json; ComfyUI builds only the encoder."""
+
+    d_model: int = 4096
+    d_ff: int = 10240
+    num_layers: int = 24
+    num_heads: int = 64
+    d_kv: int = 64
+    vocab_size: int = 256384
+    relative_attention_num_buckets: int = 32
+
+
+UMT5_XXL = T5EncoderConfig()
+
+
+def t5_encoder_param_counts(config=UMT5_XXL):
+    """{"embedding": n, "matrices": n, "vectors": n} for a gated-GELU umT5 encoder.
+
+    - shared token embedding: vocab x d_model
+    - per layer: q, k, v, o without bias (d_model x heads*d_kv each); a relative
+      position bias per layer (umT5 does not share it: buckets x heads); two
+      RMSNorm weights; gated FFN wi_0, wi_1 (d_model x d_ff) and wo (d_ff x d_model)
+    - final RMSNorm
+    5,680,910,336 parameters for umt5-xxl (checked against ComfyUI's T5 on meta).
+    """
+    inner = config.num_heads * config.d_kv
+    per_layer_matrices = 4 * config.d_model * inner + 3 * config.d_model * config.d_ff
+    per_layer_vectors = config.relative_attention_num_buckets * config.num_heads + 2 * config.d_model
+    return {
+        "embedding": config.vocab_size * config.d_model,
+        "matrices": config.num_layers * per_layer_matrices,
+        "vectors": config.num_layers * per_layer_vectors + config.d_model,
+    }
+
+
+def t5_encoder_param_count(config=UMT5_XXL):
+    return sum(t5_encoder_param_counts(config).values())
+
+
+def text_encoder_weight_bytes(weight_dtype, config=UMT5_XXL):
+    """fp8 files (umt5_xxl_fp8_e4m3fn_scaled) quantize the layer matrices, not the embedding."""
+    counts = t5_encoder_param_counts(config)
+    if weight_dtype in FP8_DTYPES:
+        scales = config.num_layers * 7 * FP8_SCALE_BYTES_PER_MATRIX if weight_dtype == "fp8_scaled" else 0
+        return counts["matrices"] + (counts["embedding"] + counts["vectors"]) * 2 + scales
+    return t5_encoder_param_count(config) * dtype_bytes(weight_dtype)
+
+
+# ESTIMATE: 512 tokens; T5 materializes 64 heads x 512 x 512 attention scores
+# (fp32: 64 MiB) plus a few 512 x 10240 FFN intermediates: well under this.
+TEXT_ENCODER_ACTIVATION_BYTES = 512 * BYTES_PER_MIB
+
+# --- VAEs --------------------------------------------------------------------
+
+# Counted on ComfyUI's comfy.ldm.wan.vae2_2.WanVAE / vae.WanVAE with the ddconfig
+# from comfy/sd.py (meta device): encoder + decoder + 1x1 convs.
+VAE_PARAM_COUNTS = {
+    "wan2.2": 704_688_668,  # z=48, 16x16 spatial, 4x temporal; used by TI2V-5B
+    "wan2.1": 126_892_531,  # z=16, 8x8 spatial, 4x temporal; used by the A14B experts
+}
+VAE_WEIGHT_DTYPE_BYTES = 2  # files are bf16/fp16; ComfyUI decodes in bf16 where supported
+
+# ESTIMATE, to be replaced by measured values (VAE issue): working memory of an
+# untiled decode per pixel of ONE output frame (the decoder is causal: it holds one
+# latent frame and its feature cache at a time, so video length does not count).
+# Taken from ComfyUI's own estimates in comfy/sd.py, class VAE:
+#   Wan 2.2 VAE: memory_used_decode = 8000 * latent_h * latent_w * 16*16 * dtype_size
+#   Wan 2.1 VAE: memory_used_decode = 7000 * latent_h * latent_w * 8*8  * dtype_size
+# i.e. 8000 / 7000 bytes x dtype size (2 for bf16) per output pixel.
+VAE_DECODE_BYTES_PER_OUTPUT_PIXEL = {
+    "wan2.2": 8000 * 2,
+    "wan2.1": 7000 * 2,
+}
+# The smallest tile a budgeted tiled decode will use (the VAE issue owns tiling).
+VAE_DECODE_MIN_TILE_PIXELS = 256 * 256
+
+
+def vae_weight_bytes(vae_name, upcast_to_fp32=False):
+    return VAE_PARAM_COUNTS[vae_name] * (4 if upcast_to_fp32 else VAE_WEIGHT_DTYPE_BYTES)
+
+
+def vae_decode_bytes(vae_name, width, height, batch=1, compute_bytes=2):
+    """Untiled decode working memory for a width x height video (any length)."""
+    per_pixel = VAE_DECODE_BYTES_PER_OUTPUT_PIXEL[vae_name] * compute_bytes // 2
+    return per_pixel * width * height * batch
+
+
+def vae_decode_min_tile_bytes(vae_name, compute_bytes=2):
+    per_pixel = VAE_DECODE_BYTES_PER_OUTPUT_PIXEL[vae_name] * compute_bytes // 2
+    return per_pixel * VAE_DECODE_MIN_TILE_PIXELS
+
+
+# --- transformer activations -------------------------------------------------
+
+
+def latent_frames(frames):
+    """WAN VAEs compress time 4x causally: F = 4n + 1 frames -> n + 1 latent frames."""
+    return (frames - 1) // 4 + 1
+
+
+def transformer_tokens(config, width, height, frames):
+    """Sequence length: latent T x H/(stride*2) x W/(stride*2) (patch (1,2,2))."""
+    side = config.pixels_per_token_side
+    return latent_frames(frames) * (height // side) * (width // side)
+
+
+# Peak live tensors inside one WanAttentionBlock, in units of one hidden state
+# [tokens, dim] at the compute dtype. Read off WanAttentionBlock.forward and
+# comfy/ldm/flux/math.apply_rope1 (inference, no autograd graph):
+# - self-attention while RoPE runs on k: residual x (1) + modulated input (1) +
+#   q (1) + normed k (1) + k upcast to fp32 (2) + fp32 rotated k (2) + its cast (1) = 9.
+#   SDPA (flash / memory-efficient) never materializes the tokens x tokens scores.
+SELF_ATTENTION_PEAK_HIDDEN_UNITS = 9
+# - FFN: x (1) + modulated input (1) + Linear(dim, ffn) output and its GELU
+#   output (2 x ffn_dim/dim units): 2 + 2*ffn_dim/dim (7.4 for A14B, 11.3 for 5B).
+FFN_FIXED_HIDDEN_UNITS = 2
+# RoPE table shared by all blocks: [tokens, head_dim/2, 2, 2] fp32.
+ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN = 8  # (head_dim/2) x 2 x 2 x 4 bytes = 8 x head_dim: 1 KiB for head_dim 128
+# ESTIMATE: caching-allocator rounding and fragmentation between blocks, with
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the plan sets it).
+ACTIVATION_OVERHEAD_FACTOR = 1.2
+
+
+def activation_hidden_units(config):
+    return max(SELF_ATTENTION_PEAK_HIDDEN_UNITS, FFN_FIXED_HIDDEN_UNITS + 2 * config.ffn_dim / config.dim)
+
+
+def activation_bytes_per_token(config, compute_bytes=2):
+    hidden = config.dim * compute_bytes * activation_hidden_units(config)
+    rope = config.head_dim * ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN
+    return (hidden + rope) * ACTIVATION_OVERHEAD_FACTOR
+
+
+def transformer_activation_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2):
+    """Peak activation memory of one forward pass; batch_elements is 2x batch when CFG is batched."""
+    tokens = transformer_tokens(config, width, height, frames)
+    return int(math.ceil(tokens * batch_elements * activation_bytes_per_token(config, compute_bytes)))
+
+
+# Latent-sized tensors the sampler keeps (noise, x, denoised, cond/uncond outputs,
+# sampler history) in fp32, plus text context and timestep embeddings.
+SAMPLER_LATENT_COPIES = 10
+SAMPLER_FIXED_BYTES = 256 * BYTES_PER_MIB
+
+
+def sampler_state_bytes(config, width, height, frames, batch=1):
+    stride = config.vae_spatial_stride
+    latent = config.latent_channels * latent_frames(frames) * (height // stride) * (width // stride)
+    return latent * 4 * SAMPLER_LATENT_COPIES * batch + SAMPLER_FIXED_BYTES
+
+
+# ComfyUI casts each Linear's weight to the compute dtype on use (comfy.ops
+# cast_bias_weight) - always for fp8 or streamed weights; with --async-offload
+# two streams prefetch ahead. Budget this many of the largest matrices in flight.
+WEIGHT_CAST_WINDOW_MATRICES = 4
+
+
+def weight_cast_window_bytes(config, compute_bytes=2):
+    return largest_matrix_params(config) * compute_bytes * WEIGHT_CAST_WINDOW_MATRICES
+
+
+def comfyui_memory_required_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2):
+    """ComfyUI's own estimate (model_base.BaseModel.memory_required with SDPA):
+    latent area x dtype size x 0.01 x memory_usage_factor MiB, where WAN's
+    memory_usage_factor is dim / 2222 (supported_models.WAN21_T2V). ComfyUI uses
+    it to size partial loading and to decide whether cond and uncond run batched.
+    """
+    stride = config.vae_spatial_stride
+    area = batch_elements * latent_frames(frames) * (height // stride) * (width // stride)
+    return int(area * compute_bytes * 0.01 * (config.dim / 2222) * BYTES_PER_MIB)
+
+
+# --- process overheads -------------------------------------------------------
+
+# ESTIMATE: CUDA context + cuBLAS/cuDNN workspaces of the ComfyUI process
+# (300-600 MiB on recent drivers with lazy module loading).
+CUDA_CONTEXT_BYTES = 512 * BYTES_PER_MIB
+# ESTIMATE: resident size of python + torch + CUDA host libraries + ComfyUI with
+# its nodes imported, before any model is loaded.
+PROCESS_BASE_RAM_BYTES = 3 * BYTES_PER_GIB
+
+
+def decoded_video_ram_bytes(width, height, frames, batch=1):
+    """Decoded frames land on the CPU as fp32 (ComfyUI's intermediate device);
+    saving makes a uint8 copy and the encoder buffers a little: x1.5."""
+    return int(width * height * 3 * frames * batch * 4 * 1.5)

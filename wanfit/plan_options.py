@@ -1,0 +1,80 @@
+"""One way from user-facing options (node widgets, query parameters, CLI flags) to a Plan.
+
+The node, the `GET /wanfit/plan` route and the CLI share it, so the same inputs give the
+same plan and the same error texts wherever they come from.
+"""
+
+from .errors import InvalidInputError
+from .plan import GPU_TIERS, MODEL_VARIANTS, Job, Overrides, device_for_tier, plan
+from .units import gib_to_bytes
+
+WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
+TEXT_ENCODER_DEVICE_CHOICES = ("auto", "cpu", "gpu")
+MODE_CHOICES = ("auto",) + tuple(GPU_TIERS)
+
+# Official sizes (Wan2.2 configs): TI2V-5B 1280x704x121; A14B 1280x720x81.
+DEFAULT_JOB = {"ti2v_5b": (1280, 704, 121), "t2v_a14b": (1280, 720, 81), "i2v_a14b": (1280, 720, 81)}
+
+
+def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=None, frames=None, batch=1, cfg=True,
+                      mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto"):
+    """Build the plan; `probe_device()` is called only when mode is auto (so tiers plan for any machine)."""
+    if model_variant not in MODEL_VARIANTS:
+        raise InvalidInputError("model_variant", model_variant, "one of " + ", ".join(MODEL_VARIANTS))
+    if mode not in MODE_CHOICES:
+        raise InvalidInputError("mode", mode, "auto or a GPU tier: " + ", ".join(GPU_TIERS))
+    if weight_dtype not in WEIGHT_DTYPE_CHOICES:
+        raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(WEIGHT_DTYPE_CHOICES))
+    if text_encoder_device not in TEXT_ENCODER_DEVICE_CHOICES:
+        raise InvalidInputError("text_encoder_device", text_encoder_device, "auto, cpu or gpu")
+    if reserve_vram_gb < 0:
+        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, "0 (automatic) or more GB",
+                                "set the VRAM other processes hold, e.g. 6 for a local LLM server")
+    default_width, default_height, default_frames = DEFAULT_JOB[model_variant]
+    job = Job(width=default_width if width is None else width, height=default_height if height is None else height,
+              frames=default_frames if frames is None else frames, batch=batch, cfg=cfg)
+    device = probe_device()
+    if mode != "auto":
+        device = device_for_tier(mode, device.total_ram_bytes)
+    overrides = Overrides(reserve_vram_bytes=gib_to_bytes(reserve_vram_gb) if reserve_vram_gb else None,
+                          weight_dtype=None if weight_dtype == "auto" else weight_dtype,
+                          text_encoder_device=None if text_encoder_device == "auto" else text_encoder_device)
+    return plan(device, model_variant, job, overrides)
+
+
+def _parse(params, name, kind, default):
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        if kind is bool:
+            lowered = str(raw).strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes")
+        return kind(raw)
+    except ValueError:
+        expected = {int: "a whole number", float: "a number", bool: "true or false"}[kind]
+        raise InvalidInputError(name, raw, expected) from None
+
+
+def plan_from_query(params, probe_device):
+    """Query parameters of GET /wanfit/plan (strings) -> Plan; same names as the node inputs."""
+    known = {"model_variant", "model", "width", "height", "frames", "batch", "cfg", "mode", "tier",
+             "reserve_vram_gb", "weight_dtype", "text_encoder_device"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidInputError(unknown[0], params[unknown[0]], "one of the parameters " + ", ".join(sorted(known)))
+    return plan_from_options(
+        probe_device,
+        model_variant=params.get("model_variant") or params.get("model") or "ti2v_5b",
+        width=_parse(params, "width", int, None),
+        height=_parse(params, "height", int, None),
+        frames=_parse(params, "frames", int, None),
+        batch=_parse(params, "batch", int, 1),
+        cfg=_parse(params, "cfg", bool, True),
+        mode=params.get("mode") or params.get("tier") or "auto",
+        reserve_vram_gb=_parse(params, "reserve_vram_gb", float, 0.0),
+        weight_dtype=params.get("weight_dtype") or "auto",
+        text_encoder_device=params.get("text_encoder_device") or "auto",
+    )
