@@ -42,15 +42,24 @@ fi
 stamp_file="$venv/.wanfit-requirements.sha256"
 stamp="$(cat "$comfyui/requirements.txt" "$repo_root/requirements.txt" "$repo_root/tests/requirements.txt" <(echo "$torch_spec") | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
-  echo "installing test requirements into $venv"
+  echo "installing test requirements into $venv (log: $venv/.wanfit-install.log)"
+  install_log="$venv/.wanfit-install.log"
+  : > "$install_log"
+  pip_install() {
+    if ! "$python" -m pip install -q "$@" >> "$install_log" 2>&1; then
+      tail -n 40 "$install_log" >&2
+      echo "error: pip install $* failed (full log: $install_log)" >&2
+      exit 4
+    fi
+  }
   if ! "$python" -c "import torch, torchvision" 2>/dev/null; then
     # shellcheck disable=SC2086
-    "$python" -m pip install -q $torch_spec
+    pip_install $torch_spec
   fi
   comfy_requirements="$(mktemp)"
   # torch is installed above; torchaudio has no build for that torch and only ComfyUI's audio nodes need it.
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$comfyui/requirements.txt" > "$comfy_requirements"
-  "$python" -m pip install -q -r "$comfy_requirements" -r "$repo_root/requirements.txt" -r "$repo_root/tests/requirements.txt"
+  pip_install -r "$comfy_requirements" -r "$repo_root/requirements.txt" -r "$repo_root/tests/requirements.txt"
   rm -f "$comfy_requirements"
   echo "$stamp" > "$stamp_file"
 fi
