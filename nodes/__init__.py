@@ -1,12 +1,12 @@
 """Node classes only; each file declares its nodes and calls into wanfit/."""
 
-from . import attention, device_info, plan
+from . import attention, device_info, loaders, plan
 from .routes import register_with_comfyui
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
-for _module in (device_info, plan, attention):
+for _module in (device_info, plan, loaders, attention):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

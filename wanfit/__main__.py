@@ -6,6 +6,7 @@ import sys
 COMMANDS = {
     "device": ("wanfit.cli_device", "print what this machine offers (GPU, VRAM, RAM, attention backends)"),
     "plan": ("wanfit.cli_plan", "print the offload plan / ComfyUI launch flags for a model and job size"),
+    "models": ("wanfit.cli_models", "list, check and download the official WAN 2.2 model files"),
     "doctor": ("wanfit.cli_doctor", "which attention backend would run here, and how to install sageattention"),
 }
 

@@ -35,6 +35,8 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.work_dir / "comfyui.log"
+        # tests drop their own (bad) model files here; ComfyUI lists it like models/
+        self.scratch_models = self.work_dir / "scratch_models"
         self.process = None
 
     def _prepare(self):
@@ -55,7 +57,14 @@ class ComfyServer:
             "    text_encoders: text_encoders\n"
             "    loras: loras\n"
             f"    custom_nodes: {custom_nodes}\n"
+            "wanfit_scratch:\n"
+            f"    base_path: {self.scratch_models}\n"
+            "    diffusion_models: diffusion_models\n"
+            "    vae: vae\n"
+            "    text_encoders: text_encoders\n"
         )
+        for folder in ("diffusion_models", "vae", "text_encoders"):
+            (self.scratch_models / folder).mkdir(parents=True, exist_ok=True)
         return config
 
     def command(self):

@@ -60,3 +60,14 @@ def test_vae_fixture_is_detected_and_decodes_finite_frames(comfy, fixtures, name
     assert tuple(frames.shape[-4:]) == (5, 4 * downscale, 4 * downscale, 3)
     assert torch.isfinite(frames).all()
     assert frames.std() > 0.02, f"decoded frames are nearly flat (std {frames.std():.4f})"
+
+
+def test_wanfit_header_detection_agrees_with_comfyui_on_every_fixture(fixtures):
+    from wanfit.models import detect_variant
+
+    expected = {graphs.TI2V_5B: "ti2v_5b", graphs.T2V_HIGH: "t2v_a14b", graphs.T2V_LOW: "t2v_a14b",
+                graphs.I2V_HIGH: "i2v_a14b", graphs.I2V_LOW: "i2v_a14b", graphs.VAE_22: "wan22_vae",
+                graphs.VAE_21: "wan21_vae"}
+    paths = {**fixtures["diffusion_models"], **fixtures["vae"]}
+    assert {name: detect_variant(path).variant for name, path in paths.items()} == expected
+    assert 700e6 < detect_variant(paths[graphs.VAE_22]).parameter_count < 710e6  # the real Wan 2.2 VAE's ~705M

@@ -1,0 +1,127 @@
+"""`python -m wanfit models`: listing, --check, --download (from 127.0.0.1), --manager-json, exit codes."""
+
+import copy
+import hashlib
+import json
+
+import pytest
+
+import wanfit.cli_models as cli_models
+from wanfit.cli_models import main
+from wanfit.models import load_manifest
+from tests.unit.test_download import PAYLOAD, FileServer
+from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    """A ComfyUI models folder holding the complete TI2V-5B set (tiny headers under official names)."""
+    root = tmp_path / "models"
+    write_safetensors(root / "diffusion_models" / "wan2.2_ti2v_5B_fp16.safetensors", wan_dit(48, 48))
+    write_safetensors(root / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", t5_encoder(fp8_scaled=True))
+    write_safetensors(root / "vae" / "wan2.2_vae.safetensors", wan_vae(True))
+    return root
+
+
+def test_lists_ready_and_missing_per_workflow(models_dir, capsys):
+    assert main(["--models-dir", str(models_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "ti2v_5b_t2v: TI2V-5B text-to-video [ready]" in out
+    assert "a14b_i2v: A14B I2V (high + low noise experts) [3 missing]" in out
+    assert ("missing  high_noise_expert  diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors "
+            "(or wan2.2_i2v_high_noise_14B_fp16.safetensors) - ~14.3 GB, https://huggingface.co/Comfy-Org/") in out
+    assert "ok       vae                vae/wan2.2_vae.safetensors" in out
+
+
+def test_legacy_folder_and_subfolder_are_found(models_dir, capsys):
+    write_safetensors(models_dir / "unet" / "wan" / "wan2.2_t2v_high_noise_14B_fp16.safetensors", wan_dit(16, 16))
+    assert main(["--models-dir", str(models_dir), "--workflow", "a14b_t2v", "--check"]) == 0
+    assert "unet/wan/wan2.2_t2v_high_noise_14B_fp16.safetensors  (header ok)" in capsys.readouterr().out
+
+
+def test_check_flags_a_wrong_file_under_an_official_name(models_dir, capsys):
+    write_safetensors(models_dir / "vae" / "wan2.2_vae.safetensors", sd15_unet())
+    assert main(["--models-dir", str(models_dir), "--workflow", "ti2v_5b_t2v", "--check"]) == 2
+    captured = capsys.readouterr()
+    assert "BAD      vae" in captured.out and "looks like a Stable Diffusion 1.x/2.x/SDXL UNet" in captured.out
+    assert "1 problem(s) found" in captured.err
+
+
+def test_check_flags_a_truncated_file(models_dir, capsys):
+    write_safetensors(models_dir / "vae" / "wan2.2_vae.safetensors", wan_vae(True), drop_tail_bytes=10)
+    assert main(["--models-dir", str(models_dir), "--workflow", "ti2v_5b_i2v", "--check"]) == 2
+    assert "Model file is truncated:" in capsys.readouterr().out
+
+
+def test_without_check_headers_are_not_read(models_dir, capsys):
+    (models_dir / "vae" / "wan2.2_vae.safetensors").write_bytes(b"")
+    assert main(["--models-dir", str(models_dir), "--workflow", "ti2v_5b_t2v"]) == 0
+
+
+@pytest.mark.parametrize("argv,stderr", [
+    (["--models-dir", "/nonexistent/models"], "error: ComfyUI models folder not found: /nonexistent/models."),
+    (["--workflow", "a14b_s2v"], "error: --workflow 'a14b_s2v' is unknown. Expected one of: ti2v_5b_t2v"),
+    (["--download", "flux1-dev.safetensors"], "error: --download 'flux1-dev.safetensors': not a file or workflow"),
+])
+def test_usage_errors_exit_2_with_a_clean_message(models_dir, capsys, argv, stderr):
+    if "--models-dir" not in argv:
+        argv = ["--models-dir", str(models_dir)] + argv
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(stderr) and "Traceback" not in err
+
+
+def test_default_models_dir_follows_comfyui_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    assert cli_models.default_models_dir() == tmp_path / "models"
+
+
+@pytest.fixture
+def local_manifest(monkeypatch):
+    """The real manifest with the Wan 2.1 VAE served from 127.0.0.1."""
+    server = FileServer()
+    manifest = copy.deepcopy(load_manifest())
+    entry = next(f for f in manifest["files"] if f["filename"] == "wan_2.1_vae.safetensors")
+    entry.update(url=server.url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size_bytes=len(PAYLOAD))
+    monkeypatch.setattr(cli_models, "load_manifest", lambda: manifest)
+    yield server, entry
+    server.close()
+
+
+def test_download_fetches_resumes_and_verifies(models_dir, local_manifest, capsys):
+    server, entry = local_manifest
+    server.drop_after_bytes = 1000
+    argv = ["--models-dir", str(models_dir), "--workflow", "a14b_t2v", "--download", "wan_2.1_vae.safetensors"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: Download of wan_2.1_vae.safetensors was interrupted at 1000 of" in err
+    assert not (models_dir / "vae" / "wan_2.1_vae.safetensors").exists()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"downloaded: {models_dir / 'vae' / 'wan_2.1_vae.safetensors'} ({len(PAYLOAD)} bytes, sha256 verified)" in out
+    assert server.requests[-1] == "bytes=1000-"
+    assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == PAYLOAD
+    assert main(argv) == 0 and "present, skipped: vae/wan_2.1_vae.safetensors" in capsys.readouterr().out
+
+
+def test_download_wrong_checksum_exits_2(models_dir, local_manifest, capsys):
+    _server, entry = local_manifest
+    entry["sha256"] = "f" * 64
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    assert "error: Checksum mismatch for wan_2.1_vae.safetensors: expected sha256 ffff" in capsys.readouterr().err
+    assert not list((models_dir / "vae").glob("wan_2.1_vae*"))
+
+
+def test_download_all_picks_missing_defaults_of_the_workflow(models_dir, local_manifest):
+    names = cli_models._resolve_download_names("all", ["a14b_t2v"], models_dir, cli_models.load_manifest())
+    assert names == ["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                     "wan_2.1_vae.safetensors"]  # umt5 is already there
+
+
+def test_manager_json(capsys, tmp_path):
+    assert main(["--manager-json"]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert any(m["filename"] == "wan2.2_vae.safetensors" and m["save_path"] == "vae" for m in models)
+    target = tmp_path / "model-list.json"
+    assert main(["--manager-json", str(target)]) == 0
+    assert json.loads(target.read_text())["models"] == models

@@ -1,0 +1,80 @@
+"""How a loader follows the plan: which weight dtype and devices to ask ComfyUI for.
+
+The loading itself is ComfyUI's (comfy.sd); this only turns the plan, the user's choice and
+what the file header says into the options ComfyUI's own loaders take.
+"""
+
+import logging
+
+log = logging.getLogger("wanfit")
+
+WEIGHT_DTYPE_OPTIONS = ("auto", "default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+TEXT_ENCODER_DEVICE_OPTIONS = ("auto", "default", "cpu")
+
+_FP8_STORED = ("float8_e4m3fn", "float8_e5m2")
+_SIXTEEN_BIT = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def _plan_value(plan, name, default=None):
+    if plan is None:
+        return default
+    if isinstance(plan, dict):
+        return plan.get(name, default)
+    return getattr(plan, name, default)
+
+
+def choose_weight_dtype(option, plan, stored_dtype, fp8_scaled=False):
+    """-> (ComfyUI weight dtype: default | bf16 | fp16 | fp8_e4m3fn | fp8_e4m3fn_fast | fp8_e5m2, reason).
+
+    'default' means: as stored, with ComfyUI choosing the compute dtype, which is exactly what the
+    stock UNETLoader does; a plan asking for what the file already holds therefore changes nothing.
+    """
+    if option != "auto":
+        return option, f"weight dtype {option} (chosen on the node)"
+    wanted = _plan_value(plan, "weight_dtype")
+    if wanted is None:
+        return "default", f"weight dtype as stored ({'fp8 scaled' if fp8_scaled else stored_dtype}); no plan connected"
+    stored_is_fp8 = fp8_scaled or stored_dtype in _FP8_STORED
+    if wanted in ("fp8_scaled", "fp8_e4m3fn", "fp8_e5m2"):
+        if stored_is_fp8:
+            return "default", f"plan wants {wanted}; the file is already fp8, loaded as stored"
+        target = "fp8_e5m2" if wanted == "fp8_e5m2" else "fp8_e4m3fn"
+        return target, f"plan wants {wanted}: {stored_dtype} weights are cast to {target} at load"
+    if wanted in _SIXTEEN_BIT:
+        if stored_is_fp8:
+            return "default", (f"plan wants {wanted} but the file is fp8: loaded as stored "
+                               "(use the fp16 file for full precision)")
+        if _SIXTEEN_BIT[wanted] == stored_dtype:
+            return "default", f"plan wants {wanted}, as the file is stored"
+        return wanted, f"plan wants {wanted}: {stored_dtype} weights are cast at load"
+    return "default", f"plan wants {wanted}: loaded as stored"
+
+
+def diffusion_model_options(weight_dtype):
+    """UNETLoader's mapping (nodes.py) from its weight_dtype widget to load_diffusion_model options."""
+    import torch
+
+    options = {}
+    if weight_dtype in ("fp8_e4m3fn", "fp8_e4m3fn_fast"):
+        options["dtype"] = torch.float8_e4m3fn
+        if weight_dtype == "fp8_e4m3fn_fast":
+            options["fp8_optimizations"] = True
+    elif weight_dtype == "fp8_e5m2":
+        options["dtype"] = torch.float8_e5m2
+    elif weight_dtype == "fp16":
+        options["dtype"] = torch.float16
+    elif weight_dtype == "bf16":
+        options["dtype"] = torch.bfloat16
+    return options
+
+
+def choose_text_encoder_device(option, plan):
+    """-> ('default' | 'cpu', reason); CLIPLoader's device widget has the same two values."""
+    if option != "auto":
+        return option, f"text encoder device {option} (chosen on the node)"
+    wanted = _plan_value(plan, "text_encoder_device")
+    if wanted == "cpu":
+        return "cpu", "plan puts umt5-xxl on the CPU (saves its VRAM for the diffusion model)"
+    if wanted == "gpu":
+        return "default", "plan puts umt5-xxl on the GPU"
+    return "default", "ComfyUI decides where umt5-xxl runs; no plan connected"
