@@ -42,5 +42,54 @@ class WanFitTestTextEncode:
         return (fake_umt5_conditioning(text, seed),)
 
 
-NODE_CLASS_MAPPINGS = {"WanFitTestTextEncode": WanFitTestTextEncode}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitTestTextEncode": "WanFit Test Text Encode (tests only)"}
+class WanFitTestRandomLatent:
+    """TESTS ONLY: a random video latent of any shape (stock empty-latent nodes give zeros)."""
+
+    CATEGORY = "WanFit/testing"
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT",)
+    DESCRIPTION = "TESTS ONLY: a random N(0, 1) latent (1, channels, frames, height, width) from a seed."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 4, "min": 0, "max": 512, "tooltip": "size"}
+        return {"required": {"channels": ("INT", {"default": 16, "min": 1, "max": 64, "tooltip": "channels"}),
+                             "frames": ("INT", {**size, "default": 2}), "height": ("INT", size),
+                             "width": ("INT", size), "seed": ("INT", {"default": 0, "min": 0, "tooltip": "seed"})}}
+
+    def make(self, channels, frames, height, width, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return ({"samples": torch.randn(1, channels, frames, height, width, generator=generator)},)
+
+
+class WanFitTestCompareImages:
+    """TESTS ONLY: shape, dtype and difference of two IMAGE batches, reported in the UI output."""
+
+    CATEGORY = "WanFit/testing"
+    FUNCTION = "compare"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    DESCRIPTION = "TESTS ONLY: compares two IMAGE batches (shape, dtype, max abs diff, PSNR)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"reference": ("IMAGE", {"tooltip": "reference"}), "candidate": ("IMAGE", {"tooltip": "candidate"})}}
+
+    def compare(self, reference, candidate):
+        stats = {"reference_shape": list(reference.shape), "candidate_shape": list(candidate.shape),
+                 "reference_dtype": str(reference.dtype), "candidate_dtype": str(candidate.dtype),
+                 "reference_device": str(reference.device), "candidate_device": str(candidate.device)}
+        if reference.shape == candidate.shape:
+            diff = (reference.float() - candidate.float()).abs()
+            mse = float((diff ** 2).mean())
+            stats["max_abs_diff"] = float(diff.max())
+            stats["psnr_db"] = float("inf") if mse == 0 else float(10 * torch.log10(torch.tensor(1.0 / mse)))
+            stats["reference_std"] = float(reference.float().std())
+        return {"ui": {"comparison": [stats]}}
+
+
+NODE_CLASS_MAPPINGS = {"WanFitTestTextEncode": WanFitTestTextEncode, "WanFitTestCompareImages": WanFitTestCompareImages,
+                       "WanFitTestRandomLatent": WanFitTestRandomLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFitTestTextEncode": "WanFit Test Text Encode (tests only)",
+                              "WanFitTestCompareImages": "WanFit Test Compare Images (tests only)",
+                              "WanFitTestRandomLatent": "WanFit Test Random Latent (tests only)"}

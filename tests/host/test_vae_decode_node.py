@@ -1,0 +1,70 @@
+"""WanFit VAE Decode inside real /prompt graphs: VAEDecode's shape and dtype, and clear refusals."""
+
+import pytest
+
+from tests.host import graphs
+from wanfit.client import PromptFailedError
+
+
+def decode_graph(vae_name, latent_channels, frames_latent, size_latent, budget_mb=0, overlap=0, seed=0):
+    """A random latent decoded by VAEDecode (reference) and WanFit VAE Decode (candidate)."""
+    return {
+        "1": {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}},
+        "2": {"class_type": "WanFitTestRandomLatent", "inputs": {"channels": latent_channels, "frames": frames_latent,
+                                                                 "height": size_latent, "width": size_latent,
+                                                                 "seed": seed}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}},
+        "4": {"class_type": "WanFitVAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0], "budget_mb": budget_mb,
+                                                          "overlap": overlap}},
+        "5": {"class_type": "WanFitTestCompareImages", "inputs": {"reference": ["3", 0], "candidate": ["4", 0]}},
+    }
+
+
+@pytest.mark.parametrize("vae_name, channels", [(graphs.VAE_21, 16), (graphs.VAE_22, 48)])
+def test_decode_matches_vae_decode_shape_dtype_and_pixels(client, vae_name, channels):
+    entry = client.run(decode_graph(vae_name, channels, frames_latent=2, size_latent=4), timeout_s=300)
+    stats = entry["outputs"]["5"]["comparison"][0]
+    assert stats["candidate_shape"] == stats["reference_shape"]
+    assert stats["candidate_dtype"] == stats["reference_dtype"] == "torch.float32"
+    assert stats["reference_std"] > 0.01
+    assert stats["max_abs_diff"] < 1e-3, stats
+    assert "decoded 5 frames" in entry["outputs"]["4"]["text"][0]
+
+
+def test_decode_within_a_small_budget_still_matches(client):
+    """A budget that forces several tiles: the exact halos keep the tiles equal to the untiled decode."""
+    entry = client.run(decode_graph(graphs.VAE_21, 16, frames_latent=2, size_latent=16, budget_mb=200),
+                       timeout_s=300)
+    stats = entry["outputs"]["5"]["comparison"][0]
+    assert stats["candidate_shape"] == stats["reference_shape"] == [5, 128, 128, 3]
+    assert stats["max_abs_diff"] < 1e-3, stats
+
+
+def test_wrong_latent_for_the_vae_names_both(client):
+    graph = decode_graph(graphs.VAE_22, 16, frames_latent=1, size_latent=4)  # a 16-channel latent
+    del graph["3"], graph["5"]
+    graph["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}}
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(graph)
+    text = str(failure.value)
+    assert "16" in text and "48" in text and "Wan 2.2 VAE" in text and "Wan 2.1" in text, text
+
+
+def test_empty_latent_is_refused(client):
+    graph = decode_graph(graphs.VAE_21, 16, frames_latent=0, size_latent=4)
+    del graph["3"], graph["5"]
+    graph["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}}
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(graph)
+    assert "samples" in str(failure.value) and "empty" in str(failure.value).lower(), str(failure.value)
+
+
+def test_budget_below_the_smallest_tile_states_the_minimum(client):
+    graph = decode_graph(graphs.VAE_21, 16, frames_latent=1, size_latent=8, budget_mb=64)
+    del graph["3"], graph["5"]
+    graph["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}}
+    graph["4"]["inputs"]["budget_mb"] = 1
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(graph)
+    text = str(failure.value)
+    assert "budget" in text and "at least" in text and "MB" in text, text

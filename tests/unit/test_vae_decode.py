@@ -1,0 +1,453 @@
+"""The tiled WAN VAE decode against the untiled one, on small decoders with WAN's exact structure.
+
+No ComfyUI here: MiniWanVAE re-creates comfy/ldm/wan/vae.py (Wan 2.1) and vae2_2.py (Wan 2.2)
+decoders layer for layer (causal convs with the 2-frame cache, RMS norm over channels,
+nearest-exact 2x upsample, temporal upsample with the 'Rep' first chunk, Wan 2.2's DupUp3D
+shortcut and 2x2 unpatchify), narrow enough to decode in milliseconds.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wanfit import tiling, vae_decode
+from wanfit.errors import InvalidInputError
+
+CACHE_T = 2
+
+
+# ---------------------------------------------------------------- a WAN decoder, small
+
+class CausalConv3d(nn.Conv3d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._padding = (self.padding[2], self.padding[2], self.padding[1], self.padding[1], 2 * self.padding[0], 0)
+        self.padding = (0, 0, 0)
+
+    def forward(self, x, cache_x=None, cache_list=None, cache_idx=None):
+        if cache_list is not None:
+            cache_x = cache_list[cache_idx]
+            cache_list[cache_idx] = None
+        padding = list(self._padding)
+        if cache_x is not None and self._padding[4] > 0:
+            x = torch.cat([cache_x.to(x.device), x], dim=2)
+            padding[4] -= cache_x.shape[2]
+        return super().forward(F.pad(x, padding))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, images=True):
+        super().__init__()
+        self.scale = dim ** 0.5
+        self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
+
+    def forward(self, x):
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+def _cache_step(layer, x, feat_cache, feat_idx):
+    idx = feat_idx[0]
+    cache_x = x[:, :, -CACHE_T:].clone()
+    if cache_x.shape[2] < 2 and feat_cache[idx] is not None:
+        cache_x = torch.cat([feat_cache[idx][:, :, -1:], cache_x], dim=2)
+    x = layer(x, cache_list=feat_cache, cache_idx=idx)
+    feat_cache[idx] = cache_x
+    feat_idx[0] += 1
+    return x
+
+
+class Resample(nn.Module):
+    def __init__(self, dim, mode, halve):
+        super().__init__()
+        self.dim, self.mode = dim, mode
+        out = dim // 2 if halve else dim
+        self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
+                                      nn.Conv2d(dim, out, 3, padding=1))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        b, c, t, h, w = x.size()
+        if self.mode == "upsample3d" and feat_cache is not None:
+            idx = feat_idx[0]
+            if feat_cache[idx] is None:
+                feat_cache[idx] = "Rep"
+                feat_idx[0] += 1
+            else:
+                cache_x = x[:, :, -CACHE_T:].clone()
+                if cache_x.shape[2] < 2 and not isinstance(feat_cache[idx], str):
+                    cache_x = torch.cat([feat_cache[idx][:, :, -1:], cache_x], dim=2)
+                if cache_x.shape[2] < 2 and isinstance(feat_cache[idx], str):
+                    cache_x = torch.cat([torch.zeros_like(cache_x), cache_x], dim=2)
+                x = self.time_conv(x) if isinstance(feat_cache[idx], str) else self.time_conv(x, feat_cache[idx])
+                feat_cache[idx] = cache_x
+                feat_idx[0] += 1
+                x = x.reshape(b, 2, c, t, h, w)
+                x = torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
+        t = x.shape[2]
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, x.shape[3], x.shape[4])
+        x = self.resample(x)
+        return x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.residual = nn.Sequential(RMSNorm(in_dim, images=False), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
+                                      RMSNorm(out_dim, images=False), nn.SiLU(), nn.Dropout(0.0),
+                                      CausalConv3d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        old_x = x
+        for layer in self.residual:
+            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + self.shortcut(old_x)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        identity = x
+        b, c, t, h, w = x.size()
+        x = self.norm(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
+        q, k, v = (m.flatten(2).transpose(1, 2).unsqueeze(1) for m in self.to_qkv(x).chunk(3, dim=1))
+        x = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        x = self.proj(x).reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+        return x + identity
+
+
+class DupUp3D(nn.Module):
+    def __init__(self, in_channels, out_channels, factor_t, factor_s=1):
+        super().__init__()
+        self.out_channels, self.factor_t, self.factor_s = out_channels, factor_t, factor_s
+        self.repeats = out_channels * factor_t * factor_s * factor_s // in_channels
+
+    def forward(self, x, first_chunk=False):
+        x = x.repeat_interleave(self.repeats, dim=1)
+        x = x.view(x.size(0), self.out_channels, self.factor_t, self.factor_s, self.factor_s, x.size(2), x.size(3),
+                   x.size(4))
+        x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).contiguous()
+        x = x.view(x.size(0), self.out_channels, x.size(2) * self.factor_t, x.size(4) * self.factor_s,
+                   x.size(6) * self.factor_s)
+        return x[:, :, self.factor_t - 1:] if first_chunk else x
+
+
+class UpResidualBlock(nn.Module):
+    def __init__(self, in_dim, out_dim, mult, temporal, up):
+        super().__init__()
+        self.avg_shortcut = DupUp3D(in_dim, out_dim, 2 if temporal else 1, 2 if up else 1) if up else None
+        blocks = []
+        for _ in range(mult):
+            blocks.append(ResidualBlock(in_dim, out_dim))
+            in_dim = out_dim
+        if up:
+            blocks.append(Resample(out_dim, "upsample3d" if temporal else "upsample2d", halve=False))
+        self.upsamples = nn.Sequential(*blocks)
+
+    def forward(self, x, feat_cache=None, feat_idx=[0], first_chunk=False):
+        x_main = x
+        for module in self.upsamples:
+            x_main = module(x_main, feat_cache, feat_idx)
+        return x_main + self.avg_shortcut(x, first_chunk) if self.avg_shortcut is not None else x_main
+
+
+class Decoder(nn.Module):
+    """Decoder3d of vae.py (wan22=False) or vae2_2.py (wan22=True)."""
+
+    def __init__(self, dim, z_dim, wan22, dim_mult=(1, 2, 4, 4), num_res_blocks=2, temporal=(True, True, False)):
+        super().__init__()
+        dims = [dim * u for u in [dim_mult[-1]] + list(dim_mult[::-1])]
+        self.wan22 = wan22
+        self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
+                                    ResidualBlock(dims[0], dims[0]))
+        ups = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dim_mult) - 1
+            if wan22:
+                ups.append(UpResidualBlock(in_dim, out_dim, num_res_blocks + 1, i < len(temporal) and temporal[i], not last))
+                continue
+            if i in (1, 2, 3):
+                in_dim //= 2
+            for _ in range(num_res_blocks + 1):
+                ups.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if not last:
+                ups.append(Resample(out_dim, "upsample3d" if temporal[i] else "upsample2d", halve=True))
+        self.upsamples = nn.Sequential(*ups)
+        self.head = nn.Sequential(RMSNorm(out_dim, images=False), nn.SiLU(),
+                                  CausalConv3d(out_dim, 12 if wan22 else 3, 3, padding=1))
+
+    def forward(self, x, feat_cache, feat_idx, first_chunk=False):
+        x = _cache_step(self.conv1, x, feat_cache, feat_idx)
+        for layer in self.middle:
+            x = layer(x, feat_cache, feat_idx) if isinstance(layer, ResidualBlock) else layer(x)
+        for layer in self.upsamples:
+            x = layer(x, feat_cache, feat_idx, first_chunk) if self.wan22 else layer(x, feat_cache, feat_idx)
+        for layer in self.head:
+            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CausalConv3d) else layer(x)
+        return x
+
+
+class MiniWanVAE(nn.Module):
+    """WanVAE.decode of vae.py / vae2_2.py: conv2, then the decoder one latent frame at a time."""
+
+    def __init__(self, wan22, dim=8, z_dim=None, seed=0):
+        super().__init__()
+        z_dim = z_dim or (48 if wan22 else 16)
+        self.wan22 = wan22
+        self.conv2 = CausalConv3d(z_dim, z_dim, 1)
+        self.decoder = Decoder(dim, z_dim, wan22)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, tensor in self.named_parameters():
+                if name.endswith("weight") and tensor.ndim > 1:
+                    tensor.normal_(0, 0.7 / math.sqrt(tensor[0].numel()), generator=generator)
+                elif name.endswith("bias"):
+                    tensor.zero_()
+
+    def decode(self, z):
+        x = self.conv2(z)
+        cache = [None] * sum(1 for m in self.decoder.modules() if isinstance(m, CausalConv3d))
+        out = []
+        for i in range(z.shape[2]):
+            out.append(self.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=(i == 0)))
+        out = torch.cat(out, 2)
+        if self.wan22:
+            b, c, f, h, w = out.shape
+            out = out.reshape(b, 3, 2, 2, f, h, w).permute(0, 1, 4, 5, 3, 6, 2).reshape(b, 3, f, h * 2, w * 2)
+        return out
+
+
+@pytest.fixture(scope="module", params=["wan2.1", "wan2.2"])
+def mini(request):
+    torch.manual_seed(0)
+    wan22 = request.param == "wan2.2"
+    module = MiniWanVAE(wan22).eval()
+    latent = torch.randn(1, 48 if wan22 else 16, 2, 6, 7)
+    with torch.inference_mode():
+        reference = module.decode(latent)
+    return request.param, module, latent, reference
+
+
+def _budget_for_tiles(module, latent, tiles, overlap=None):
+    """The smallest budget whose plan (exact unless overlap) has at most `tiles` tiles (search over the planner)."""
+    low, high = 1, 2**34
+    while high - low > 1024:
+        middle = (low + high) // 2
+        plan = vae_decode.plan_decode(module, latent.shape, middle, overlap=overlap)
+        if plan is not None and plan.exact == (overlap is None) and plan.tile_count <= tiles:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+# ---------------------------------------------------------------- exactness
+
+def test_layout_matches_the_decoder(mini):
+    kind, module, latent, reference = mini
+    spec = vae_decode.decoder_spec(module)
+    assert spec.name == kind
+    assert spec.total_scale * latent.shape[-1] == reference.shape[-1]
+    # the stem runs the latent-resolution blocks (6 px); the tiles see 0.5 + 3 + 0.25 + 1.5 + 0.125 + 0.75 + 0.125
+    assert spec.receptive_radius_latent == pytest.approx(6.25)
+
+
+@pytest.mark.parametrize("tiles", [1, 2, 4, 9])
+def test_tiled_decode_equals_untiled(mini, tiles):
+    kind, module, latent, reference = mini
+    budget = _budget_for_tiles(module, latent, tiles)
+    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    assert plan.exact and plan.tile_count <= tiles
+    out = vae_decode.decode_latent(module, latent, budget)
+    assert out.shape == reference.shape, f"{kind}: expected {tuple(reference.shape)}, got {tuple(out.shape)}"
+    diff = (out - reference).abs().max().item()
+    assert diff < 1e-5, f"{kind} with {plan.describe()}: max abs diff {diff} vs the untiled decode"
+
+
+def test_capped_halo_blends_without_holes(mini):
+    kind, module, latent, reference = mini
+    out = vae_decode.decode_latent(module, latent, 2**40, overlap=1)
+    assert out.shape == reference.shape and torch.isfinite(out).all()
+    small = _budget_for_tiles(module, latent, 4, overlap=2)
+    assert vae_decode.plan_decode(module, latent.shape, small, overlap=2).tile_count > 1
+    out = vae_decode.decode_latent(module, latent, small, overlap=2)
+    assert torch.isfinite(out).all()
+    # approximate near seams, but the same picture: well correlated with the exact decode
+    correlation = torch.corrcoef(torch.stack([out.flatten(), reference.flatten()]))[0, 1].item()
+    assert correlation > 0.9, f"{kind}: capped-halo decode correlates {correlation:.3f} with the exact one"
+
+
+def test_memory_does_not_grow_with_frames(mini):
+    kind, module, latent, _ = mini
+    shape = list(latent.shape)
+    peaks = []
+    for frames in (2, 21, 81):
+        shape[2] = frames
+        plan = vae_decode.plan_decode(module, shape, 2**40, device="cuda", output_device="cpu")
+        peaks.append(plan.predicted_peak_bytes)
+    assert peaks[0] == peaks[1] == peaks[2], f"{kind}: predicted peak changed with the frame count: {peaks}"
+
+
+# ---------------------------------------------------------------- inputs
+
+def test_wrong_latent_channels_name_both_vaes():
+    module = MiniWanVAE(wan22=True)
+    with pytest.raises(InvalidInputError) as error:
+        vae_decode.decode_latent(module, torch.zeros(1, 16, 2, 4, 4), 2**30)
+    message = str(error.value)
+    assert "Wan 2.2 VAE" in message and "Wan 2.1 VAE" in message, message
+    module = MiniWanVAE(wan22=False)
+    with pytest.raises(InvalidInputError) as error:
+        vae_decode.decode_latent(module, torch.zeros(1, 48, 2, 4, 4), 2**30)
+    assert "Wan 2.1 VAE" in str(error.value) and "Wan 2.2 VAE" in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 0, 4, 4), (0, 16, 2, 4, 4), (1, 16, 2, 0, 4)])
+def test_empty_latent_is_refused(shape):
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(shape), 2**30)
+
+
+def test_flat_latent_is_refused():
+    with pytest.raises(InvalidInputError, match="5-D"):
+        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(16, 4, 4), 2**30)
+
+
+def test_budget_below_the_smallest_tile_states_the_minimum():
+    module = MiniWanVAE(wan22=False)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    with pytest.raises(InvalidInputError) as error:
+        vae_decode.decode_latent(module, latent, 1024)
+    message = str(error.value)
+    assert "at least" in message and "MB" in message, message
+    minimum_mb = int(message.split("at least ")[1].split(" MB")[0])
+    assert vae_decode.plan_decode(module, latent.shape, minimum_mb * 2**20) is not None
+
+
+def test_non_positive_budget_is_refused():
+    with pytest.raises(InvalidInputError, match="budget"):
+        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(1, 16, 2, 4, 4), 0)
+
+
+# ---------------------------------------------------------------- progress, hooks, OOM ladder
+
+def test_progress_reaches_total_and_never_goes_back(mini):
+    kind, module, latent, _ = mini
+    calls = []
+    budget = _budget_for_tiles(module, latent, 4)
+    vae_decode.decode_latent(module, latent, budget, progress=lambda done, total: calls.append((done, total)))
+    assert calls, "no progress reported"
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and calls[-1][0] == calls[-1][1], calls
+
+
+def test_free_models_hook_gets_the_predicted_peak(mini):
+    kind, module, latent, _ = mini
+    asked = []
+    budget = _budget_for_tiles(module, latent, 2)
+    vae_decode.decode_latent(module, latent, budget, free_models_for_decode=asked.append)
+    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    assert asked == [plan.predicted_peak_bytes]
+    assert plan.predicted_peak_bytes <= budget
+
+
+def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini, monkeypatch):
+    kind, module, latent, reference = mini
+    real = vae_decode._TileRunner.decode_tile
+    attempts = []
+
+    def flaky(self, row, col, device, dtype):
+        area = (row.core[1] - row.core[0]) * (col.core[1] - col.core[0])
+        attempts.append(area)
+        if area > 12:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, row, col, device, dtype)
+
+    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", flaky)
+    calls = []
+    out = vae_decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)))
+    assert attempts[0] == 42 and min(attempts) <= 12, attempts
+    assert (out - reference).abs().max().item() < 1e-5
+    assert calls[-1][0] == calls[-1][1]
+
+
+def test_oom_everywhere_falls_back_to_the_cpu(mini, monkeypatch):
+    kind, module, latent, reference = mini
+    module64 = MiniWanVAE(wan22=(kind == "wan2.2")).double()
+    module64.load_state_dict(module.state_dict())
+    real = vae_decode._TileRunner.decode_tile
+
+    def device_always_oom(self, row, col, device, dtype):
+        if dtype == torch.float64:  # the "device" here: float64; the CPU fallback runs float32
+            raise RuntimeError("CUDA error: out of memory")
+        return real(self, row, col, device, dtype)
+
+    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", device_always_oom)
+    out = vae_decode.decode_latent(module64, latent.double(), 2**40)
+    assert (out - reference).abs().max().item() < 1e-4
+    assert next(module64.parameters()).dtype == torch.float64, "the decoder was not put back after the fallback"
+
+
+def test_other_errors_are_not_swallowed(mini, monkeypatch):
+    kind, module, latent, _ = mini
+
+    def broken(self, row, col, device, dtype):
+        raise ValueError("a bug, not an OOM")
+
+    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        vae_decode.decode_latent(module, latent, 2**40)
+
+
+class FakeComfyVAE:
+    """The attributes of comfy.sd.VAE that the engine uses (duck typing)."""
+
+    def __init__(self, module, channels):
+        self.first_stage_model = module
+        self.latent_channels = channels
+        self.device = torch.device("cpu")
+        self.vae_dtype = torch.float32
+        self.output_device = torch.device("cpu")
+
+    @staticmethod
+    def process_output(image):
+        return torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+
+
+def test_comfy_vae_output_matches_vae_decode_layout(mini):
+    kind, module, latent, reference = mini
+    vae = FakeComfyVAE(module, latent.shape[1])
+    images = vae_decode.decode_comfy_vae(vae, latent, 2**40)
+    expected = FakeComfyVAE.process_output(reference).movedim(1, -1)
+    assert images.shape == expected.shape and images.dtype == torch.float32
+    assert (images - expected).abs().max().item() < 1e-5
+
+
+def test_plan_picks_fewest_tiles_when_everything_fits(mini):
+    kind, module, latent, _ = mini
+    plan = vae_decode.plan_decode(module, latent.shape, 2**40)
+    assert plan.tile_count == 1 and plan.exact
+    assert plan.relative_cost == pytest.approx(1.0, abs=0.05)
+
+
+def test_planned_peak_never_exceeds_budget(mini):
+    kind, module, latent, _ = mini
+    full = vae_decode.plan_decode(module, latent.shape, 2**40).predicted_peak_bytes
+    for fraction in (1.0, 0.75, 0.5, 0.25):
+        plan = vae_decode.plan_decode(module, latent.shape, int(full * fraction))
+        if plan is not None:
+            assert plan.predicted_peak_bytes <= full * fraction
+        else:
+            with pytest.raises(InvalidInputError, match="at least"):
+                vae_decode.decode_latent(module, latent, int(full * fraction))

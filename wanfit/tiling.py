@@ -1,0 +1,267 @@
+"""Spatial tile planning for the WAN VAE decode: the largest tiles that fit a memory budget.
+
+Pure functions over numbers (no torch), so the planner and the tests can use them anywhere.
+The decode engine describes the decoder's upsampling tail as a list of LayerSpec (scale
+factor, receptive radius, per-pixel cache/activation/MAC counts read off the weights); this
+module turns a latent size and a budget into tile regions for every layer, a predicted peak
+and a relative cost.
+
+Why tiles carry a halo per layer: WAN's decoder is causal over time (a cache of the last
+two frames per conv), so time is never split; space is. A tile's input crop is its core
+grown by the receptive field of the layers still ahead, and every layer's output is cropped
+back to what the rest needs, so full-resolution layers see only core plus a few pixels and
+the result equals the untiled decode (exact mode). When even that does not fit, the halo is
+capped and neighbouring tiles are blended with feathered weights (capped mode).
+"""
+
+from dataclasses import dataclass
+import math
+
+# A tile's working peak = its causal caches + ACTIVATION_FACTOR x its largest single activation
+# (conv temporaries, the residual kept alive, the cache concat). Fitted per VAE by
+# bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64: 4.54 for Wan 2.1, 9.18 for Wan 2.2,
+# one tile at 17x256x256 / 9x192x192); the values below carry a small margin. See docs/vae_decode_results.md.
+DEFAULT_ACTIVATION_FACTOR = 10.0
+ACTIVATION_FACTOR = {"wan2.1": 5.0, "wan2.2": 9.5}
+# Untiled decode (ComfyUI VAE.decode), working bytes per output pixel of one frame (fp32, CPU);
+# it does not grow with the frame count. For the planner's decode estimate.
+UNTILED_BYTES_PER_OUTPUT_PX = {"wan2.1": 24_476, "wan2.2": 25_663}
+MIN_CORE_LATENT_PX = 2  # smaller cores spend almost all their time on the halo
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of the decoder tail, as the planner sees it.
+
+    scale: output pixels per input pixel along each spatial axis (1, or 2 for an upsample).
+    radius: receptive-field radius at the output scale (one per 3x3 conv).
+    cache_elems_per_px: causal-cache elements held per input pixel (2 frames x channels per cached conv).
+    act_elems_per_px: elements of the layer's output per output pixel (channels x frames per chunk).
+    macs_per_px: multiply-accumulates per output pixel and chunk (for the cost model only).
+    """
+
+    scale: int
+    radius: int
+    cache_elems_per_px: float = 0.0
+    act_elems_per_px: float = 0.0
+    macs_per_px: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What the planner needs to know about one VAE decoder."""
+
+    name: str
+    layers: tuple  # LayerSpec, in execution order
+    activation_factor: float = DEFAULT_ACTIVATION_FACTOR
+    stem_elems_per_latent_px: float = 0.0  # whole-frame stem (conv1 + middle) working elements per latent px
+    stem_attention: bool = True  # the stem holds a (h*w)^2 attention matrix when attention is not fused
+    out_channels: int = 3
+    temporal_factor: int = 4
+
+    @property
+    def total_scale(self):
+        return math.prod(layer.scale for layer in self.layers)
+
+    @property
+    def receptive_radius_latent(self):
+        """How far (in latent pixels) one output pixel sees: the halo an exact tile needs."""
+        radius, scale = 0.0, 1
+        for layer in self.layers:
+            scale *= layer.scale
+            radius += layer.radius / scale
+        return radius
+
+
+@dataclass(frozen=True)
+class AxisRegions:
+    """One tile along one axis: its core (latent px) and the crop of every layer.
+
+    layer_regions[i] = (in_start, in_stop, out_start, out_stop) at layer i's input/output scale;
+    output = (start, stop) of the final output the tile delivers; core_out = its core at output scale.
+    """
+
+    core: tuple
+    layer_regions: tuple
+    output: tuple
+    core_out: tuple
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The chosen tiling: rows x cols of cores, with predicted peak bytes and relative cost."""
+
+    rows: tuple  # AxisRegions along height
+    cols: tuple  # AxisRegions along width
+    exact: bool
+    halo_cap_latent_px: object  # None when exact
+    predicted_peak_bytes: int
+    tile_peak_bytes: int
+    fixed_bytes: int
+    relative_cost: float  # 1.0 = untiled
+
+    @property
+    def tile_count(self):
+        return len(self.rows) * len(self.cols)
+
+    def describe(self):
+        mode = "exact halo" if self.exact else f"halo capped at {self.halo_cap_latent_px} latent px, feathered"
+        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}), predicted peak "
+                f"{self.predicted_peak_bytes / 2**20:.0f} MB, {self.relative_cost:.2f}x untiled compute")
+
+
+def split_evenly(size, parts):
+    """Cut [0, size) into `parts` contiguous cores whose lengths differ by at most one."""
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def axis_regions(core, latent_size, layers, halo_cap=None):
+    """Crops of every layer for one tile along one axis, worked backwards from its output.
+
+    Exact mode (halo_cap None): each layer's input is what its output needs grown by its radius.
+    Capped mode: every crop is also clamped to the core grown by halo_cap latent pixels, and the
+    tile delivers core + halo_cap for feathered blending.
+    """
+    core_start, core_stop = core
+    total_scale = math.prod(layer.scale for layer in layers)
+    if halo_cap is None:
+        out_start, out_stop = core_start * total_scale, core_stop * total_scale
+    else:
+        out_start = max(0, (core_start - halo_cap) * total_scale)
+        out_stop = min(latent_size * total_scale, (core_stop + halo_cap) * total_scale)
+    output = (out_start, out_stop)
+    regions = []
+    scale_out = total_scale
+    for layer in reversed(layers):
+        scale_in = scale_out // layer.scale
+        size_in = latent_size * scale_in
+        in_start = max(0, math.floor((out_start - layer.radius) / layer.scale))
+        in_stop = min(size_in, math.ceil((out_stop + layer.radius) / layer.scale))
+        if halo_cap is not None:
+            in_start = max(in_start, (core_start - halo_cap) * scale_in)
+            in_stop = min(in_stop, (core_stop + halo_cap) * scale_in)
+        regions.append((in_start, in_stop, out_start, out_stop))
+        out_start, out_stop, scale_out = in_start, in_stop, scale_in
+    regions.reverse()
+    return AxisRegions(core=(core_start, core_stop), layer_regions=tuple(regions), output=output,
+                       core_out=(core_start * total_scale, core_stop * total_scale))
+
+
+def tile_memory_terms(spec, row, col):
+    """(causal-cache elements, largest single activation in elements) of one tile: the two memory terms."""
+    cache_elems = 0.0
+    largest_activation = 0.0
+    for layer, ry, rx in zip(spec.layers, row.layer_regions, col.layer_regions):
+        area_in = (ry[1] - ry[0]) * (rx[1] - rx[0])
+        cache_elems += layer.cache_elems_per_px * area_in
+        # the layer computes on its whole input crop before the crop back, so scale^2 x the input area
+        largest_activation = max(largest_activation, layer.act_elems_per_px * area_in * layer.scale * layer.scale)
+    return cache_elems, largest_activation
+
+
+def tile_peak_bytes(spec, row, col, dtype_bytes):
+    """Predicted working memory of one tile: its caches plus the activation factor x its largest activation."""
+    cache_elems, largest_activation = tile_memory_terms(spec, row, col)
+    return int(dtype_bytes * (cache_elems + spec.activation_factor * largest_activation))
+
+
+def stem_peak_bytes(spec, latent_hw, dtype_bytes, fused_attention):
+    """Whole-frame stem (conv1 + middle, latent resolution): small, except an unfused attention matrix."""
+    h, w = latent_hw
+    peak = spec.stem_elems_per_latent_px * h * w * dtype_bytes
+    if spec.stem_attention and not fused_attention:
+        peak += (h * w) ** 2 * dtype_bytes * 2
+    return int(peak)
+
+
+def _axis_summary(latent_size, parts, layers, halo_cap):
+    """Tiles along one axis, the widest of them, and the summed span of every layer's computed crop."""
+    tiles = tuple(axis_regions(core, latent_size, layers, halo_cap) for core in split_evenly(latent_size, parts))
+    widest = max(tiles, key=lambda t: sum(reg[1] - reg[0] for reg in t.layer_regions))
+    spans = tuple(sum(t.layer_regions[i][1] - t.layer_regions[i][0] for t in tiles) * layer.scale
+                  for i, layer in enumerate(layers))
+    return tiles, widest, spans
+
+
+def relative_cost(spec, row_spans, col_spans, tile_count, latent_hw):
+    """Compute of a tiling relative to the untiled decode (MAC-weighted area of every layer crop)."""
+    h, w = latent_hw
+    tiled = untiled = 0.0
+    scale = 1
+    for layer, height, width in zip(spec.layers, row_spans, col_spans):
+        scale *= layer.scale
+        tiled += layer.macs_per_px * height * width
+        untiled += layer.macs_per_px * (h * scale) * (w * scale)
+    # a fixed per-tile-and-chunk overhead (kernel launches, crops, cache copies): ~ 2x2 latent px of work
+    tiled += sum(layer.macs_per_px * 4 for layer in spec.layers) * tile_count
+    return tiled / untiled if untiled else 1.0
+
+
+def _grid_options(latent_size, min_core):
+    """Part counts along one axis worth trying: each distinct largest-core length once."""
+    seen, options = set(), []
+    for parts in range(1, max(1, latent_size // min_core) + 1):
+        largest = math.ceil(latent_size / parts)
+        if largest not in seen:
+            seen.add(largest)
+            options.append(parts)
+    return options
+
+
+def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fused_attention=True,
+               halo_caps=(None, 4, 2, 1), min_core=MIN_CORE_LATENT_PX):
+    """The cheapest tiling whose predicted peak fits the budget; returns (plan or None, smallest peak possible).
+
+    fixed_bytes: memory held through the whole decode on the same device (stored stem output,
+    the output video when it lives on the decode device). Exact halos are preferred; capped
+    halos (seams blended) only when no exact tiling fits.
+    """
+    h, w = latent_hw
+    stem_bytes = stem_peak_bytes(spec, latent_hw, dtype_bytes, fused_attention)
+    minimum = None
+    for halo_cap in halo_caps:
+        rows_by_n = {n: _axis_summary(h, n, spec.layers, halo_cap) for n in _grid_options(h, min_core)}
+        cols_by_n = {n: _axis_summary(w, n, spec.layers, halo_cap) for n in _grid_options(w, min_core)}
+        best = None
+        for rows_n, (rows, widest_row, row_spans) in rows_by_n.items():
+            for cols_n, (cols, widest_col, col_spans) in cols_by_n.items():
+                tile_peak = tile_peak_bytes(spec, widest_row, widest_col, dtype_bytes)
+                peak = fixed_bytes + max(tile_peak, stem_bytes)
+                minimum = peak if minimum is None else min(minimum, peak)
+                if peak > budget_bytes:
+                    continue
+                cost = relative_cost(spec, row_spans, col_spans, rows_n * cols_n, latent_hw)
+                if best is None or (cost, rows_n * cols_n) < (best.relative_cost, best.tile_count):
+                    best = TilePlan(rows=rows, cols=cols, exact=halo_cap is None, halo_cap_latent_px=halo_cap,
+                                    predicted_peak_bytes=peak, tile_peak_bytes=tile_peak, fixed_bytes=fixed_bytes,
+                                    relative_cost=cost)
+        if best is not None:
+            return best, minimum
+    return None, minimum
+
+
+def plan_for_cores(spec, latent_hw, row_cores, col_cores, halo_cap=None):
+    """Regions for explicitly given cores (the OOM ladder splits one tile into smaller ones)."""
+    rows = tuple(axis_regions(core, latent_hw[0], spec.layers, halo_cap) for core in row_cores)
+    cols = tuple(axis_regions(core, latent_hw[1], spec.layers, halo_cap) for core in col_cores)
+    return rows, cols
+
+
+def feather_weights(region, core_out, full_size, ramp):
+    """Per-pixel blend weights of one tile along one axis (a list of floats).
+
+    Linear ramps over the 2*ramp pixels that straddle each interior core edge, so neighbouring
+    tiles' weights sum to one there; no ramp at the image border.
+    """
+    start, stop = region
+    weights = []
+    for pos in range(start, stop):
+        weight = 1.0
+        if ramp > 0:
+            if core_out[0] > 0:  # interior edge at the start
+                weight = min(weight, max(0.0, (pos - (core_out[0] - ramp) + 0.5) / (2 * ramp)))
+            if core_out[1] < full_size:  # interior edge at the stop
+                weight = min(weight, max(0.0, ((core_out[1] + ramp) - pos - 0.5) / (2 * ramp)))
+        weights.append(weight)
+    return weights
