@@ -2,7 +2,8 @@
 # The test command (README "Running the tests"; .ci/run runs exactly this).
 # Finds ComfyUI, prepares a cached virtual environment outside the repository with
 # ComfyUI's requirements and ours, then runs the unit tier and the host tier
-# (a real ComfyUI server on 127.0.0.1). Extra arguments go to pytest.
+# (a real ComfyUI server on 127.0.0.1). Extra arguments go to pytest; --setup-only stops
+# after preparing the environment (what `python -m wanfit demo` needs).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,6 +63,11 @@ if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
   pip_install -r "$comfy_requirements" -r "$repo_root/requirements.txt" -r "$repo_root/tests/requirements.txt"
   rm -f "$comfy_requirements"
   echo "$stamp" > "$stamp_file"
+fi
+
+if [[ "${1:-}" == "--setup-only" ]]; then
+  echo "ready: $python (run the demo with: $python -m wanfit demo)"
+  exit 0
 fi
 
 cd "$repo_root"

@@ -4,6 +4,8 @@ Standard library only, so the CLI and the tests use it in any interpreter.
 """
 
 import json
+import mimetypes
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -16,6 +18,10 @@ from .errors import WanFitError
 
 class ComfyServerError(WanFitError):
     """The server could not be reached or answered with an HTTP error."""
+
+
+class ComfyUnreachableError(ComfyServerError):
+    """Nothing answered at the server URL (connection refused, unknown host, timeout)."""
 
 
 class PromptRejectedError(WanFitError):
@@ -66,8 +72,8 @@ class ComfyClient:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            raise ComfyServerError(f"cannot reach ComfyUI at {self.server}{path}: {error}. "
-                                   "Fix: start ComfyUI or pass the right --server URL.") from error
+            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}{path}: {error}. "
+                                        "Fix: start ComfyUI or pass the right --server URL.") from error
 
     def get_json(self, path):
         status, payload = self._request("GET", path)
@@ -120,21 +126,92 @@ class ComfyClient:
                     files += [item for item in value if isinstance(item, dict) and "filename" in item]
         return files
 
-    def download(self, file_ref, destination_dir):
+    def download(self, file_ref, destination_dir, filename=None):
+        """Fetch a file from /view into destination_dir (as `filename`, default the server's name),
+        never leaving a half-written file under the final name."""
         query = urllib.parse.urlencode({"filename": file_ref["filename"], "subfolder": file_ref.get("subfolder", ""),
                                         "type": file_ref.get("type", "output")})
         status, payload = self._request("GET", f"/view?{query}")
         if status != 200:
             raise ComfyServerError(f"/view of {file_ref['filename']} answered HTTP {status}")
-        destination = Path(destination_dir) / Path(file_ref["filename"]).name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".partial")
-        partial.write_bytes(payload)
-        partial.replace(destination)
-        return destination
+        destination = Path(destination_dir) / (filename or Path(file_ref["filename"]).name)
+        return write_atomically(destination, payload)
+
+    def upload_image(self, path, subfolder="", overwrite=True, image_type="input"):
+        """POST a local image to /upload/image (multipart, as the front end does); return the value a
+        LoadImage node takes ("name" or "subfolder/name")."""
+        path = Path(path)
+        fields = {"type": image_type, "overwrite": "true" if overwrite else "false", "subfolder": subfolder}
+        body, content_type = encode_multipart(fields, {"image": (path.name, path.read_bytes())})
+        request = urllib.request.Request(self.server + "/upload/image", data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
+                uploaded = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise ComfyServerError(f"/upload/image refused {path.name}: HTTP {error.code} "
+                                   f"{error.read()[:300].decode(errors='replace')}") from error
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}/upload/image: {error}. "
+                                        "Fix: start ComfyUI or pass the right --server URL.") from error
+        return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
+
+    def websocket_url(self):
+        """/ws for this client's id: the server sends progress for our prompts only to this socket."""
+        base = "ws" + self.server[len("http"):] if self.server.startswith("http") else self.server
+        return f"{base}/ws?{urllib.parse.urlencode({'clientId': self.client_id})}"
+
+    def interrupt(self, prompt_id):
+        """Best effort: drop the prompt from the queue and stop it if it is the one running."""
+        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+            try:
+                self.post_json(path, body)
+            except ComfyServerError:
+                pass
 
     def free(self, unload_models=True, free_memory=True):
         self.post_json("/free", {"unload_models": unload_models, "free_memory": free_memory})
 
     def object_info(self):
         return self.get_json("/object_info")
+
+
+def encode_multipart(fields, files):
+    """A multipart/form-data body (stdlib has no encoder): fields {name: str}, files {name: (filename, bytes)}."""
+    boundary = "wanfit" + uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, payload) in files.items():
+        filename = filename.replace('"', "%22").replace("\r", "").replace("\n", "")
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def write_atomically(destination, payload):
+    """Write bytes as <name>.partial, then rename: an interrupted write never leaves a file under the
+    final name, and the partial file is removed on any failure (Ctrl-C included)."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    try:
+        partial.write_bytes(payload)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return destination
+
+
+def unused_path(directory, filename):
+    """directory/filename, or name_1.ext, name_2.ext... so a rerun never overwrites an earlier video
+    (a restarted server or a fresh RunPod worker numbers its outputs from 00001 again)."""
+    candidate = Path(directory) / filename
+    stem, suffix, counter = candidate.stem, candidate.suffix, 1
+    while candidate.exists():
+        candidate = candidate.with_name(f"{stem}_{counter}{suffix}")
+        counter += 1
+    return candidate

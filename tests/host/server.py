@@ -26,12 +26,13 @@ def free_port():
 
 
 class ComfyServer:
-    def __init__(self, comfyui_path, fixture_root, work_dir, python=sys.executable, extra_args=()):
+    def __init__(self, comfyui_path, fixture_root, work_dir, python=sys.executable, extra_args=(), cpu=True):
         self.comfyui_path = Path(comfyui_path)
         self.fixture_root = Path(fixture_root)
         self.work_dir = Path(work_dir)
         self.python = python
         self.extra_args = list(extra_args)
+        self.cpu = cpu
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.work_dir / "comfyui.log"
@@ -70,7 +71,7 @@ class ComfyServer:
     def command(self):
         config = self._prepare()
         return [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
             "--output-directory", str(self.work_dir / "output"),
             "--input-directory", str(self.work_dir / "input"),
             "--user-directory", str(self.work_dir / "user"),

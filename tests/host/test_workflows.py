@@ -1,0 +1,88 @@
+"""The shipped workflows against the live server: valid, UI twin of API, and running end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.host.video import probe_video
+from wanfit.workflows import load_api_workflow, substitute_files, ui_to_api, validate_api_workflow, workflow_names
+from tests.fixtures.workflows import FIXTURE_FOR, for_tiny_fixtures
+from workflows.build import UMT5, build
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NAMES = workflow_names()
+GENERATING = [name for name in NAMES if name != "decode_saved_latent"]
+
+MODEL_FILE_INPUTS = {("WanFitLoadDiffusionModel", "model_name"), ("WanFitLoadA14BExperts", "high_noise_model"),
+                     ("WanFitLoadA14BExperts", "low_noise_model"), ("WanFitLoadTextEncoder", "clip_name"),
+                     ("WanFitLoadVAE", "vae_name"), ("LoraLoaderModelOnly", "lora_name"), ("LoadImage", "image"),
+                     ("WanFitLoadSavedLatent", "latent")}
+
+
+def official_file(class_type, input_name, value):
+    if (class_type, input_name) == ("WanFitLoadSavedLatent", "latent"):
+        return value.startswith("latents/wanfit_") and value.endswith(".latent")
+    return (class_type, input_name) in MODEL_FILE_INPUTS and (value in FIXTURE_FOR or value in (UMT5, "example.png"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_is_valid_for_the_live_server(object_info, name):
+    problems = validate_api_workflow(load_api_workflow(name), object_info, file_inputs_ok=official_file)
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_its_api_twin(object_info, name):
+    ui = json.loads((REPO_ROOT / "workflows/ui" / f"{name}.json").read_text())
+    assert ui_to_api(ui, object_info) == load_api_workflow(name)
+    example = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
+    assert example == ui
+    loaders = [node for node in ui["nodes"] if node["type"].startswith("WanFitLoad") and node["type"] != "WanFitLoadSavedLatent"]
+    assert loaders and all(node["properties"]["models"] for node in loaders)
+    assert all(node["properties"]["cnr_id"] for node in ui["nodes"] if node["type"] != "MarkdownNote")
+    note = next(node for node in ui["nodes"] if node["type"] == "MarkdownNote")
+    assert "huggingface.co" in note["widgets_values"][0]
+
+
+def test_committed_workflows_are_what_the_builder_makes(object_info, tmp_path):
+    build(object_info, out_root=tmp_path)
+    for folder in ("workflows/api", "workflows/ui", "example_workflows"):
+        for built in sorted((tmp_path / folder).glob("*.json")):
+            committed = REPO_ROOT / folder / built.name
+            assert committed.exists() and committed.read_text() == built.read_text(), (
+                f"{folder}/{built.name} is out of date: run workflows/build_with_test_server.py")
+
+
+@pytest.mark.parametrize("name", GENERATING)
+def test_api_workflow_runs_end_to_end_on_tiny_models(client, server, tmp_path, name):
+    workflow, spec = for_tiny_fixtures(name, server.work_dir / "input")
+    entry = client.run(workflow, timeout_s=600)
+    videos = client.output_files(entry, spec["video_node"])
+    assert len(videos) == 1 and videos[0]["filename"].endswith(".mp4")
+    video = probe_video(client.download(videos[0], tmp_path))
+    assert (video["frames"], video["width"], video["height"]) == (5, 64, 64)
+    assert video["fps"] == pytest.approx(spec["fps"])
+    latents = client.output_files(entry, spec["latent_node"])
+    assert len(latents) == 1 and latents[0]["filename"].endswith(".latent"), "the latent is saved before decoding"
+
+
+def test_a_saved_latent_decodes_again_to_the_same_video(client, server, tmp_path):
+    """The shipped workflows save the latent before decoding; decode_saved_latent redoes only the decode."""
+    workflow, spec = for_tiny_fixtures("ti2v_5b_t2v", server.work_dir / "input")
+    for node_id, input_name in spec["fields"]["seed"]:
+        workflow[node_id]["inputs"][input_name] = 777
+    entry = client.run(workflow, timeout_s=600)
+    first = probe_video(client.download(client.output_files(entry, spec["video_node"])[0], tmp_path / "first"))
+    latent = client.output_files(entry, spec["latent_node"])[0]
+    latent_name = f"{latent['subfolder']}/{latent['filename']}" if latent["subfolder"] else latent["filename"]
+
+    decode = substitute_files(load_api_workflow("decode_saved_latent"), FIXTURE_FOR)
+    decode["10"]["inputs"]["latent"] = latent_name
+    decode["71"]["inputs"]["filename_prefix"] = "video/test_redecode"
+    entry = client.run(decode, timeout_s=600)
+    again = probe_video(client.download(client.output_files(entry, "71")[0], tmp_path / "again"))
+    assert (again["frames"], again["width"], again["height"], again["fps"]) == (
+        first["frames"], first["width"], first["height"], first["fps"])
+    for frame_first, frame_again in zip(first["arrays"], again["arrays"]):
+        assert (frame_first == frame_again).all(), "the re-decoded video differs from the first decode"

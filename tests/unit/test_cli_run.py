@@ -1,0 +1,547 @@
+"""`python -m wanfit run` without ComfyUI: checks and messages, filling, the multipart upload, atomic
+writes, and the whole /prompt -> /ws -> /history -> /view round trip against a fake ComfyUI
+(aiohttp, as ComfyUI itself) on 127.0.0.1."""
+
+import asyncio
+from email.parser import BytesParser
+from email.policy import HTTP
+import json
+from pathlib import Path
+import socket
+import threading
+
+import pytest
+
+import wanfit.cli_run as cli_run
+from wanfit.__main__ import COMMANDS
+from wanfit.cli_run import main
+from wanfit.client import ComfyClient, encode_multipart, unused_path, write_atomically
+from wanfit.workflows import fill_workflow
+
+FAKE_MP4 = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8
+NODE_ERROR = "frames=8 is invalid: expected 4n+1 (5, 9, ..., 81, ..., 121)"
+
+
+def tiny_graph(with_image=False):
+    """The shape of a WAN graph (stock node names), small enough to read in a failure message."""
+    graph = {
+        "3": {"class_type": "WanFitTestTextEncode", "inputs": {"text": "default prompt", "seed": 1}},
+        "4": {"class_type": "WanFitTestTextEncode", "inputs": {"text": "default negative", "seed": 2}},
+        "6": {"class_type": "Wan22ImageToVideoLatent", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                  "batch_size": 1, "vae": ["2", 0]}},
+        "7": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 5.0, "latent_image": ["6", 0]}},
+        "9": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": 24}},
+        "10": {"class_type": "SaveVideo", "inputs": {"video": ["9", 0], "filename_prefix": "video/wanfit"}},
+    }
+    if with_image:
+        graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+        graph["6"]["inputs"]["start_image"] = ["11", 0]
+    return graph
+
+
+def tiny_input_map(with_image=False):
+    fields = {"prompt": [["3", "text"]], "negative": [["4", "text"]], "width": [["6", "width"]],
+              "height": [["6", "height"]], "frames": [["6", "length"]], "steps": [["7", "steps"]],
+              "seed": [["7", "seed"]], "cfg": [["7", "cfg"]], "fps": [["9", "fps"]],
+              "filename_prefix": [["10", "filename_prefix"]]}
+    if with_image:
+        fields["image"] = [["11", "image"]]
+    return {"fields": fields, "needs_image": with_image, "size_multiple": 32, "fps": 24, "video_node": "10",
+            "title": "tiny " + ("i2v" if with_image else "t2v")}
+
+
+def write_workflows_dir(root):
+    """A workflows folder like the shipped one: api/inputs.json + api/<name>.json."""
+    api = Path(root) / "api"
+    api.mkdir(parents=True, exist_ok=True)
+    (api / "inputs.json").write_text(json.dumps({"tiny_t2v": tiny_input_map(), "tiny_i2v": tiny_input_map(True)}))
+    (api / "tiny_t2v.json").write_text(json.dumps(tiny_graph()))
+    (api / "tiny_i2v.json").write_text(json.dumps(tiny_graph(True)))
+    return Path(root)
+
+
+@pytest.fixture
+def workflows(tmp_path, monkeypatch):
+    root = write_workflows_dir(tmp_path / "workflows")
+    monkeypatch.setenv("WANFIT_WORKFLOWS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "start frame.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"pixels" * 10)
+    return path
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- bad inputs: exit 2, a message naming the field and the fix, nothing written -------------------
+
+BAD_INPUTS = [
+    # (case, extra argv, expected text on stderr)
+    ("unknown workflow", ["--workflow", "nope"],
+     "workflow='nope' is invalid: expected one of tiny_i2v, tiny_t2v."),
+    ("i2v without image", ["--workflow", "tiny_i2v"],
+     "image=None is invalid: expected an input image: tiny_i2v is image-to-video. Fix: pass --image PATH"),
+    ("image not found", ["--workflow", "tiny_i2v", "--image", "/nonexistent/start.png"],
+     "image='/nonexistent/start.png' is invalid: expected an existing image file (PNG, JPEG or WEBP)."),
+    ("frames not 4n+1", ["--workflow", "tiny_t2v", "--frames", "8"],
+     "frames=8 is invalid: expected 4n+1 (5, 9, ..., 81, ..., 121): the VAE packs 4 frames into one latent "
+     "frame. Fix: use 5 or 9"),
+    ("width not a multiple", ["--workflow", "tiny_t2v", "--width", "100"],
+     "width=100 is invalid: expected a positive multiple of 32 for tiny_t2v. Fix: use 96"),
+    ("image for a t2v workflow", ["--workflow", "tiny_t2v", "--image", "x.png"],
+     "image='x.png' is invalid: expected one of the fields of workflow tiny_t2v:"),
+    ("workflow file missing", ["--workflow", "tiny_t2v", "--workflow-file", "/nonexistent/graph.json"],
+     "workflow-file='/nonexistent/graph.json' is invalid: expected an existing API-format workflow JSON file."),
+    ("server without scheme", ["--workflow", "tiny_t2v", "--server", "localhost:8188"],
+     "server='localhost:8188' is invalid: expected an http:// or https:// URL. "
+     "Fix: e.g. --server http://127.0.0.1:8188"),
+    ("timeout not positive", ["--workflow", "tiny_t2v", "--timeout", "0"],
+     "timeout=0.0 is invalid: expected a positive number of seconds."),
+]
+
+
+@pytest.mark.parametrize("case, argv, expected", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(workflows, tmp_path, capsys, case, argv, expected):
+    out_dir = tmp_path / "out"
+    server = f"http://127.0.0.1:{closed_port()}"  # never contacted: checks come first
+    code, out, err = run_cli(capsys, "--prompt", "a fox", "--server", server, "--out", str(out_dir), *argv)
+    # (a later --server in argv wins)
+    assert code == 2, f"{case}: expected exit 2, got {code}; stderr: {err}"
+    assert expected in err, f"{case}: expected {expected!r} in stderr, got: {err}"
+    assert err.startswith("wanfit run: ") and out == ""
+    assert not out_dir.exists()
+
+
+def test_unreachable_server_names_the_url_and_how_to_start_comfyui(workflows, tmp_path, capsys):
+    server = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server,
+                             "--out", str(tmp_path / "out"))
+    assert code == 2 and out == ""
+    assert f"server='{server}' is unreachable: no ComfyUI answered there" in err
+    assert "Connection refused" in err
+    assert "Fix: start ComfyUI with WanFit installed (cd ~/ComfyUI && python main.py --listen 127.0.0.1" in err
+    assert "or pass --server URL of a running ComfyUI" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_map_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANFIT_WORKFLOWS_DIR", str(tmp_path / "empty"))
+    code, _, err = run_cli(capsys, "--workflow", "ti2v_5b_t2v", "--prompt", "a fox")
+    assert code == 2
+    assert f"no workflow input map at {tmp_path / 'empty' / 'api' / 'inputs.json'}. Fix: update WanFit" in err
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "expected readable JSON"),
+    (json.dumps({"nodes": [], "links": []}), "expected an API-format workflow, not the editor's UI format. "
+                                             "Fix: in ComfyUI use Workflow > Export (API)"),
+    (json.dumps({"1": {"inputs": {}}}), 'expected an API-format workflow: {"<node id>": {"class_type": ...'),
+    (json.dumps({"1": {"class_type": "KSampler", "inputs": {}}}),
+     "expected node 3 with input 'text', where workflow tiny_t2v keeps prompt. Fix: pass the --workflow whose "
+     "input map matches the file, or leave --prompt out"),
+], ids=["not json", "ui format", "not api format", "fields missing"])
+def test_bad_workflow_file(workflows, tmp_path, capsys, content, expected):
+    path = tmp_path / "graph.json"
+    path.write_text(content)
+    code, _, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--workflow-file", str(path))
+    assert code == 2
+    assert f"workflow-file='{path}' is invalid: " in err and expected in err, err
+
+
+def test_argparse_refuses_a_non_number(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--workflow", "tiny_t2v", "--prompt", "x", "--frames", "many"])
+    assert exit_info.value.code == 2
+    assert "argument --frames: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_run_is_a_registered_command():
+    assert COMMANDS["run"][0] == "wanfit.cli_run"
+
+
+# --- filling ------------------------------------------------------------------------------------
+
+def test_fill_sets_each_field_where_the_input_map_says(workflows):
+    args = cli_run.parse_args(["--workflow", "tiny_i2v", "--prompt", "a fox", "--negative", "blur", "--image",
+                               "dir/cat.png", "--width", "96", "--height", "64", "--frames", "9", "--steps", "3",
+                               "--seed", "42", "--cfg", "3.5", "--fps", "16"])
+    workflow = cli_run.fill("tiny_i2v", cli_run.field_values(args))
+    assert workflow["3"]["inputs"]["text"] == "a fox" and workflow["4"]["inputs"]["text"] == "blur"
+    assert workflow["11"]["inputs"]["image"] == "cat.png"  # the name it has once uploaded
+    assert {key: workflow["6"]["inputs"][key] for key in ("width", "height", "length")} == \
+        {"width": 96, "height": 64, "length": 9}
+    assert (workflow["7"]["inputs"]["steps"], workflow["7"]["inputs"]["seed"], workflow["7"]["inputs"]["cfg"]) == \
+        (3, 42, 3.5)
+    assert workflow["9"]["inputs"]["fps"] == 16 and isinstance(workflow["9"]["inputs"]["fps"], int)
+    assert workflow["6"]["inputs"]["vae"] == ["2", 0], "links stay links"
+
+
+def test_workflow_file_is_filled_by_the_same_code_as_the_shipped_one(workflows, tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(tiny_graph()))
+    values = {"prompt": "a fox", "negative": None, "image": None, "width": 128, "height": None, "frames": 13,
+              "steps": None, "seed": 7, "cfg": None, "fps": None}
+    assert cli_run.fill("tiny_t2v", values, path) == fill_workflow("tiny_t2v", **values)
+    assert cli_run.fill("tiny_t2v", values, path)["6"]["inputs"]["width"] == 128
+
+
+def test_unset_fields_keep_the_workflow_defaults(workflows):
+    workflow = cli_run.fill("tiny_t2v", {"prompt": "a fox"})
+    assert workflow["4"]["inputs"]["text"] == "default negative" and workflow["7"]["inputs"]["steps"] == 2
+
+
+def shipped_workflow_names():
+    from wanfit.workflows import WORKFLOWS_DIR
+
+    path = WORKFLOWS_DIR / "api" / "inputs.json"
+    input_map = json.loads(path.read_text()) if path.exists() else {}
+    return sorted(name for name, spec in input_map.items() if "prompt" in spec["fields"])  # generating workflows
+
+
+@pytest.mark.parametrize("name", shipped_workflow_names())
+def test_every_shipped_workflow_fills_from_the_command_line(name, tmp_path, image, monkeypatch):
+    monkeypatch.delenv("WANFIT_WORKFLOWS_DIR", raising=False)
+    args = cli_run.parse_args(["--workflow", name, "--prompt", "a fox", "--negative", "blur", "--image", str(image),
+                               "--width", "832", "--height", "480", "--frames", "9", "--steps", "4", "--seed", "5",
+                               "--cfg", "3.5", "--fps", "16"])
+    if not cli_run.input_spec(name).get("needs_image"):
+        args.image = None
+    workflow, spec = cli_run.prepare(args)
+    for field, value in cli_run.field_values(args).items():
+        for node_id, input_name in spec["fields"].get(field, []) if value is not None else []:
+            assert workflow[node_id]["inputs"][input_name] == value, (field, node_id, input_name)
+    assert {"SaveVideo"} <= {node["class_type"] for node in workflow.values()}, "videos reach /history outputs"
+
+
+def test_video_files_picks_savevideo_output_and_skips_previews():
+    entry = {"outputs": {
+        "10": {"images": [{"filename": "wanfit_00001_.mp4", "subfolder": "video", "type": "output"}],
+               "animated": [True]},
+        "12": {"images": [{"filename": "preview.png", "subfolder": "", "type": "temp"}]},
+        "13": {"images": [{"filename": "frame.png", "subfolder": "", "type": "output"}], "animated": [False]},
+        "14": {"latents": [{"filename": "l.latent", "subfolder": "", "type": "output"}]},
+    }}
+    assert [item["filename"] for item in cli_run.video_files(entry)] == ["wanfit_00001_.mp4"]
+    del entry["outputs"]["10"]
+    assert [item["filename"] for item in cli_run.video_files(entry)] == ["frame.png"], "no video: saved images"
+
+
+# --- multipart and atomic writes ------------------------------------------------------------------
+
+def parse_multipart(body, content_type):
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+
+
+def test_multipart_body_parses_back_to_fields_and_file():
+    payload = b"\x89PNG\r\n--not-a-boundary\r\n\x00\xff"
+    body, content_type = encode_multipart({"type": "input", "overwrite": "true", "subfolder": ""},
+                                          {"image": ('my "cat".png', payload)})
+    parts = parse_multipart(body, content_type)
+    assert parts["type"].get_content() == "input" and parts["overwrite"].get_content() == "true"
+    assert parts["subfolder"].get_content() == ""
+    assert parts["image"].get_filename() == "my %22cat%22.png"
+    assert parts["image"].get_content_type() == "image/png"
+    assert parts["image"].get_payload(decode=True) == payload
+
+
+def test_write_atomically_replaces_and_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    destination = tmp_path / "deep" / "video.mp4"
+    assert write_atomically(destination, b"first") == destination and destination.read_bytes() == b"first"
+
+    def interrupted_write(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted_write)
+    fresh = tmp_path / "fresh.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(fresh, b"second")
+    assert not fresh.exists() and not (tmp_path / "fresh.mp4.partial").exists()
+    assert destination.read_bytes() == b"first"
+
+
+def test_unused_path_never_overwrites(tmp_path):
+    assert unused_path(tmp_path, "v.mp4") == tmp_path / "v.mp4"
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "v_1.mp4").write_bytes(b"x")
+    assert unused_path(tmp_path, "v.mp4") == tmp_path / "v_2.mp4"
+
+
+# --- the round trip against a fake ComfyUI ----------------------------------------------------------
+
+class FakeComfyUI:
+    """Just enough of ComfyUI's server: /system_stats, /upload/image, /prompt, /ws, /history, /view,
+    /queue, /interrupt. mode "ok" saves a video; mode "fail" raises in node 50 as a node would."""
+
+    def __init__(self, mode="ok", websocket=True):
+        from aiohttp import web
+
+        self.web = web
+        self.mode = mode
+        self.websocket = websocket
+        self.sockets = {}
+        self.history = {}
+        self.prompts = []
+        self.uploads = []
+        self.posts = []
+        self.loop = asyncio.new_event_loop()
+        app = web.Application(client_max_size=50 * 2**20)
+        app.add_routes([web.get("/system_stats", self.system_stats), web.post("/upload/image", self.upload),
+                        web.post("/prompt", self.prompt), web.get("/ws", self.ws),
+                        web.get("/history/{prompt_id}", self.get_history), web.get("/view", self.view),
+                        web.post("/queue", self.record_post), web.post("/interrupt", self.record_post)])
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def system_stats(self, request):
+        return self.web.json_response({"system": {}, "devices": []})
+
+    async def upload(self, request):
+        form = await request.post()
+        image = form["image"]
+        self.uploads.append({"type": form.get("type"), "overwrite": form.get("overwrite"),
+                             "subfolder": form.get("subfolder"), "filename": image.filename,
+                             "bytes": image.file.read()})
+        return self.web.json_response({"name": image.filename, "subfolder": "", "type": "input"})
+
+    async def ws(self, request):
+        if not self.websocket:
+            return self.web.Response(status=404)
+        socket_response = self.web.WebSocketResponse()
+        await socket_response.prepare(request)
+        client_id = request.query.get("clientId")
+        self.sockets[client_id] = socket_response
+        await socket_response.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}})
+        async for _message in socket_response:
+            pass
+        return socket_response
+
+    async def prompt(self, request):
+        body = await request.json()
+        prompt_id = f"p{len(self.prompts) + 1}"
+        self.prompts.append(body)
+        asyncio.get_running_loop().create_task(self.execute(prompt_id, body))
+        return self.web.json_response({"prompt_id": prompt_id, "number": len(self.prompts), "node_errors": {}})
+
+    async def execute(self, prompt_id, body):
+        socket_response = self.sockets.get(body.get("client_id"))
+
+        async def send(kind, data):
+            if socket_response is not None and not socket_response.closed:
+                await socket_response.send_json({"type": kind, "data": {**data, "prompt_id": prompt_id}})
+                await socket_response.send_bytes(b"\x00\x00\x00\x01preview")  # a binary preview frame
+
+        await send("execution_start", {"timestamp": 0})
+        await send("execution_cached", {"nodes": ["3", "4"]})
+        await send("executing", {"node": "7", "display_node": "7"})
+        for value in (1, 2):
+            await send("progress", {"value": value, "max": 2, "node": "7"})
+        messages = [["execution_start", {"prompt_id": prompt_id}]]
+        if self.mode == "fail":
+            error = {"prompt_id": prompt_id, "node_id": "50", "node_type": "WanFitOffloadPlan",
+                     "exception_type": "wanfit.errors.InvalidInputError", "exception_message": NODE_ERROR}
+            await send("execution_error", error)
+            messages.append(["execution_error", error])
+            status = {"status_str": "error", "completed": False, "messages": messages}
+            outputs = {}
+        else:
+            await send("executed", {"node": "10", "output": {}})
+            await send("execution_success", {})
+            messages.append(["execution_success", {"prompt_id": prompt_id}])
+            status = {"status_str": "success", "completed": True, "messages": messages}
+            outputs = {"10": {"images": [{"filename": "wanfit_00001_.mp4", "subfolder": "video", "type": "output"}],
+                              "animated": [True]}}
+        self.history[prompt_id] = {"prompt": [], "outputs": outputs, "status": status}
+        await send("executing", {"node": None})
+
+    async def get_history(self, request):
+        prompt_id = request.match_info["prompt_id"]
+        return self.web.json_response({prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
+
+    async def view(self, request):
+        assert request.query["filename"] == "wanfit_00001_.mp4" and request.query["subfolder"] == "video"
+        return self.web.Response(body=FAKE_MP4, content_type="video/mp4")
+
+    async def record_post(self, request):
+        self.posts.append((request.path, await request.json()))
+        return self.web.json_response({})
+
+
+@pytest.fixture
+def fake_comfy():
+    servers = []
+
+    def start(**options):
+        servers.append(FakeComfyUI(**options))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_run_uploads_queues_follows_the_websocket_and_downloads(workflows, fake_comfy, image, tmp_path, capsys):
+    server = fake_comfy()
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "--workflow", "tiny_i2v", "--prompt", "a fox", "--image", str(image),
+                             "--frames", "9", "--server", server.url, "--out", str(out_dir))
+    assert code == 0, err
+    assert out.splitlines() == [str(out_dir / "wanfit_00001_.mp4")]
+    assert (out_dir / "wanfit_00001_.mp4").read_bytes() == FAKE_MP4
+    assert sorted(path.name for path in out_dir.iterdir()) == ["wanfit_00001_.mp4"]
+
+    assert server.uploads == [{"type": "input", "overwrite": "true", "subfolder": "", "filename": image.name,
+                               "bytes": image.read_bytes()}]
+    [body] = server.prompts
+    assert body["client_id"] in server.sockets, "the /ws clientId is the /prompt client_id"
+    assert body["prompt"]["11"]["inputs"]["image"] == image.name
+    assert body["prompt"]["3"]["inputs"]["text"] == "a fox" and body["prompt"]["6"]["inputs"]["length"] == 9
+
+    lines = err.splitlines()  # not a TTY: plain lines
+    assert any(line.endswith("queued as prompt p1") for line in lines), err
+    assert any(line.endswith("2 node(s) cached from an earlier run") for line in lines), err
+    assert any(line.endswith("node 7 (KSampler) [##########..........] 1/2") for line in lines), err
+    assert any(line.endswith("node 7 (KSampler) [####################] 2/2") for line in lines), err
+    assert lines[-1].endswith("finished"), err
+    assert "\r" not in err
+
+
+def test_second_run_does_not_overwrite_the_first_video(workflows, fake_comfy, tmp_path, capsys):
+    server = fake_comfy()
+    out_dir = tmp_path / "out"
+    for _ in range(2):
+        assert run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                       "--out", str(out_dir))[0] == 0
+    assert sorted(path.name for path in out_dir.iterdir()) == ["wanfit_00001_.mp4", "wanfit_00001__1.mp4"]
+
+
+def test_without_websocket_it_polls_history(workflows, fake_comfy, tmp_path, capsys):
+    server = fake_comfy(websocket=False)
+    code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                             "--out", str(tmp_path))
+    assert code == 0, err
+    assert "following progress by polling /history (no websocket at" in err
+    assert (tmp_path / "wanfit_00001_.mp4").read_bytes() == FAKE_MP4
+
+
+def test_without_aiohttp_it_polls_history(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_aiohttp(name, *args, **kwargs):
+        if name == "aiohttp":
+            raise ImportError("No module named 'aiohttp'")
+        return real_import(name, *args, **kwargs)
+
+    server = fake_comfy()
+    monkeypatch.setattr(builtins, "__import__", no_aiohttp)
+    code, _, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                           "--out", str(tmp_path))
+    assert code == 0, err
+    assert "following progress by polling /history (aiohttp is not installed)" in err
+
+
+def test_node_error_reaches_the_user_with_exit_1(workflows, fake_comfy, tmp_path, capsys):
+    server = fake_comfy(mode="fail")
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                             "--out", str(out_dir))
+    assert code == 1 and out == ""
+    assert (f"wanfit run: prompt p1 failed in node 50 (WanFitOffloadPlan): wanfit.errors.InvalidInputError: "
+            f"{NODE_ERROR}") in err
+    assert not out_dir.exists()
+
+
+def test_tty_progress_is_one_updating_line():
+    import io
+
+    from wanfit.progress import ProgressPrinter
+
+    stream = io.StringIO()
+    printer = ProgressPrinter({"7": {"class_type": "KSampler", "inputs": {}}}, stream=stream, tty=True)
+    printer("executing", {"node": "7"})
+    for value in (1, 2, 3, 4):
+        printer("progress", {"value": value, "max": 4, "node": "7"})
+    printer("execution_success", {})
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and text.count("\r") == 6
+    assert "node 7 (KSampler) [###############.....] 3/4" in text
+    assert text.endswith("finished" + " " * 36 + "\n"), "the final line overwrites the progress line, blanks its tail"
+
+
+def test_a_log_gets_waiting_lines_rarely_a_terminal_gets_them_all():
+    import io
+
+    from wanfit.progress import ProgressPrinter
+
+    log, terminal = io.StringIO(), io.StringIO()
+    for stream, tty in ((log, False), (terminal, True)):
+        printer = ProgressPrinter(stream=stream, tty=tty)
+        for _ in range(50):
+            printer("waiting", {"prompt_id": "p1"})
+            printer("runpod", {"job_id": "j1", "status": "IN_QUEUE", "changed": False})
+    assert log.getvalue().count("\n") == 1, log.getvalue()
+    assert terminal.getvalue().count("\r") == 100
+
+
+def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
+    server = fake_comfy()
+
+    def interrupted(self, deadline, timeout_s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wanfit.progress.PromptRun._wait_for_history", interrupted)
+    code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                             "--out", str(tmp_path / "out"))
+    assert code == 130 and out == ""
+    assert "wanfit run: interrupted; the prompt (or RunPod job) was cancelled and no file was saved" in err
+    assert server.posts == [("/queue", {"delete": ["p1"]}), ("/interrupt", {"prompt_id": "p1"})]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
+    server = fake_comfy()
+
+    def interrupted_write(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted_write)
+    out_dir = tmp_path / "out"
+    code, out, _ = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                           "--out", str(out_dir))
+    assert code == 130 and out == ""
+    assert list(out_dir.iterdir()) == []
+
+
+def test_upload_image_returns_the_name_loadimage_takes(fake_comfy, image):
+    server = fake_comfy()
+    assert ComfyClient(server.url).upload_image(image) == image.name
+    assert server.uploads[0]["bytes"] == image.read_bytes()

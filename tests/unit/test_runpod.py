@@ -1,0 +1,271 @@
+"""`wanfit run --runpod` against a fake RunPod serverless API on 127.0.0.1 that follows RunPod's
+/run + /status contract and worker-comfyui's input/output format (see wanfit/runpod.py)."""
+
+import base64
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+
+import pytest
+
+import wanfit.runpod as runpod
+from wanfit.cli_run import main
+from wanfit.runpod import RunPodClient, RunPodError, job_error_text, output_files
+from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
+
+API_KEY = "rp_test_key"
+ENDPOINT = "wanfit-endpoint"
+WORKER_FAILURE = (f"Workflow execution error: Node Type: WanFitOffloadPlan, Node ID: 50, Message: {NODE_ERROR}")
+
+
+class FakeRunPod:
+    """Each job goes IN_QUEUE -> IN_PROGRESS -> its final status, one step per /status call. The job's
+    outcome is picked by the prompt text: "fail", "crash", "old output", "s3" or anything (a base64 mp4)."""
+
+    def __init__(self):
+        self.jobs = {}
+        self.requests = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body, content_type="application/json"):
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _authorized(self):
+                if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                    self._reply(401, {"error": "Unauthorized"})
+                    return False
+                return True
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                fake.requests.append(("POST", self.path, body))
+                if not self._authorized():
+                    return
+                parts = self.path.strip("/").split("/")  # v2/<endpoint>/run | v2/<endpoint>/cancel/<id>
+                if parts[1] != ENDPOINT:
+                    return self._reply(404, {"error": "endpoint not found"})
+                if parts[2] == "run":
+                    job_id = f"job-{len(fake.jobs) + 1}"
+                    fake.jobs[job_id] = {"body": body, "polls": 0, "cancelled": False}
+                    return self._reply(200, {"id": job_id, "status": "IN_QUEUE"})
+                if parts[2] == "cancel":
+                    fake.jobs[parts[3]]["cancelled"] = True
+                    return self._reply(200, {"id": parts[3], "status": "CANCELLED"})
+                self._reply(404, {"error": "no such route"})
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path, None))
+                if self.path == "/s3/video.mp4":  # a presigned URL: no RunPod key
+                    return self._reply(200, FAKE_MP4, "video/mp4")
+                if not self._authorized():
+                    return
+                parts = self.path.strip("/").split("/")  # v2/<endpoint>/status/<id>
+                job = fake.jobs[parts[3]]
+                job["polls"] += 1
+                state = {1: "IN_QUEUE", 2: "IN_PROGRESS"}.get(job["polls"])
+                if state:
+                    return self._reply(200, {"id": parts[3], "status": state, "delayTime": 10})
+                self._reply(200, fake.final_status(parts[3], job["body"]))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def final_status(self, job_id, body):
+        prompt = json.dumps(body["input"]["workflow"])
+        done = {"id": job_id, "status": "COMPLETED", "delayTime": 10, "executionTime": 4567}
+        if "fail" in prompt:  # worker-comfyui's handler returned {"error": ..., "details": [...]}
+            return {"id": job_id, "status": "FAILED", "error": "Job processing failed",
+                    "output": {"details": [WORKER_FAILURE]}}
+        if "crash" in prompt:  # the handler raised: runpod-python sends the exception as a JSON string
+            return {"id": job_id, "status": "FAILED", "error": json.dumps(
+                {"error_type": "<class 'RuntimeError'>", "error_message": "CUDA out of memory",
+                 "error_traceback": "Traceback ..."})}
+        if "old output" in prompt:  # worker-comfyui < 5.0.0
+            return {**done, "output": {"status": "success", "message": base64.b64encode(FAKE_MP4).decode()}}
+        if "s3" in prompt:
+            return {**done, "output": {"images": [{"filename": "wanfit_00001_.mp4", "type": "s3_url",
+                                                   "data": self.base.replace("/v2", "/s3/video.mp4")}]}}
+        return {**done, "output": {"images": [{"filename": "wanfit_00001_.mp4", "type": "base64",
+                                               "data": base64.b64encode(FAKE_MP4).decode()}],
+                                   "errors": ["Node 9 produced unhandled output keys: ['text']."]}}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_runpod(monkeypatch):
+    fake = FakeRunPod()
+    monkeypatch.setenv("RUNPOD_API_BASE", fake.base)
+    monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
+    monkeypatch.setattr(runpod, "POLL_S", 0.01)
+    yield fake
+    fake.close()
+
+
+def run_runpod(capsys, out_dir, prompt="a red fox", *extra):
+    return run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", prompt, "--runpod", ENDPOINT,
+                   "--out", str(out_dir), *extra)
+
+
+def test_completed_job_saves_the_base64_video(workflows, fake_runpod, tmp_path, capsys):
+    code, out, err = run_runpod(capsys, tmp_path / "out", "a red fox", "--frames", "9")
+    assert code == 0, err
+    saved = tmp_path / "out" / "wanfit_00001_.mp4"
+    assert out.splitlines() == [str(saved)] and saved.read_bytes() == FAKE_MP4
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["wanfit_00001_.mp4"]
+
+    method, path, body = fake_runpod.requests[0]
+    assert (method, path) == ("POST", f"/v2/{ENDPOINT}/run")
+    assert set(body) == {"input"} and set(body["input"]) == {"workflow"}, "no images for text-to-video"
+    assert body["input"]["workflow"]["3"]["inputs"]["text"] == "a red fox"
+    assert body["input"]["workflow"]["6"]["inputs"]["length"] == 9
+    assert [request[1] for request in fake_runpod.requests[1:]] == [f"/v2/{ENDPOINT}/status/job-1"] * 3
+    for status in ("submitted", "IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
+        assert f"RunPod job job-1: {status}" in err, err
+    assert "wanfit run: RunPod worker warning: Node 9 produced unhandled output keys" in err
+
+
+def test_image_goes_in_input_images_and_the_workflow_names_it(workflows, fake_runpod, image, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--workflow", "tiny_i2v", "--prompt", "a fox", "--image", str(image),
+                           "--runpod", ENDPOINT, "--out", str(tmp_path))
+    assert code == 0, err
+    body = fake_runpod.requests[0][2]
+    assert body["input"]["workflow"]["11"]["inputs"]["image"] == image.name
+    [sent] = body["input"]["images"]
+    assert sent["name"] == image.name
+    assert sent["image"] == "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+
+
+def test_failed_job_prints_the_workers_error_and_exits_1(workflows, fake_runpod, tmp_path, capsys):
+    code, out, err = run_runpod(capsys, tmp_path / "out", "fail please")
+    assert code == 1 and out == ""
+    assert "wanfit run: RunPod job job-1 ended FAILED: Job processing failed" in err
+    assert WORKER_FAILURE in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_handler_exception_text_is_unpacked(workflows, fake_runpod, tmp_path, capsys):
+    code, _, err = run_runpod(capsys, tmp_path, "crash")
+    assert code == 1
+    assert "RunPod job job-1 ended FAILED: <class 'RuntimeError'>: CUDA out of memory" in err
+
+
+def test_pre_5_0_output_message_is_saved_with_the_right_extension(workflows, fake_runpod, tmp_path, capsys):
+    code, out, err = run_runpod(capsys, tmp_path, "old output")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "runpod_job-1.mp4")
+    assert (tmp_path / "runpod_job-1.mp4").read_bytes() == FAKE_MP4
+
+
+def test_s3_url_output_is_downloaded_without_the_key(workflows, fake_runpod, tmp_path, capsys):
+    code, _, err = run_runpod(capsys, tmp_path, "s3")
+    assert code == 0, err
+    assert (tmp_path / "wanfit_00001_.mp4").read_bytes() == FAKE_MP4
+
+
+def test_missing_api_key_is_a_clear_error(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    code, _, err = run_runpod(capsys, tmp_path / "out")
+    assert code == 2
+    assert ("wanfit run: RUNPOD_API_KEY is not set: --runpod needs a RunPod API key. Fix: create one under "
+            "RunPod > Settings > API Keys and run `export RUNPOD_API_KEY=...` before this command.") in err
+    assert fake_runpod.requests == [] and not (tmp_path / "out").exists()
+
+
+def test_wrong_key_and_unknown_endpoint_say_what_to_fix(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", "wrong")
+    code, _, err = run_runpod(capsys, tmp_path)
+    assert code == 2 and "RunPod refused the API key (HTTP 401)" in err and "Fix: check RUNPOD_API_KEY" in err
+    monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
+    code, _, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "x", "--runpod", "nope",
+                           "--out", str(tmp_path))
+    assert code == 2 and "RunPod has no endpoint 'nope' (HTTP 404" in err
+    assert "Fix: check the --runpod endpoint id" in err
+
+
+def test_unreachable_runpod(workflows, tmp_path, capsys, monkeypatch):
+    from tests.unit.test_cli_run import closed_port
+
+    monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
+    monkeypatch.setenv("RUNPOD_API_BASE", f"http://127.0.0.1:{closed_port()}/v2")
+    code, _, err = run_runpod(capsys, tmp_path)
+    assert code == 2 and "cannot reach RunPod at http://127.0.0.1:" in err and "Connection refused" in err
+
+
+def test_bad_inputs_are_refused_before_anything_is_sent(workflows, fake_runpod, tmp_path, capsys):
+    code, _, err = run_runpod(capsys, tmp_path, "a fox", "--frames", "10")
+    assert code == 2 and "frames=10 is invalid: expected 4n+1" in err
+    assert fake_runpod.requests == []
+
+
+def test_ctrl_c_cancels_the_job(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
+    def interrupted(self, job_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunPodClient, "status", interrupted)
+    code, _, _ = run_runpod(capsys, tmp_path / "out")
+    assert code == 130
+    assert fake_runpod.jobs["job-1"]["cancelled"] and not (tmp_path / "out").exists()
+
+
+def test_two_jobs_do_not_overwrite_each_other(workflows, fake_runpod, tmp_path, capsys):
+    for _ in range(2):
+        assert run_runpod(capsys, tmp_path / "out")[0] == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["wanfit_00001_.mp4", "wanfit_00001__1.mp4"]
+
+
+def test_timeout_while_queued(workflows, fake_runpod, tmp_path, capsys):
+    code, _, err = run_runpod(capsys, tmp_path, "a fox", "--timeout", "0.001")
+    assert code == 1 and "RunPod job job-1 is still IN_QUEUE after 0.001 s" in err
+
+
+OUTPUT_SHAPES = [
+    ("5.x base64", {"output": {"images": [{"filename": "a.mp4", "type": "base64", "data": "QQ=="}]}},
+     [("a.mp4", "base64", "QQ==")]),
+    ("5.x s3", {"output": {"images": [{"filename": "a.mp4", "type": "s3_url", "data": "https://b/a.mp4"}]}},
+     [("a.mp4", "s3_url", "https://b/a.mp4")]),
+    ("4.x message", {"output": {"status": "success", "message": "QQ=="}}, [(None, "base64", "QQ==")]),
+    ("4.x s3 message", {"output": {"status": "success", "message": "https://b/a.png"}},
+     [(None, "s3_url", "https://b/a.png")]),
+    ("no images", {"output": {"status": "success_no_images", "images": []}}, []),
+    ("no output", {}, []),
+]
+
+
+@pytest.mark.parametrize("case, status, expected", OUTPUT_SHAPES, ids=[row[0] for row in OUTPUT_SHAPES])
+def test_output_shapes(case, status, expected):
+    assert output_files(status) == expected
+
+
+def test_error_text_shapes():
+    assert job_error_text({"status": "FAILED", "error": "boom"}) == "boom"
+    assert job_error_text({"status": "TIMED_OUT"}) == "no error text (status TIMED_OUT)"
+    assert job_error_text({"error": "Job processing failed", "output": {"details": ["a", "b"]}}) == \
+        "Job processing failed\n  a\n  b"
+
+
+def test_endpoint_id_must_be_an_id(monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
+    with pytest.raises(RunPodError, match="is not an endpoint id"):
+        RunPodClient("https://api.runpod.ai/v2/abc")
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "start.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"pixels" * 10)
+    return path
