@@ -227,6 +227,25 @@ def note_text(name, workflow, manifest, spec):
     return "\n".join(lines)
 
 
+def thumbnail(name, path):
+    """A title card for ComfyUI's template browser (example_workflows/<name>.jpg)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (512, 288), (24, 28, 40))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, 511, 36], fill=(90, 60, 160))
+    draw.text((14, 12), "WanFit", fill=(255, 255, 255))
+    words, lines = TITLES[name].replace(" (WanFit)", "").split(), [""]
+    for word in words:
+        lines[-1] = (lines[-1] + " " + word).strip() if len(lines[-1]) + len(word) < 40 else lines[-1]
+        if word not in lines[-1].split():
+            lines.append(word)
+    for index, line in enumerate(lines):
+        draw.text((24, 90 + 26 * index), line, fill=(235, 235, 245))
+    draw.text((24, 250), name, fill=(160, 170, 200))
+    image.save(path, quality=90)
+
+
 def build(object_info, out_root=ROOT):
     manifest = load_manifest()
     api_dir, ui_dir, example_dir = out_root / "workflows/api", out_root / "workflows/ui", out_root / "example_workflows"
@@ -255,6 +274,7 @@ def build(object_info, out_root=ROOT):
         text = json.dumps(ui, indent=2) + "\n"
         (ui_dir / f"{name}.json").write_text(text)
         (example_dir / f"{name}.json").write_text(text)
+        thumbnail(name, example_dir / f"{name}.jpg")
     (api_dir / "inputs.json").write_text(json.dumps(input_map, indent=2) + "\n")
     return input_map
 
