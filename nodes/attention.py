@@ -1,4 +1,4 @@
-from ..wanfit.attention import MODES, find_override, patch_model_attention
+from ..wanfit.choices import ATTENTION_MODES as MODES
 
 MODE_TOOLTIP = ("auto: the fastest sageattention kernel this GPU supports, verified against SDPA on first use; "
                 "PyTorch SDPA when sageattention, a GPU or a supported architecture is missing. "
@@ -43,6 +43,8 @@ class WanFitSageAttention:
         }
 
     def patch(self, model, mode, keep_cross_attention_on_sdpa, nan_check_calls, plan=None):
+        from ..wanfit.attention import patch_model_attention
+
         patched, report = patch_model_attention(model, mode, plan=plan,
                                                 keep_cross_attention_on_sdpa=keep_cross_attention_on_sdpa or None,
                                                 nan_check_calls=nan_check_calls)
@@ -75,6 +77,8 @@ class WanFitAttentionReport:
         return float("nan")  # counts change with every run of the sampler
 
     def report(self, model, samples, reset_counts):
+        from ..wanfit.attention import find_override
+
         override = find_override(model)
         if override is None:
             text = "no WanFit attention patch on this model: ComfyUI's own attention ran"

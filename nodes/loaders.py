@@ -1,8 +1,21 @@
-from ..wanfit.loading import (TEXT_ENCODER_DEVICE_OPTIONS, WEIGHT_DTYPE_OPTIONS, choose_text_encoder_device,
-                              choose_weight_dtype, diffusion_model_options)
+"""Loader nodes. The checks (wanfit.models) and load options (wanfit.loading) are imported when a node
+runs, not when ComfyUI starts: the widget choices come from wanfit.choices."""
+
+from ..wanfit.choices import LOADER_TEXT_ENCODER_DEVICES as TEXT_ENCODER_DEVICE_OPTIONS
+from ..wanfit.choices import LOADER_WEIGHT_DTYPES as WEIGHT_DTYPE_OPTIONS
 from ..wanfit.errors import WanFitError
-from ..wanfit.models import (ModelMismatchError, check_diffusion_model, check_expert_pair, check_text_encoder,
-                             check_vae_for_model, detect_variant, missing_model_error)
+
+def models():
+    from ..wanfit import models as module
+
+    return module
+
+
+def loading():
+    from ..wanfit import loading as module
+
+    return module
+
 
 PLAN_INPUT = ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: weight dtype, text-encoder device and the "
                                          "model variant to check against come from it."})
@@ -19,6 +32,8 @@ def filenames(folder):
 def full_path(folder, name):
     """The file's path, or an error that names the folder it belongs in and where to download it."""
     import folder_paths
+
+    from ..wanfit.models import missing_model_error
 
     path = folder_paths.get_full_path(folder, name)
     if path is None:
@@ -38,6 +53,8 @@ def validation_message(check):
 
 
 def check_vae_file(path):
+    from ..wanfit.models import ModelMismatchError, detect_variant
+
     info = detect_variant(path)
     if info.variant not in ("wan22_vae", "wan21_vae"):
         raise ModelMismatchError(
@@ -49,6 +66,8 @@ def check_vae_file(path):
 
 def load_diffusion_model(path, info, weight_dtype_option, plan):
     import comfy.sd
+
+    from ..wanfit.loading import choose_weight_dtype, diffusion_model_options
 
     weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled)
     model = comfy.sd.load_diffusion_model(path, model_options=diffusion_model_options(weight_dtype))
@@ -79,12 +98,12 @@ class WanFitLoadDiffusionModel:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):
-        return validation_message(lambda: check_diffusion_model(full_path("diffusion_models", model_name)))
+        return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models", model_name)))
 
     def load(self, model_name, weight_dtype, plan=None):
         path = full_path("diffusion_models", model_name)
         expected = plan_variant(plan)
-        info = check_diffusion_model(path, expected if expected == "ti2v_5b" else None)
+        info = models().check_diffusion_model(path, expected if expected == "ti2v_5b" else None)
         model, reason = load_diffusion_model(path, info, weight_dtype, plan)
         text = f"{model_name}: {info.title} ({info.precision_label}); {reason}"
         return {"ui": {"text": [text]}, "result": (model, text)}
@@ -114,16 +133,16 @@ class WanFitLoadA14BExperts:
 
     @classmethod
     def VALIDATE_INPUTS(cls, high_noise_model, low_noise_model):
-        return validation_message(lambda: check_expert_pair(full_path("diffusion_models", high_noise_model),
+        return validation_message(lambda: models().check_expert_pair(full_path("diffusion_models", high_noise_model),
                                                             full_path("diffusion_models", low_noise_model)))
 
     def load(self, high_noise_model, low_noise_model, weight_dtype, plan=None):
         high_path = full_path("diffusion_models", high_noise_model)
         low_path = full_path("diffusion_models", low_noise_model)
-        pair = check_expert_pair(high_path, low_path)
+        pair = models().check_expert_pair(high_path, low_path)
         expected = plan_variant(plan)
         if expected in ("t2v_a14b", "i2v_a14b") and pair.high.variant != expected:
-            check_diffusion_model(high_path, expected)  # raises the wrong-variant message
+            models().check_diffusion_model(high_path, expected)  # raises the wrong-variant message
         high, reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
         low, _ = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
         text = f"{pair.roles}; {reason}"
@@ -151,7 +170,7 @@ class WanFitLoadTextEncoder:
 
     @classmethod
     def VALIDATE_INPUTS(cls, clip_name):
-        return validation_message(lambda: check_text_encoder(full_path("text_encoders", clip_name)))
+        return validation_message(lambda: models().check_text_encoder(full_path("text_encoders", clip_name)))
 
     def load(self, clip_name, device, plan=None):
         import comfy.sd
@@ -159,8 +178,8 @@ class WanFitLoadTextEncoder:
         import torch
 
         path = full_path("text_encoders", clip_name)
-        info = check_text_encoder(path)
-        chosen, reason = choose_text_encoder_device(device, plan)
+        info = models().check_text_encoder(path)
+        chosen, reason = loading().choose_text_encoder_device(device, plan)
         model_options = {}
         if chosen == "cpu":
             model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
@@ -202,7 +221,7 @@ class WanFitLoadVAE:
         path = full_path("vae", vae_name)
         variant = model_variant_of(model) or plan_variant(plan)
         if variant is not None:
-            info = check_vae_for_model(path, variant)
+            info = models().check_vae_for_model(path, variant)
         else:
             info = check_vae_file(path)
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))

@@ -1,7 +1,4 @@
-from ..wanfit.plan import MODEL_VARIANTS
-from ..wanfit.plan_options import (MODE_CHOICES, TEXT_ENCODER_DEVICE_CHOICES, WEIGHT_DTYPE_CHOICES,
-                                   plan_from_options)
-from ..wanfit.runtime import apply_runtime_settings
+from ..wanfit.choices import MODEL_VARIANTS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
 
 
 def probe_for_plan():
@@ -42,7 +39,7 @@ class WanFitOffloadPlan:
             "batch": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
             "cfg": ("BOOLEAN", {"default": True, "tooltip": "On when cfg > 1 (two passes per step). Off for "
                                                             "cfg 1.0, e.g. with the 4-step lightx2v LoRA."}),
-            "mode": (list(MODE_CHOICES), {
+            "mode": (list(PLAN_MODES), {
                 "default": "auto",
                 "tooltip": "auto: read this GPU (total and free VRAM, RAM). A tier name plans for that card "
                            "instead, e.g. to size a job for a rented GPU."}),
@@ -50,10 +47,10 @@ class WanFitOffloadPlan:
                 "default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5,
                 "tooltip": "VRAM to leave to other processes (a local LLM server, a second ComfyUI). "
                            "0 = automatic: ComfyUI's default plus whatever other processes hold now."}),
-            "weight_dtype": (list(WEIGHT_DTYPE_CHOICES), {
+            "weight_dtype": (list(PLAN_WEIGHT_DTYPES), {
                 "default": "auto", "tooltip": "auto lets the plan choose (fp8 on small cards). Force one to "
                                               "match the files you have."}),
-            "text_encoder_device": (list(TEXT_ENCODER_DEVICE_CHOICES), {
+            "text_encoder_device": (list(PLAN_TEXT_ENCODER_DEVICES), {
                 "default": "auto", "tooltip": "Where umt5-xxl runs. cpu saves ~6 GB of VRAM at the cost of "
                                               "a slower prompt encode."}),
         }}
@@ -62,6 +59,9 @@ class WanFitOffloadPlan:
                   text_encoder_device):
         import comfy.cli_args
         import comfy.model_management
+
+        from ..wanfit.plan_options import plan_from_options
+        from ..wanfit.runtime import apply_runtime_settings
 
         result = plan_from_options(probe_for_plan, model_variant, width, height, frames, batch, cfg, mode,
                                    reserve_vram_gb, weight_dtype, text_encoder_device)

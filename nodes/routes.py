@@ -2,16 +2,16 @@
 
 import logging
 
-from ..wanfit.errors import InvalidInputError, WanFitError
-from ..wanfit.plan import PlanDoesNotFitError
-from ..wanfit.plan_options import plan_from_query
-
 log = logging.getLogger("wanfit")
 
 
 def register_routes(routes, web, probe_device):
     @routes.get("/wanfit/plan")
     async def get_plan(request):
+        from ..wanfit.errors import InvalidInputError, WanFitError
+        from ..wanfit.plan import PlanDoesNotFitError
+        from ..wanfit.plan_options import plan_from_query
+
         try:
             result = plan_from_query(dict(request.rel_url.query), probe_device)
         except InvalidInputError as error:

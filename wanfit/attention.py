@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 
+from .choices import ATTENTION_MODES
 from .device import package_version
 
 log = logging.getLogger("wanfit")
@@ -29,16 +30,7 @@ log = logging.getLogger("wanfit")
 OVERRIDE_KEY = "optimized_attention_override"
 SDPA = "sdpa"
 
-MODES = (
-    "auto",
-    "disabled",
-    "sageattn",
-    "qk_int8_pv_fp16_triton",
-    "qk_int8_pv_fp16_cuda",
-    "qk_int8_pv_fp8_cuda",
-    "qk_int8_pv_fp8_cuda_sm90",
-    "sageattn3",
-)
+MODES = ATTENTION_MODES
 
 # Verification bounds (relative L1 error and cosine similarity against SDPA in fp32).
 # SageAttention's own papers report relative L1 of a few 1e-2 and cosine > 0.999 for

@@ -8,8 +8,8 @@ import logging
 
 log = logging.getLogger("wanfit")
 
-WEIGHT_DTYPE_OPTIONS = ("auto", "default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
-TEXT_ENCODER_DEVICE_OPTIONS = ("auto", "default", "cpu")
+from .choices import LOADER_TEXT_ENCODER_DEVICES as TEXT_ENCODER_DEVICE_OPTIONS  # noqa: E402
+from .choices import LOADER_WEIGHT_DTYPES as WEIGHT_DTYPE_OPTIONS  # noqa: E402
 
 _FP8_STORED = ("float8_e4m3fn", "float8_e5m2")
 _SIXTEEN_BIT = {"fp16": "float16", "bf16": "bfloat16"}

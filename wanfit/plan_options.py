@@ -4,13 +4,14 @@ The node, the `GET /wanfit/plan` route and the CLI share it, so the same inputs 
 same plan and the same error texts wherever they come from.
 """
 
+from .choices import PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
 from .errors import InvalidInputError
 from .plan import GPU_TIERS, MODEL_VARIANTS, Job, Overrides, device_for_tier, plan
 from .units import gib_to_bytes
 
-WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
-TEXT_ENCODER_DEVICE_CHOICES = ("auto", "cpu", "gpu")
-MODE_CHOICES = ("auto",) + tuple(GPU_TIERS)
+WEIGHT_DTYPE_CHOICES = PLAN_WEIGHT_DTYPES
+TEXT_ENCODER_DEVICE_CHOICES = PLAN_TEXT_ENCODER_DEVICES
+MODE_CHOICES = PLAN_MODES
 
 # Official sizes (Wan2.2 configs): TI2V-5B 1280x704x121; A14B 1280x720x81.
 DEFAULT_JOB = {"ti2v_5b": (1280, 704, 121), "t2v_a14b": (1280, 720, 81), "i2v_a14b": (1280, 720, 81)}

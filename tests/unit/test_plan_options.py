@@ -70,3 +70,14 @@ def test_runtime_never_lowers_a_reserve_given_at_launch():
     model_management = SimpleNamespace(EXTRA_RESERVED_VRAM=gib_to_bytes(10))
     apply_runtime_settings(plan, model_management, SimpleNamespace())
     assert model_management.EXTRA_RESERVED_VRAM == gib_to_bytes(10)
+
+
+def test_widget_choices_match_the_modules_that_act_on_them():
+    """wanfit.choices exists so node files import fast; it must not drift from the real lists."""
+    from wanfit import choices
+    from wanfit.attention import KERNELS
+    from wanfit.plan import GPU_TIERS, MODEL_VARIANTS
+
+    assert choices.MODEL_VARIANTS == MODEL_VARIANTS
+    assert choices.GPU_TIER_NAMES == tuple(GPU_TIERS)
+    assert set(choices.ATTENTION_MODES) == {"auto", "disabled", *KERNELS}

@@ -1,0 +1,15 @@
+"""The values node widgets offer, in a module with no imports, so ComfyUI loads WanFit fast.
+
+The modules that act on them (plan, attention, loading) import these names from here.
+"""
+
+MODEL_VARIANTS = ("ti2v_5b", "t2v_a14b", "i2v_a14b")
+GPU_TIER_NAMES = ("CONSUMER_8GB", "CONSUMER_12GB", "CONSUMER_16GB", "PROSUMER_24GB", "PROSUMER_32GB",
+                  "PROSUMER_48GB", "DATACENTER_80GB", "DATACENTER_141GB")
+PLAN_MODES = ("auto",) + GPU_TIER_NAMES
+PLAN_WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
+PLAN_TEXT_ENCODER_DEVICES = ("auto", "cpu", "gpu")
+ATTENTION_MODES = ("auto", "disabled", "sageattn", "qk_int8_pv_fp16_triton", "qk_int8_pv_fp16_cuda",
+                   "qk_int8_pv_fp8_cuda", "qk_int8_pv_fp8_cuda_sm90", "sageattn3")
+LOADER_WEIGHT_DTYPES = ("auto", "default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+LOADER_TEXT_ENCODER_DEVICES = ("auto", "default", "cpu")
