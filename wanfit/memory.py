@@ -13,6 +13,7 @@ where they come from; a GPU benchmark (docs/benchmarks.md) is what may change th
 from dataclasses import dataclass
 import math
 
+from .tiling import UNTILED_BYTES_PER_OUTPUT_PX
 from .units import BYTES_PER_GIB, BYTES_PER_MIB
 
 # --- bytes per stored weight -------------------------------------------------
@@ -216,18 +217,17 @@ VAE_PARAM_COUNTS = {
 }
 VAE_WEIGHT_DTYPE_BYTES = 2  # files are bf16/fp16; ComfyUI decodes in bf16 where supported
 
-# ESTIMATE, to be replaced by measured values (VAE issue): working memory of an
-# untiled decode per pixel of ONE output frame (the decoder is causal: it holds one
-# latent frame and its feature cache at a time, so video length does not count).
-# Taken from ComfyUI's own estimates in comfy/sd.py, class VAE:
-#   Wan 2.2 VAE: memory_used_decode = 8000 * latent_h * latent_w * 16*16 * dtype_size
-#   Wan 2.1 VAE: memory_used_decode = 7000 * latent_h * latent_w * 8*8  * dtype_size
-# i.e. 8000 / 7000 bytes x dtype size (2 for bf16) per output pixel.
+# ComfyUI's own estimate (comfy/sd.py, class VAE.memory_used_decode) is 8000 (Wan 2.2) / 7000
+# (Wan 2.1) bytes x dtype size per output pixel; WanFit uses its own measurement instead.
+# Measured, not guessed (bench/vae_decode_memory.py, docs/benchmarks.md): untiled working memory
+# per output pixel of one frame, fp32 on the CPU, independent of the frame count. Stored here per
+# 2-byte compute dtype (half the fp32 figure), with a 1.25 margin for what a GPU adds (cuDNN
+# workspaces, allocator rounding) until a lent GPU measures it with torch.cuda.max_memory_allocated.
+GPU_DECODE_MARGIN = 1.25
 VAE_DECODE_BYTES_PER_OUTPUT_PIXEL = {
-    "wan2.2": 8000 * 2,
-    "wan2.1": 7000 * 2,
+    name: int(fp32_bytes / 2 * GPU_DECODE_MARGIN) for name, fp32_bytes in UNTILED_BYTES_PER_OUTPUT_PX.items()
 }
-# The smallest tile a budgeted tiled decode will use (the VAE issue owns tiling).
+# The smallest tile a budgeted tiled decode will use (wanfit/tiling.py plans the real tiles).
 VAE_DECODE_MIN_TILE_PIXELS = 256 * 256
 
 
