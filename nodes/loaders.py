@@ -70,7 +70,10 @@ def load_diffusion_model(path, info, weight_dtype_option, plan):
     from ..wanfit.loading import choose_weight_dtype, diffusion_model_options
 
     weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled)
+    from ..wanfit.experts import remember_source
+
     model = comfy.sd.load_diffusion_model(path, model_options=diffusion_model_options(weight_dtype))
+    remember_source(model, path)
     return model, reason
 
 
@@ -100,10 +103,18 @@ class WanFitLoadDiffusionModel:
     def VALIDATE_INPUTS(cls, model_name):
         return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models", model_name)))
 
+    @classmethod
+    def IS_CHANGED(cls, model_name, **kwargs):
+        """Load again after WanFit released these weights (A14B hand-over); otherwise ComfyUI's cache holds."""
+        import folder_paths
+
+        from ..wanfit.experts import released_generation
+
+        return f"{model_name}#{released_generation(folder_paths.get_full_path('diffusion_models', model_name))}"
+
     def load(self, model_name, weight_dtype, plan=None):
         path = full_path("diffusion_models", model_name)
-        expected = plan_variant(plan)
-        info = models().check_diffusion_model(path, expected if expected == "ti2v_5b" else None)
+        info = models().check_diffusion_model(path, plan_variant(plan))
         model, reason = load_diffusion_model(path, info, weight_dtype, plan)
         text = f"{model_name}: {info.title} ({info.precision_label}); {reason}"
         return {"ui": {"text": [text]}, "result": (model, text)}
@@ -147,6 +158,64 @@ class WanFitLoadA14BExperts:
         low, _ = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
         text = f"{pair.roles}; {reason}"
         return {"ui": {"text": [text]}, "result": (high, low, text)}
+
+
+class WanFitSwitchToLowNoiseExpert:
+    DESCRIPTION = ("Hands an A14B run over from the high-noise to the low-noise expert: after the high-noise "
+                   "sampler it checks the pair (same task, same architecture, different files), releases the "
+                   "high-noise expert from VRAM and RAM when the plan says RAM is short, and only then loads the "
+                   "low-noise expert, so the two 14B experts are never in memory together. The latent passes "
+                   "through to the low-noise sampler.")
+    CATEGORY = "WanFit/loaders"
+    FUNCTION = "switch"
+    RETURN_TYPES = ("MODEL", "LATENT", "STRING")
+    RETURN_NAMES = ("low_noise_model", "samples", "info")
+    OUTPUT_TOOLTIPS = ("The low-noise expert.", "The high-noise sampler's latent, unchanged.",
+                       "What was released and loaded, and why.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "high_noise_model": ("MODEL", {"tooltip": "The high-noise expert as loaded (WanFit Load Diffusion "
+                                                      "Model); it is released here when the plan says so."}),
+            "samples": ("LATENT", {"tooltip": "The high-noise sampler's output: the switch waits for it."}),
+            "low_noise_model": (filenames("diffusion_models"), {
+                "tooltip": "The low-noise expert of the same task, e.g. "
+                           "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors."}),
+            "weight_dtype": (list(WEIGHT_DTYPE_OPTIONS), {"default": "auto", "tooltip": WEIGHT_DTYPE_TOOLTIP}),
+            "release_high_noise": (["auto", "always", "never"], {
+                "default": "auto", "tooltip": "auto: release when the plan says RAM is short (the next run then "
+                                              "reloads it from disk); always / never override the plan."}),
+        }, "optional": {"plan": PLAN_INPUT}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, low_noise_model):
+        return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models",
+                                                                                   low_noise_model)))
+
+    def switch(self, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
+        import comfy.model_management as model_management
+
+        from ..wanfit.experts import release_model, should_release, source_path
+
+        low_path = full_path("diffusion_models", low_noise_model)
+        high_path = source_path(high_noise_model)
+        if high_path:
+            pair = models().check_expert_pair(high_path, low_path)
+            low_info, roles = pair.low, pair.roles
+        else:
+            low_info, roles = models().check_diffusion_model(low_path), "high-noise expert loaded by another node"
+        release, why = should_release(release_high_noise, plan)
+        lines = [roles]
+        if release:
+            freed = release_model(high_noise_model, model_management)
+            lines.append(f"released the high-noise expert ({freed / 2**30:.2f} GB): {why}")
+        else:
+            lines.append(why)
+        low, reason = load_diffusion_model(low_path, low_info, weight_dtype, plan)
+        lines.append(f"loaded {low_noise_model}: {reason}")
+        text = "\n".join(lines)
+        return {"ui": {"text": [text]}, "result": (low, samples, text)}
 
 
 class WanFitLoadTextEncoder:
@@ -245,12 +314,14 @@ def model_variant_of(model):
 NODE_CLASS_MAPPINGS = {
     "WanFitLoadDiffusionModel": WanFitLoadDiffusionModel,
     "WanFitLoadA14BExperts": WanFitLoadA14BExperts,
+    "WanFitSwitchToLowNoiseExpert": WanFitSwitchToLowNoiseExpert,
     "WanFitLoadTextEncoder": WanFitLoadTextEncoder,
     "WanFitLoadVAE": WanFitLoadVAE,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WanFitLoadDiffusionModel": "WanFit Load Diffusion Model",
     "WanFitLoadA14BExperts": "WanFit Load A14B Experts",
+    "WanFitSwitchToLowNoiseExpert": "WanFit Switch To Low-Noise Expert",
     "WanFitLoadTextEncoder": "WanFit Load Text Encoder",
     "WanFitLoadVAE": "WanFit Load VAE",
 }

@@ -114,17 +114,20 @@ def a14b(name, task, lightx2v):
     boundary = 0.875 if task == "t2v" else 0.900
     w = {
         "10": plan_node(variant, width, height, frames, not lightx2v),
-        "11": node("WanFitLoadA14BExperts", high_noise_model=files["high"], low_noise_model=files["low"],
-                   weight_dtype="auto", plan=["10", 0]),
+        "11": node("WanFitLoadDiffusionModel", model_name=files["high"], weight_dtype="auto", plan=["10", 0]),
         "12": node("WanFitLoadTextEncoder", clip_name=UMT5, device="auto", plan=["10", 0]),
         "13": node("WanFitLoadVAE", vae_name=files["vae"], model=["11", 0], plan=["10", 0]),
         "20": node("CLIPTextEncode", text=PROMPT_I2V if task == "i2v" else PROMPT_T2V, clip=["12", 0]),
         "21": node("CLIPTextEncode", text=NEGATIVE, clip=["12", 0]),
+        # after the high-noise steps: release the high-noise expert if the plan says RAM is short, then load
+        # the low-noise one, so the two 14B experts are never in memory together
+        "44": node("WanFitSwitchToLowNoiseExpert", high_noise_model=["11", 0], samples=["40", 0],
+                   low_noise_model=files["low"], weight_dtype="auto", release_high_noise="auto", plan=["10", 0]),
     }
-    high_ref, low_ref = ["11", 0], ["11", 1]
+    high_ref, low_ref = ["11", 0], ["44", 0]
     if lightx2v:
         w["16"] = node("LoraLoaderModelOnly", model=["11", 0], lora_name=files["lora_high"], strength_model=1.0)
-        w["17"] = node("LoraLoaderModelOnly", model=["11", 1], lora_name=files["lora_low"], strength_model=1.0)
+        w["17"] = node("LoraLoaderModelOnly", model=["44", 0], lora_name=files["lora_low"], strength_model=1.0)
         high_ref, low_ref = ["16", 0], ["17", 0]
     w["14"] = sage(high_ref)
     w["15"] = sage(low_ref)
@@ -146,7 +149,7 @@ def a14b(name, task, lightx2v):
                    latent_image=latent, start_at_step=0, end_at_step=["35", 0], return_with_leftover_noise="enable",
                    **common)
     w["42"] = node("KSamplerAdvanced", model=["19", 0], add_noise="disable", noise_seed=42, cfg=cfg_low,
-                   latent_image=["40", 0], start_at_step=["35", 0], end_at_step=10000,
+                   latent_image=["44", 1], start_at_step=["35", 0], end_at_step=10000,
                    return_with_leftover_noise="disable", **common)
     w["43"] = node("WanFitAttentionReport", model=["19", 0], samples=["42", 0], reset_counts=True)
     fields = {"prompt": [["20", "text"]], "negative": [["21", "text"]],
@@ -199,6 +202,7 @@ TITLES = {
 }
 
 LOADER_INPUTS = {"WanFitLoadDiffusionModel": ["model_name"], "WanFitLoadA14BExperts": ["high_noise_model", "low_noise_model"],
+                 "WanFitSwitchToLowNoiseExpert": ["low_noise_model"],
                  "WanFitLoadTextEncoder": ["clip_name"], "WanFitLoadVAE": ["vae_name"], "LoraLoaderModelOnly": ["lora_name"]}
 
 

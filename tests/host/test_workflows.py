@@ -15,6 +15,7 @@ NAMES = workflow_names()
 GENERATING = [name for name in NAMES if name != "decode_saved_latent"]
 
 MODEL_FILE_INPUTS = {("WanFitLoadDiffusionModel", "model_name"), ("WanFitLoadA14BExperts", "high_noise_model"),
+                     ("WanFitSwitchToLowNoiseExpert", "low_noise_model"),
                      ("WanFitLoadA14BExperts", "low_noise_model"), ("WanFitLoadTextEncoder", "clip_name"),
                      ("WanFitLoadVAE", "vae_name"), ("LoraLoaderModelOnly", "lora_name"), ("LoadImage", "image"),
                      ("WanFitLoadSavedLatent", "latent")}
@@ -87,3 +88,18 @@ def test_a_saved_latent_decodes_again_to_the_same_video(client, server, tmp_path
         first["frames"], first["width"], first["height"], first["fps"])
     for frame_first, frame_again in zip(first["arrays"], again["arrays"]):
         assert (frame_first == frame_again).all(), "the re-decoded video differs from the first decode"
+
+
+def test_a14b_hand_over_releases_the_high_noise_expert_and_the_next_run_reloads_it(client, server, tmp_path):
+    """On this 24 GB machine the plan drops the high-noise expert before the low-noise one loads."""
+    for run, seed in enumerate((11, 12)):
+        workflow, spec = for_tiny_fixtures("a14b_t2v", server.work_dir / "input")
+        for node_id, input_name in spec["fields"]["seed"]:
+            workflow[node_id]["inputs"][input_name] = seed
+        entry = client.run(workflow, timeout_s=600)
+        assert "Drop: text encoder after encode, high-noise expert before low" in entry["outputs"]["10"]["text"][0]
+        hand_over = entry["outputs"]["44"]["text"][0]
+        assert "released the high-noise expert" in hand_over, hand_over
+        assert "loaded wanfit_tiny_t2v_low_noise_14B.safetensors" in hand_over
+        video = probe_video(client.download(client.output_files(entry, spec["video_node"])[0], tmp_path / str(run)))
+        assert video["frames"] == 5

@@ -1,0 +1,63 @@
+"""Handing over from the high-noise to the low-noise A14B expert without holding both.
+
+When RAM is short the plan says drop_high_noise_expert_before_low: the high-noise expert's
+weights are freed (unloaded from the GPU, then released in RAM) after its steps and before the
+low-noise expert is read from disk, so the two 14B experts never sit in memory together.
+ComfyUI's node cache would otherwise keep the loader's output alive to the end of the prompt,
+so the weights are released in place; the loader that made them re-runs on the next prompt
+because its IS_CHANGED token moves on (released_generation).
+"""
+
+import logging
+
+log = logging.getLogger("wanfit")
+
+_released = {}  # model file path -> how many times its weights were released
+
+
+def released_generation(path):
+    return _released.get(path, 0)
+
+
+def remember_source(patcher, path):
+    """Record which file a loaded model came from (the low-noise loader checks the pair by file)."""
+    patcher.model_options.setdefault("wanfit", {})["source_path"] = str(path)
+
+
+def source_path(patcher):
+    return (getattr(patcher, "model_options", {}) or {}).get("wanfit", {}).get("source_path")
+
+
+def should_release(mode, plan):
+    """-> (release?, reason). mode: auto (the plan decides), always, never."""
+    if mode == "always":
+        return True, "release forced on the node"
+    if mode == "never":
+        return False, "kept in memory (release set to never)"
+    wanted = getattr(plan, "drop_high_noise_expert_before_low", None) if plan is not None else None
+    if wanted:
+        return True, "the plan drops the high-noise expert before the low-noise one loads (RAM is short)"
+    if wanted is None:
+        return False, "kept in memory: no plan connected (connect WanFit Offload Plan to let it decide)"
+    return False, "kept in memory: the plan has RAM for both experts (the next run reuses it)"
+
+
+def release_model(patcher, model_management):
+    """Unload `patcher` (and every clone sharing its weights) from the GPU, then free the weights.
+
+    Returns the bytes of weights released. The model is unusable afterwards.
+    """
+    base_model = patcher.model
+    size = patcher.model_size()
+    for loaded in list(model_management.current_loaded_models):
+        model = loaded.model
+        if model is not None and model.model is base_model:
+            loaded.model_unload()
+            model_management.current_loaded_models.remove(loaded)
+    base_model.to("meta")  # parameters become shapes without storage: the RAM goes back
+    path = source_path(patcher)
+    if path:
+        _released[path] = _released.get(path, 0) + 1
+    model_management.soft_empty_cache()
+    log.info("WanFit: released %.1f GB of high-noise expert weights (%s)", size / 2**30, path or "unknown file")
+    return size
