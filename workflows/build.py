@@ -263,7 +263,6 @@ def build(object_info, out_root=ROOT):
         properties = {}
         for node_id, node_data in workflow.items():
             class_type = node_data["class_type"]
-            info = object_info[class_type]
             is_wanfit = class_type.startswith("WanFit")
             entry = {"cnr_id": "comfyui-wanfit" if is_wanfit else "comfy-core",
                      "ver": __version__ if is_wanfit else "0.3.64"}
@@ -271,7 +270,6 @@ def build(object_info, out_root=ROOT):
             if files:
                 entry["models"] = files
             properties[node_id] = entry
-            del info
         notes = [(note_text(name, workflow, manifest, spec), (-480, 60))]
         ui = api_to_ui(workflow, object_info, properties=properties, notes=notes)
         ui["extra"]["wanfit"] = {"workflow": name, "title": TITLES[name]}
