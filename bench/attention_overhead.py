@@ -3,7 +3,7 @@
 Side by side, interleaved repeats (ABBA order) of a WAN-shaped block of attention calls: one
 self-attention over the video tokens and one cross-attention over 512 text tokens per block, the call
 shapes WanSelfAttention / WanT2VCrossAttention make (q, k, v as (B, N, heads*128), heads=...).
-The fallback is a copy of ComfyUI's attention_pytorch, so only the override's own cost differs.
+The fallback is wanfit.attention.sdpa_attention (ComfyUI's attention_pytorch semantics), so only the override's own cost differs.
 
     python bench/attention_overhead.py [--tokens 1560] [--heads 2] [--blocks 4] [--repeats 15]
 """
@@ -15,26 +15,11 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wanfit.attention import make_attention_override  # noqa: E402
-
-
-def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
-                      skip_output_reshape=False, **kwargs):
-    """ComfyUI's attention_pytorch (single-batch path), without importing ComfyUI."""
-    if skip_reshape:
-        b, _, _, dim_head = q.shape
-    else:
-        b, _, dim_head = q.shape
-        dim_head //= heads
-        q, k, v = (t.view(b, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-    if not skip_output_reshape:
-        out = out.transpose(1, 2).reshape(b, -1, heads * dim_head)
-    return out
+from wanfit.attention import sdpa_attention as attention_pytorch  # noqa: E402  (ComfyUI attention_pytorch semantics)
 
 
 def run_blocks(call, tensors, heads, blocks):
