@@ -27,6 +27,15 @@ def with_save_latent(graph, sampler_id):
     return graph
 
 
+def latents_of(client, stock, wanfit, tmp_path):
+    """The SaveLatent output of a stock graph and of its WanFit twin, each on a freshly emptied server."""
+    client.free()
+    expected = load_saved_latent(client, client.run(stock), "90", tmp_path / "stock")
+    client.free()
+    entry = client.run(wanfit)
+    return expected, load_saved_latent(client, entry, "90", tmp_path / "wanfit"), entry
+
+
 def test_ti2v_5b_loaders_with_full_load_plan_match_stock_loaders_bit_for_bit(client, tmp_path):
     stock = with_save_latent(graphs.ti2v_5b_stock(), "7")
     wanfit = dict(stock)
@@ -35,11 +44,7 @@ def test_ti2v_5b_loaders_with_full_load_plan_match_stock_loaders_bit_for_bit(cli
         "model_name": graphs.TI2V_5B, "weight_dtype": "auto", "plan": ["50", 0]}}
     wanfit["2"] = {"class_type": "WanFitLoadVAE", "inputs": {"vae_name": graphs.VAE_22, "model": ["1", 0],
                                                              "plan": ["50", 0]}}
-    client.free()
-    expected = load_saved_latent(client, client.run(stock), "90", tmp_path / "stock")
-    client.free()
-    entry = client.run(wanfit)
-    got = load_saved_latent(client, entry, "90", tmp_path / "wanfit")
+    expected, got, entry = latents_of(client, stock, wanfit, tmp_path)
     assert torch.equal(got, expected), f"max abs diff {(got - expected).abs().max()}"
     assert "WAN 2.2 TI2V-5B" in entry["outputs"]["1"]["text"][0]
     assert "checked for ti2v_5b" in entry["outputs"]["2"]["text"][0]
@@ -52,11 +57,7 @@ def test_a14b_expert_pair_node_matches_two_stock_loaders(client, tmp_path):
         "high_noise_model": graphs.T2V_HIGH, "low_noise_model": graphs.T2V_LOW, "weight_dtype": "default"}}
     del wanfit["2"]
     wanfit["7"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 1], "shift": 8.0}}
-    client.free()
-    expected = load_saved_latent(client, client.run(stock), "90", tmp_path / "stock")
-    client.free()
-    entry = client.run(wanfit)
-    got = load_saved_latent(client, entry, "90", tmp_path / "wanfit")
+    expected, got, entry = latents_of(client, stock, wanfit, tmp_path)
     assert torch.equal(got, expected), f"max abs diff {(got - expected).abs().max()}"
     report = entry["outputs"]["1"]["text"][0]
     assert graphs.T2V_HIGH in report and graphs.T2V_LOW in report and "high" in report
