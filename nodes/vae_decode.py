@@ -62,13 +62,15 @@ class WanFitVAEDecode:
                                              force_full_load=getattr(vae, "disable_offload", False))
 
         oom = model_management.OOM_EXCEPTION  # plain Exception on builds without a CUDA OOM type: no ladder then
+        plans = []
         images = decode_comfy_vae(vae, samples["samples"], budget, overlap=overlap or None, progress=progress,
                                   free_models_for_decode=free_models_for_decode,
-                                  oom_exceptions=() if oom is Exception else (oom,))
+                                  oom_exceptions=() if oom is Exception else (oom,), on_plan=plans.append)
         if images.dim() == 5:  # (batch, frames, H, W, 3) -> a batch of frames, as VAEDecode returns
             images = images.reshape(-1, *images.shape[-3:])
         report = (f"decoded {images.shape[0]} frames of {images.shape[2]}x{images.shape[1]} within "
-                  f"{format_gib(budget)} ({'auto' if not budget_mb else 'set on the node'})")
+                  f"{format_gib(budget)} ({'auto' if not budget_mb else 'set on the node'}): "
+                  f"{plans[-1].describe()}")
         return {"ui": {"text": [report]}, "result": (images, report)}
 
 

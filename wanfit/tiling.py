@@ -19,13 +19,16 @@ import math
 
 # A tile's working peak = its causal caches + ACTIVATION_FACTOR x its largest single activation
 # (conv temporaries, the residual kept alive, the cache concat). Fitted per VAE by
-# bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64: 4.54 for Wan 2.1, 9.18 for Wan 2.2,
-# one tile at 17x256x256 / 9x192x192); the values below carry a small margin. See docs/vae_decode_results.md.
+# bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, frames streamed one at a time after each
+# temporal upsample: 5.24 for Wan 2.1, 10.68 for Wan 2.2, one tile at 256x256 / 192x192); the values
+# below carry a small margin. See docs/benchmarks.md.
 DEFAULT_ACTIVATION_FACTOR = 10.0
-ACTIVATION_FACTOR = {"wan2.1": 5.0, "wan2.2": 9.5}
-# Untiled decode (ComfyUI VAE.decode), working bytes per output pixel of one frame (fp32, CPU);
-# it does not grow with the frame count. For the planner's decode estimate.
+ACTIVATION_FACTOR = {"wan2.1": 5.5, "wan2.2": 11.0}
+# Working bytes per output pixel of one frame (fp32, CPU, measured by bench/vae_decode_memory.py);
+# neither grows with the frame count. Untiled = ComfyUI's VAE.decode; one tile = WanFit's decode
+# as one tile (frames streamed, lean CPU heap). The planner sizes the decode with the second.
 UNTILED_BYTES_PER_OUTPUT_PX = {"wan2.1": 24_476, "wan2.2": 25_663}
+ONE_TILE_BYTES_PER_OUTPUT_PX = {"wan2.1": 13_472, "wan2.2": 13_198}
 MIN_CORE_LATENT_PX = 2  # smaller cores spend almost all their time on the halo
 
 
@@ -99,14 +102,20 @@ class TilePlan:
     tile_peak_bytes: int
     fixed_bytes: int
     relative_cost: float  # 1.0 = untiled
+    cpu_heap: str = ""  # CPU decodes: the allocator mode the peak was predicted for (see wanfit.vae_decode)
+    untiled: bool = False  # the VAE's own decode fits: no tiling at all
 
     @property
     def tile_count(self):
         return len(self.rows) * len(self.cols)
 
     def describe(self):
+        if self.untiled:
+            return (f"untiled (the VAE's own decode fits the budget), predicted peak "
+                    f"{self.predicted_peak_bytes / 2**20:.0f} MB, 1.00x untiled compute")
         mode = "exact halo" if self.exact else f"halo capped at {self.halo_cap_latent_px} latent px, feathered"
-        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}), predicted peak "
+        heap = f", {self.cpu_heap} CPU heap" if self.cpu_heap else ""
+        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}), predicted peak "
                 f"{self.predicted_peak_bytes / 2**20:.0f} MB, {self.relative_cost:.2f}x untiled compute")
 
 

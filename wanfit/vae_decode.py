@@ -10,7 +10,8 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
 2. tail, one spatial tile at a time, every latent frame in order with the tile's own causal
    cache: each layer's input is cropped to what the rest of the decoder needs (core plus the
    remaining receptive field), so full-resolution layers see the core plus a few pixels and the
-   tile is bit-for-bit what the untiled decode gives there (float noise aside);
+   tile is bit-for-bit what the untiled decode gives there (float noise aside); after each
+   temporal upsample the frames go on one at a time, so full-resolution layers hold one frame;
 3. finished tiles go to the output device at once; an OOM retries that tile split in two, then
    on the CPU, keeping every finished tile.
 
@@ -19,7 +20,7 @@ wanfit.tiling with constants measured by bench/vae_decode_memory.py.
 """
 
 import ctypes
-import functools
+from dataclasses import dataclass, replace
 import logging
 import math
 import sys
@@ -81,7 +82,10 @@ class _Layout:
         self.steps = []  # (kind, module or None, layer index or None)
         self.layers = []
         self.temporal_factor = 1
-        frames = 1  # frames per chunk after the first
+        # frames per latent frame at this depth (for the cost model); the tail streams them one at a
+        # time (see _run_tail), so a layer's input is always one frame and a temporal upsample's output two.
+        frames = 1
+        self.split_after = set()  # tail step indices after which the chunk is split into single frames
 
         def add_layer(kind, layer, spec):
             self.steps.append((kind, layer, len(self.layers)))
@@ -95,7 +99,7 @@ class _Layout:
                 macs = (c_in * c_out + c_out * c_out) * 27 + (c_in * c_out if c_in != c_out else 0)
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=1, radius=_conv_radius(layer.residual), cache_elems_per_px=2 * (c_in + c_out),
-                    act_elems_per_px=max(c_in, c_out) * frames, macs_per_px=macs * frames))
+                    act_elems_per_px=max(c_in, c_out), macs_per_px=macs * frames))
             elif _is_resample(layer):
                 if layer.mode not in ("upsample2d", "upsample3d", "none"):
                     raise WanFitError(f"decoder layer mode {layer.mode!r} is not a WAN decoder upsample")
@@ -104,18 +108,24 @@ class _Layout:
                     return
                 conv = layer.resample[1]
                 cache = 0
+                act_frames = 1
                 macs = conv.in_channels * conv.out_channels * 9
                 if layer.mode == "upsample3d":
-                    cache = 2 * layer.time_conv.in_channels
+                    # its time conv's cache, plus its two output frames, held while they stream on one by one
+                    cache = 2 * layer.time_conv.in_channels + 2 * conv.out_channels * 4
                     macs += layer.time_conv.in_channels * layer.time_conv.out_channels * 3 / 8  # at input px, x2 frames
                     frames *= 2
+                    act_frames = 2
                     self.temporal_factor *= 2
+                    self.pending_split = True
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
-                    act_elems_per_px=max(conv.in_channels, conv.out_channels) * frames, macs_per_px=macs * frames))
+                    act_elems_per_px=max(conv.in_channels, conv.out_channels) * act_frames,
+                    macs_per_px=macs * frames))
             else:
                 raise WanFitError(f"unexpected layer {type(layer).__name__} in the VAE decoder: not a WAN VAE")
 
+        self.pending_split = False
         for layer in decoder.upsamples:
             if hasattr(layer, "avg_shortcut") and hasattr(layer, "upsamples"):  # Wan 2.2 Up_ResidualBlock
                 self.steps.append(("block_start", layer, None))
@@ -124,14 +134,17 @@ class _Layout:
                 self.steps.append(("block_end", layer, None))
             else:
                 add_module(layer)
+            if self.pending_split:  # split at the top level only: a block's shortcut needs its whole input
+                self.split_after.add(len(self.steps) - 1)
+                self.pending_split = False
 
         head_conv = [m for m in decoder.head if isinstance(m, nn.Conv3d)][-1]
         add_layer("head", decoder.head, tiling.LayerSpec(
             scale=1, radius=_conv_radius(decoder.head), cache_elems_per_px=2 * head_conv.in_channels,
-            act_elems_per_px=head_conv.in_channels * frames,
+            act_elems_per_px=head_conv.in_channels,
             macs_per_px=head_conv.in_channels * head_conv.out_channels * 27 * frames))
         if self.patch > 1:
-            add_layer("unpatchify", None, tiling.LayerSpec(scale=self.patch, radius=0, act_elems_per_px=3 * frames))
+            add_layer("unpatchify", None, tiling.LayerSpec(scale=self.patch, radius=0, act_elems_per_px=3))
 
         # Everything before the first upsample runs whole-frame in the stem: it is at latent resolution
         # (cheap to hold), and it carries half the receptive field, which tiles would otherwise recompute.
@@ -141,6 +154,7 @@ class _Layout:
             cut -= 1  # a block that starts right at the cut belongs to the tail
         self.stem_steps = self.steps[:cut]
         self.steps = [(kind, layer, None if i is None else i - first_up) for kind, layer, i in self.steps[cut:]]
+        self.split_after = {n - cut for n in self.split_after if n >= cut}
         stem_layers = self.layers[:first_up]
         self.layers = self.layers[first_up:]
         self.block_open_at_cut = sum(1 if k == "block_start" else -1 if k == "block_end" else 0
@@ -206,34 +220,52 @@ def _run_stem(layout, x_all, t, cache):
 
 def _run_tail(layout, x, block_x, row, col, cache, tail_start, first_chunk):
     """The upsampling tail on one tile crop, cropping every layer's output to what is still needed."""
-    idx = [tail_start]
     off_y, off_x = row.layer_regions[0][0], col.layer_regions[0][0]
     block_input = None if block_x is None else (block_x, off_y, off_x)
-    for kind, layer, i in layout.steps:
+    return _run_steps(layout, x, block_input, row, col, cache, [tail_start], first_chunk, 0, off_y, off_x)
+
+
+def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_step, off_y, off_x):
+    """Steps first_step.. of the tail. After a temporal upsample the frames go on one at a time.
+
+    Why: every layer is causal over time with its own cache, so streaming single frames gives the
+    same result as the whole chunk while the full-resolution layers hold one frame instead of four.
+    """
+    for n in range(first_step, len(layout.steps)):
+        kind, layer, i = layout.steps[n]
         if kind == "block_start":
             block_input = (x, off_y, off_x)
             continue
         if kind == "block_end":
             x_in, in_y, in_x = block_input
-            factor = layer.avg_shortcut.factor_s if layer.avg_shortcut is not None else 1
             if layer.avg_shortcut is not None:
+                factor = layer.avg_shortcut.factor_s
                 shortcut = layer.avg_shortcut(x_in, first_chunk)
                 dy, dx = off_y - in_y * factor, off_x - in_x * factor
                 x = x + shortcut[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
-            block_input = None
-            continue
-        spec = layout.layers[i]
-        ry, rx = row.layer_regions[i], col.layer_regions[i]
-        if kind == "module":
-            x = layer(x, cache, idx, first_chunk) if hasattr(layer, "avg_shortcut") else layer(x, cache, idx)
-        elif kind == "head":
-            for sub in layer:
-                x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
-        elif kind == "unpatchify":
-            x = _unpatchify(x, layout.patch)
-        s = spec.scale
-        x = x[..., ry[2] - s * ry[0]:ry[3] - s * ry[0], rx[2] - s * rx[0]:rx[3] - s * rx[0]]
-        off_y, off_x = ry[2], rx[2]
+                del shortcut
+            block_input = x_in = None
+        else:
+            spec = layout.layers[i]
+            ry, rx = row.layer_regions[i], col.layer_regions[i]
+            if kind == "module":
+                x = layer(x, cache, idx, first_chunk) if hasattr(layer, "avg_shortcut") else layer(x, cache, idx)
+            elif kind == "head":
+                for sub in layer:
+                    x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
+            elif kind == "unpatchify":
+                x = _unpatchify(x, layout.patch)
+            s = spec.scale
+            x = x[..., ry[2] - s * ry[0]:ry[3] - s * ry[0], rx[2] - s * rx[0]:rx[3] - s * rx[0]]
+            off_y, off_x = ry[2], rx[2]
+        if n in layout.split_after and x.shape[2] > 1 and n + 1 < len(layout.steps):
+            start_idx = idx[0]
+            frames = []
+            for t in range(x.shape[2]):
+                idx[0] = start_idx
+                frames.append(_run_steps(layout, x[:, :, t:t + 1], None, row, col, cache, idx, first_chunk,
+                                         n + 1, off_y, off_x))
+            return torch.cat(frames, dim=2)
     return x
 
 
@@ -416,62 +448,128 @@ def validate_latent(latent, latent_channels, field="samples"):
 
 
 def plan_decode(module, latent_shape, budget_bytes, dtype=torch.float32, device="cpu", output_device="cpu",
-                overlap=None, activation_factor=None):
+                overlap=None, activation_factor=None, allow_untiled=True):
     """The tile plan for a latent shape and budget, without decoding (for the node's preview and tests).
 
     overlap: None = exact halos (seamless); an int = cap the halo at that many latent pixels
-    and blend tiles with feathered weights (cheaper, approximate).
+    and blend tiles with feathered weights (cheaper, approximate). allow_untiled: when the
+    VAE's own decode fits the budget, use it (it is the fastest path).
     """
     layout = _Layout(module, activation_factor)
-    return _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap)[0]
+    return _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
 
 
-def _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap):
+# The VAE's own (untiled) decode is used when its measured need (times this margin) fits the budget.
+UNTILED_MARGIN = 1.0
+
+
+def untiled_decode_bytes(kind, latent_shape, dtype_bytes, device_type):
+    """What the VAE's own decode needs (tiling.UNTILED_BYTES_PER_OUTPUT_PX, measured RSS, fp32 CPU)."""
+    batch, _, _, h, w = latent_shape
+    scale = 16 if kind == "wan2.2" else 8
+    per_px = tiling.UNTILED_BYTES_PER_OUTPUT_PX.get(kind, max(tiling.UNTILED_BYTES_PER_OUTPUT_PX.values()))
+    gpu_margin = 1.25 if device_type != "cpu" else 1.0  # as wanfit.memory: cuDNN workspaces, allocator rounding
+    return int(per_px * batch * h * w * scale * scale * dtype_bytes / 4 * UNTILED_MARGIN * gpu_margin)
+
+
+def _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
     batch, _, frames, h, w = latent_shape
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     scale = layout.spec.total_scale
+    device_type = torch.device(device).type
+    if allow_untiled and overlap is None:
+        need = untiled_decode_bytes(layout.kind, latent_shape, dtype_bytes, device_type)
+        if need <= budget_bytes:
+            whole, _ = tiling.plan_tiles(layout.spec, (h, w), 2**62, dtype_bytes=dtype_bytes * batch)
+            return replace(whole, untiled=True, predicted_peak_bytes=need,
+                           cpu_heap="heap" if device_type == "cpu" else ""), need
     fixed = 0
     if torch.device(output_device) == torch.device(device):
         out_bytes = batch * 3 * layout.frames_out(frames) * h * w * scale * scale * 4
         stem_bytes = batch * frames * layout.stored_channels_per_frame * h * w * dtype_bytes
         fixed = out_bytes + stem_bytes + (out_bytes // 3 if overlap is not None else 0)
     caps = (None, 4, 2, 1) if overlap is None else (int(overlap),)
-    # a batch decodes its samples together, so every per-pixel figure scales with it
-    plan, minimum = tiling.plan_tiles(layout.spec, (h, w), budget_bytes, dtype_bytes=dtype_bytes * batch,
-                                      fixed_bytes=fixed, halo_caps=caps)
-    return plan, minimum
+    if torch.device(device).type != "cpu":
+        # a batch decodes its samples together, so every per-pixel figure scales with it
+        return tiling.plan_tiles(layout.spec, (h, w), budget_bytes, dtype_bytes=dtype_bytes * batch,
+                                 fixed_bytes=fixed, halo_caps=caps)
+    # CPU: the allocator mode is part of the plan; take the fastest (mode, tiling) whose peak fits
+    best, best_rank, minimum = None, None, None
+    for mode in CPU_HEAP_MODES:
+        def to_rss(predicted, mode=mode):
+            return int(predicted * mode.peak_factor) + mode.peak_extra_bytes + CPU_WORKSPACE_BYTES
+        inner = (budget_bytes - mode.peak_extra_bytes - CPU_WORKSPACE_BYTES) / mode.peak_factor
+        plan, smallest = tiling.plan_tiles(layout.spec, (h, w), max(inner, 0), dtype_bytes=dtype_bytes * batch,
+                                           fixed_bytes=fixed, halo_caps=caps)
+        if smallest is not None:
+            minimum = to_rss(smallest) if minimum is None else min(minimum, to_rss(smallest))
+        if plan is None:
+            continue
+        rank = (not plan.exact, plan.relative_cost * mode.time_factor)  # seamless first, then fastest
+        if best is None or rank < best_rank:
+            best, best_rank = replace(plan, predicted_peak_bytes=to_rss(plan.predicted_peak_bytes),
+                                      cpu_heap=mode.name), rank
+    return best, minimum
 
 
+GLIBC_M_TRIM_THRESHOLD = -1
 GLIBC_M_MMAP_THRESHOLD = -3
-CPU_MMAP_THRESHOLD_BYTES = 1 << 20
 
 
-@functools.lru_cache(maxsize=None)
-def return_freed_cpu_memory_to_the_os():
-    """Make glibc serve allocations of 1 MiB and more with mmap, so freed tiles go back to the OS.
+@dataclass(frozen=True)
+class CpuHeapMode:
+    """How glibc serves a CPU decode's tensors, and what that costs in memory and time.
 
-    With glibc's default (a dynamic threshold that grows up to 32 MiB), tensors freed after one
-    tile stay in the heap and the process's RSS keeps the high-water mark of all tiles: measured
-    720-933 MB for a plan predicted at 339 MB (Wan 2.2 VAE, 50% budget), 336 MB with this setting.
-    Process-wide and set once; only on Linux/glibc, only when decoding on the CPU.
+    Why two modes: below its mmap threshold glibc keeps freed tensors in the heap, where
+    fragmentation holds RSS well above the live tensors; above it, freed tensors go straight
+    back to the OS (RSS = live tensors, as predicted) but every new tensor page-faults.
+    peak = predicted x peak_factor + peak_extra_bytes; time = relative cost x time_factor.
     """
+
+    name: str
+    mmap_threshold: int
+    trim_threshold: int
+    peak_factor: float
+    peak_extra_bytes: int
+    time_factor: float
+
+
+# Measured with bench/vae_decode_memory.py workers (docs/benchmarks.md, "CPU heap"): heap mode
+# RSS/predicted 1.29-1.44 (Wan 2.1) and 1.34-1.72 (Wan 2.2, +126-160 MB); lean mode 0.97-1.14
+# with 1.07-1.25x the time. Every CPU process also holds ~30 MB of oneDNN/thread workspace.
+CPU_WORKSPACE_BYTES = 32 * 2**20
+CPU_HEAP_MODES = (
+    # glibc's own dynamic setting at its ceiling: the trim threshold follows at twice the mmap
+    # threshold, else every free at the heap top is returned and page-faulted back in
+    CpuHeapMode("heap", mmap_threshold=32 * 2**20, trim_threshold=64 * 2**20, peak_factor=1.45,
+                peak_extra_bytes=64 * 2**20, time_factor=1.0),
+    CpuHeapMode("lean", mmap_threshold=1 * 2**20, trim_threshold=128 * 2**10, peak_factor=1.0,
+                peak_extra_bytes=0, time_factor=1.2),
+)
+
+
+def set_cpu_heap_mode(mode):
+    """Apply a CpuHeapMode to this process's glibc (process-wide; Linux/glibc only, else a no-op)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(GLIBC_M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD_BYTES))
+        return bool(libc.mallopt(GLIBC_M_MMAP_THRESHOLD, mode.mmap_threshold)
+                    and libc.mallopt(GLIBC_M_TRIM_THRESHOLD, mode.trim_threshold))
     except (OSError, AttributeError):
         return False
 
 
 def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_device="cpu", overlap=None,
-                  progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None):
+                  progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None,
+                  on_plan=None, allow_untiled=True):
     """Decode a WAN latent (B, C, T, h, w) with module (a WanVAE) within budget_bytes of working memory.
 
     Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device, values in [-1, 1]
     (as WanVAE.decode). progress(done, total) is called per latent frame of every tile;
     free_models_for_decode(needed_bytes) is called once before decoding so the caller can unload
-    other models (ComfyUI: comfy.model_management.load_models_gpu / free_memory).
+    other models (ComfyUI: comfy.model_management.load_models_gpu / free_memory); on_plan(plan)
+    receives the tiling.TilePlan before decoding starts (the node reports it).
     """
     layout = _Layout(module, activation_factor)
     latent = validate_latent(latent, layout.z_dim)
@@ -481,11 +579,10 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     device = torch.device(device) if device is not None else param.device
     dtype = dtype or param.dtype
     output_device = torch.device(output_device)
-    if device.type == "cpu":
-        return_freed_cpu_memory_to_the_os()
     batch, _, frames, h, w = latent.shape
 
-    plan, minimum = _plan(layout, latent.shape, budget_bytes, dtype, device, output_device, overlap)
+    plan, minimum = _plan(layout, latent.shape, budget_bytes, dtype, device, output_device, overlap,
+                          allow_untiled)
     if plan is None:
         raise InvalidInputError(
             "budget", f"{budget_bytes / 2**20:.0f} MB",
@@ -493,8 +590,22 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
             f"({frames}x{h}x{w} latent)", "raise the budget (or auto), or free memory used by other models")
     log.info("VAE decode %s %s within %.0f MB: %s", layout.kind, tuple(latent.shape), budget_bytes / 2**20,
              plan.describe())
+    if on_plan is not None:
+        on_plan(plan)
+    if plan.cpu_heap:
+        set_cpu_heap_mode(next(mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap))
     if free_models_for_decode is not None:
         free_models_for_decode(plan.predicted_peak_bytes)
+    if plan.untiled:
+        try:
+            return _decode_untiled(module, latent, device, dtype, output_device, progress)
+        except Exception as error:  # noqa: BLE001 - only OOMs are handled, the rest re-raised
+            if not _is_oom(error, oom_exceptions):
+                raise
+        log.warning("VAE decode: out of memory in the untiled decode; decoding in tiles instead")
+        _empty_device_cache(device)
+        return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
+                             None, oom_exceptions, activation_factor, on_plan, allow_untiled=False)
 
     tiles = plan.tile_count
     counter = _Progress(frames * (1 + tiles), progress)
@@ -516,6 +627,17 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         if weight_sum is not None:
             output /= weight_sum.clamp_min(1e-8)
     return output
+
+
+def _decode_untiled(module, latent, device, dtype, output_device, progress):
+    """The VAE's own decode (ComfyUI WanVAE.decode), as VAE.decode runs it."""
+    if progress is not None:
+        progress(0, 1)
+    with torch.inference_mode():
+        out = module.decode(latent.to(device=device, dtype=dtype)).to(device=output_device, dtype=torch.float32)
+    if progress is not None:
+        progress(1, 1)
+    return out
 
 
 def _stem_all_frames(layout, latent, device, dtype, storage_device, counter, oom_exceptions):
@@ -556,7 +678,7 @@ def _stem(layout, module, latent, device, dtype, storage_device, counter):
 
 
 def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,
-                     oom_exceptions=(), activation_factor=None):
+                     oom_exceptions=(), activation_factor=None, on_plan=None):
     """Drop-in for ComfyUI's VAE.decode on WAN VAEs: returns images (B, frames, H, W, 3) in [0, 1].
 
     vae is duck-typed: first_stage_model, latent_channels, device, vae_dtype, output_device,
@@ -570,5 +692,5 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
     raw = decode_latent(module, samples, budget_bytes, device=vae.device, dtype=vae.vae_dtype,
                         output_device=vae.output_device, overlap=overlap, progress=progress,
                         free_models_for_decode=free_models_for_decode, oom_exceptions=oom_exceptions,
-                        activation_factor=activation_factor)
+                        activation_factor=activation_factor, on_plan=on_plan)
     return vae.process_output(raw).movedim(1, -1)

@@ -1,5 +1,7 @@
 """WanFit VAE Decode inside real /prompt graphs: VAEDecode's shape and dtype, and clear refusals."""
 
+import re
+
 import pytest
 
 from tests.host import graphs
@@ -28,7 +30,8 @@ def test_decode_matches_vae_decode_shape_dtype_and_pixels(client, vae_name, chan
     assert stats["candidate_dtype"] == stats["reference_dtype"] == "torch.float32"
     assert stats["reference_std"] > 0.01
     assert stats["max_abs_diff"] < 1e-3, stats
-    assert "decoded 5 frames" in entry["outputs"]["4"]["text"][0]
+    report = entry["outputs"]["4"]["text"][0]
+    assert "decoded 5 frames" in report and "untiled (the VAE's own decode fits" in report, report
 
 
 def test_decode_within_a_small_budget_still_matches(client):
@@ -38,6 +41,11 @@ def test_decode_within_a_small_budget_still_matches(client):
     stats = entry["outputs"]["5"]["comparison"][0]
     assert stats["candidate_shape"] == stats["reference_shape"] == [5, 128, 128, 3]
     assert stats["max_abs_diff"] < 1e-3, stats
+    report = entry["outputs"]["4"]["text"][0]
+    rows, cols = map(int, re.search(r"(\d+)x(\d+) tiles \(exact halo", report).groups())
+    assert rows * cols > 1, report
+    predicted = int(re.search(r"predicted peak (\d+) MB", report).group(1))
+    assert predicted <= 200, report
 
 
 def test_wrong_latent_for_the_vae_names_both(client):

@@ -294,7 +294,7 @@ def test_memory_does_not_grow_with_frames(mini):
     peaks = []
     for frames in (2, 21, 81):
         shape[2] = frames
-        plan = vae_decode.plan_decode(module, shape, 2**40, device="cuda", output_device="cpu")
+        plan = vae_decode.plan_decode(module, shape, 2**40, device="cuda", output_device="cpu", allow_untiled=False)
         peaks.append(plan.predicted_peak_bytes)
     assert peaks[0] == peaks[1] == peaks[2], f"{kind}: predicted peak changed with the frame count: {peaks}"
 
@@ -376,7 +376,8 @@ def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini, monkeypatch)
 
     monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", flaky)
     calls = []
-    out = vae_decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)))
+    out = vae_decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)),
+                                   allow_untiled=False)
     assert attempts[0] == 42 and min(attempts) <= 12, attempts
     assert (out - reference).abs().max().item() < 1e-5
     assert calls[-1][0] == calls[-1][1]
@@ -394,7 +395,7 @@ def test_oom_everywhere_falls_back_to_the_cpu(mini, monkeypatch):
         return real(self, row, col, device, dtype)
 
     monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", device_always_oom)
-    out = vae_decode.decode_latent(module64, latent.double(), 2**40)
+    out = vae_decode.decode_latent(module64, latent.double(), 2**40, allow_untiled=False)
     assert (out - reference).abs().max().item() < 1e-4
     assert next(module64.parameters()).dtype == torch.float64, "the decoder was not put back after the fallback"
 
@@ -407,7 +408,7 @@ def test_other_errors_are_not_swallowed(mini, monkeypatch):
 
     monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", broken)
     with pytest.raises(ValueError, match="a bug"):
-        vae_decode.decode_latent(module, latent, 2**40)
+        vae_decode.decode_latent(module, latent, 2**40, allow_untiled=False)
 
 
 class FakeComfyVAE:
@@ -443,7 +444,7 @@ def test_plan_picks_fewest_tiles_when_everything_fits(mini):
 
 def test_planned_peak_never_exceeds_budget(mini):
     kind, module, latent, _ = mini
-    full = vae_decode.plan_decode(module, latent.shape, 2**40).predicted_peak_bytes
+    full = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False).predicted_peak_bytes
     for fraction in (1.0, 0.75, 0.5, 0.25):
         plan = vae_decode.plan_decode(module, latent.shape, int(full * fraction))
         if plan is not None:
@@ -451,3 +452,95 @@ def test_planned_peak_never_exceeds_budget(mini):
         else:
             with pytest.raises(InvalidInputError, match="at least"):
                 vae_decode.decode_latent(module, latent, int(full * fraction))
+
+
+# ---------------------------------------------------------------- frame streaming and the CPU heap
+
+def test_frames_stream_one_at_a_time_after_each_temporal_upsample(mini):
+    kind, module, _, _ = mini
+    layout = vae_decode._Layout(module)
+    # Wan 2.1: after the two upsample3d layers; Wan 2.2: after the two blocks that end with one
+    assert len(layout.split_after) == 2, f"{kind}: split points {sorted(layout.split_after)}"
+    for n in layout.split_after:
+        kind_n, layer, _ = layout.steps[n]
+        assert kind_n == "block_end" or getattr(layer, "mode", None) == "upsample3d"
+    # every layer's input is one frame, so only a temporal upsample's output holds two
+    for step_kind, layer, i in layout.steps:
+        if i is None:
+            continue
+        frames = 2 if getattr(layer, "mode", None) == "upsample3d" else 1
+        spec = layout.layers[i]
+        assert spec.act_elems_per_px % frames == 0
+
+
+def test_longer_latents_stream_exactly_through_the_caches(mini):
+    kind, module, latent, _ = mini
+    longer = torch.randn(latent.shape[0], latent.shape[1], 4, *latent.shape[-2:],
+                         generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        reference = module.decode(longer)
+    for tiles in (1, 4):
+        budget = _budget_for_tiles(module, longer, tiles)
+        out = vae_decode.decode_latent(module, longer, budget)
+        assert out.shape == reference.shape
+        diff = (out - reference).abs().max().item()
+        assert diff < 1e-5, f"{kind}, {tiles} tiles, 4 latent frames: max abs diff {diff}"
+
+
+def test_cpu_plans_name_the_heap_mode_and_gpu_plans_do_not(mini):
+    kind, module, latent, _ = mini
+    generous = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
+    assert generous.cpu_heap == "heap", "with room to spare the faster heap mode is used"
+    assert "heap CPU heap" in generous.describe()
+    gpu = vae_decode.plan_decode(module, latent.shape, 2**40, device="cuda", output_device="cpu",
+                                 allow_untiled=False)
+    assert gpu.cpu_heap == "" and "CPU heap" not in gpu.describe()
+
+
+def test_tight_cpu_budgets_switch_to_the_lean_heap_and_still_fit(mini):
+    kind, module, latent, _ = mini
+    heap, lean = vae_decode.CPU_HEAP_MODES
+    one_tile = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
+    # a budget that fits one tile only without the heap mode's allowance
+    raw = (one_tile.predicted_peak_bytes - heap.peak_extra_bytes - vae_decode.CPU_WORKSPACE_BYTES) / heap.peak_factor
+    budget = int(raw + vae_decode.CPU_WORKSPACE_BYTES) + 1
+    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    assert plan.cpu_heap == "lean" and plan.tile_count == 1
+    assert plan.predicted_peak_bytes <= budget
+
+
+def test_set_cpu_heap_mode_applies_on_linux():
+    import sys
+
+    applied = [vae_decode.set_cpu_heap_mode(mode) for mode in vae_decode.CPU_HEAP_MODES]
+    assert applied == ([True, True] if sys.platform.startswith("linux") else [False, False])
+
+
+# ---------------------------------------------------------------- the VAE's own decode when it fits
+
+def test_a_budget_that_fits_the_untiled_decode_runs_the_vaes_own_decode(mini):
+    kind, module, latent, reference = mini
+    need = vae_decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
+    plan = vae_decode.plan_decode(module, latent.shape, need)
+    assert plan.untiled and plan.tile_count == 1 and plan.predicted_peak_bytes == need
+    assert "untiled" in plan.describe()
+    assert not vae_decode.plan_decode(module, latent.shape, need - 1).untiled
+    assert not vae_decode.plan_decode(module, latent.shape, need, overlap=2).untiled, "overlap asks for tiles"
+    calls = []
+    out = vae_decode.decode_latent(module, latent, need, progress=lambda d, t: calls.append((d, t)))
+    assert torch.equal(out, reference), "the untiled path is the VAE's own decode: bit-identical"
+    assert calls[0] == (0, 1) and calls[-1] == (1, 1)
+
+
+def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini, monkeypatch):
+    kind, module, latent, reference = mini
+    need = vae_decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
+    plans = []
+
+    def untiled_oom(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(vae_decode, "_decode_untiled", untiled_oom)
+    out = vae_decode.decode_latent(module, latent, need, on_plan=plans.append)
+    assert [plan.untiled for plan in plans] == [True, False]
+    assert (out - reference).abs().max().item() < 1e-5
