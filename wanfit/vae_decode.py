@@ -86,13 +86,14 @@ class _Layout:
         # time (see _run_tail), so a layer's input is always one frame and a temporal upsample's output two.
         frames = 1
         self.split_after = set()  # tail step indices after which the chunk is split into single frames
+        split_pending = False  # a temporal upsample was added; split after the top-level layer holding it
 
         def add_layer(kind, layer, spec):
             self.steps.append((kind, layer, len(self.layers)))
             self.layers.append(spec)
 
         def add_module(layer):
-            nonlocal frames
+            nonlocal frames, split_pending
             if _is_resblock(layer):
                 conv_a, conv_b = [m for m in layer.residual if isinstance(m, nn.Conv3d)]
                 c_in, c_out = conv_a.in_channels, conv_b.out_channels
@@ -117,7 +118,7 @@ class _Layout:
                     frames *= 2
                     act_frames = 2
                     self.temporal_factor *= 2
-                    self.pending_split = True
+                    split_pending = True
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
                     act_elems_per_px=max(conv.in_channels, conv.out_channels) * act_frames,
@@ -125,7 +126,6 @@ class _Layout:
             else:
                 raise WanFitError(f"unexpected layer {type(layer).__name__} in the VAE decoder: not a WAN VAE")
 
-        self.pending_split = False
         for layer in decoder.upsamples:
             if hasattr(layer, "avg_shortcut") and hasattr(layer, "upsamples"):  # Wan 2.2 Up_ResidualBlock
                 self.steps.append(("block_start", layer, None))
@@ -134,9 +134,9 @@ class _Layout:
                 self.steps.append(("block_end", layer, None))
             else:
                 add_module(layer)
-            if self.pending_split:  # split at the top level only: a block's shortcut needs its whole input
+            if split_pending:  # split at the top level only: a block's shortcut needs its whole input
                 self.split_after.add(len(self.steps) - 1)
-                self.pending_split = False
+                split_pending = False
 
         head_conv = [m for m in decoder.head if isinstance(m, nn.Conv3d)][-1]
         add_layer("head", decoder.head, tiling.LayerSpec(
