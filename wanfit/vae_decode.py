@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import tiling
+from .memory import GPU_DECODE_MARGIN
 from .errors import InvalidInputError, WanFitError
 
 log = logging.getLogger("wanfit")
@@ -468,7 +469,7 @@ def untiled_decode_bytes(kind, latent_shape, dtype_bytes, device_type):
     batch, _, _, h, w = latent_shape
     scale = 16 if kind == "wan2.2" else 8
     per_px = tiling.UNTILED_BYTES_PER_OUTPUT_PX.get(kind, max(tiling.UNTILED_BYTES_PER_OUTPUT_PX.values()))
-    gpu_margin = 1.25 if device_type != "cpu" else 1.0  # as wanfit.memory: cuDNN workspaces, allocator rounding
+    gpu_margin = GPU_DECODE_MARGIN if device_type != "cpu" else 1.0  # cuDNN workspaces, allocator rounding
     return int(per_px * batch * h * w * scale * scale * dtype_bytes / 4 * UNTILED_MARGIN * gpu_margin)
 
 
