@@ -17,18 +17,19 @@ capped and neighbouring tiles are blended with feathered weights (capped mode).
 from dataclasses import dataclass
 import math
 
-# A tile's working peak = its causal caches + ACTIVATION_FACTOR x its largest single activation
-# (conv temporaries, the residual kept alive, the cache concat). Fitted per VAE by
-# bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, frames streamed one at a time after each
-# temporal upsample: 5.24 for Wan 2.1, 10.68 for Wan 2.2, one tile at 256x256 / 192x192); the values
-# below carry a small margin. See docs/benchmarks.md.
+# A tile's working peak = its causal caches + at the worst layer ACTIVATION_FACTOR x its activation
+# (conv temporaries, the residual kept alive, the padded conv input) + that layer's conv transient.
+# Fitted per VAE by bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, one tile at 256x256 /
+# 192x192, lean CPU heap, frames streamed, the fused norm/SiLU/padded-input path, CPU workspace
+# subtracted: 4.23 for Wan 2.1, 8.29 for Wan 2.2); the values below carry a ~6% margin.
+# See docs/benchmarks.md.
 DEFAULT_ACTIVATION_FACTOR = 10.0
-ACTIVATION_FACTOR = {"wan2.1": 5.5, "wan2.2": 11.0}
+ACTIVATION_FACTOR = {"wan2.1": 4.5, "wan2.2": 8.8}
 # Working bytes per output pixel of one frame (fp32, CPU, measured by bench/vae_decode_memory.py);
 # neither grows with the frame count. Untiled = ComfyUI's VAE.decode; one tile = WanFit's decode
 # as one tile (frames streamed, lean CPU heap). The planner sizes the decode with the second.
 UNTILED_BYTES_PER_OUTPUT_PX = {"wan2.1": 24_476, "wan2.2": 25_663}
-ONE_TILE_BYTES_PER_OUTPUT_PX = {"wan2.1": 13_472, "wan2.2": 13_198}
+ONE_TILE_BYTES_PER_OUTPUT_PX = {"wan2.1": 13_544, "wan2.2": 12_817}
 MIN_CORE_LATENT_PX = 2  # smaller cores spend almost all their time on the halo
 
 
@@ -41,6 +42,9 @@ class LayerSpec:
     cache_elems_per_px: causal-cache elements held per input pixel (2 frames x channels per cached conv).
     act_elems_per_px: elements of the layer's output per output pixel (channels x frames per chunk).
     macs_per_px: multiply-accumulates per output pixel and chunk (for the cost model only).
+    convs: (weight elements, im2col elements per input pixel) of each conv: on the CPU a conv's
+        transient is the smaller of its weight (oneDNN reorders it on every call) and its
+        im2col buffer (the native path), see conv_transient_elems and wanfit.vae_decode.
     """
 
     scale: int
@@ -48,6 +52,7 @@ class LayerSpec:
     cache_elems_per_px: float = 0.0
     act_elems_per_px: float = 0.0
     macs_per_px: float = 0.0
+    convs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,19 @@ class DecoderSpec:
     layers: tuple  # LayerSpec, in execution order
     activation_factor: float = DEFAULT_ACTIVATION_FACTOR
     stem_elems_per_latent_px: float = 0.0  # whole-frame stem (conv1 + middle) working elements per latent px
+    stem_act_elems_per_latent_px: float = 0.0  # its activation (the part the activation factor multiplies)
     stem_attention: bool = True  # the stem holds a (h*w)^2 attention matrix when attention is not fused
     out_channels: int = 3
     temporal_factor: int = 4
+    # upsampling layers run whole-frame in the stem before `layers` (a deeper stem: fewer halo
+    # recomputations, more stored per frame); their output scale over the latent is stem_scale
+    stem_layers: tuple = ()
+    stem_convs: tuple = ()  # (weight, im2col per px) of the latent-resolution convs (conv1, middle)
+    conv_transients: bool = True  # CPU: count each conv's weight-reorder / im2col transient
+
+    @property
+    def stem_scale(self):
+        return math.prod(layer.scale for layer in self.stem_layers)
 
     @property
     def total_scale(self):
@@ -104,6 +119,8 @@ class TilePlan:
     relative_cost: float  # 1.0 = untiled
     cpu_heap: str = ""  # CPU decodes: the allocator mode the peak was predicted for (see wanfit.vae_decode)
     untiled: bool = False  # the VAE's own decode fits: no tiling at all
+    stem_cut: int = 0  # which upsample the tiles start at (0 = the first); the stem runs whole-frame before it
+    stem_scale: int = 1  # resolution the tiles start at, in multiples of the latent
 
     @property
     def tile_count(self):
@@ -115,7 +132,8 @@ class TilePlan:
                     f"{self.predicted_peak_bytes / 2**20:.0f} MB, 1.00x untiled compute")
         mode = "exact halo" if self.exact else f"halo capped at {self.halo_cap_latent_px} latent px, feathered"
         heap = f", {self.cpu_heap} CPU heap" if self.cpu_heap else ""
-        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}), predicted peak "
+        stem = f", whole-frame stem to {self.stem_scale}x latent size" if self.stem_scale > 1 else ""
+        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}{stem}), predicted peak "
                 f"{self.predicted_peak_bytes / 2**20:.0f} MB, {self.relative_cost:.2f}x untiled compute")
 
 
@@ -157,28 +175,64 @@ def axis_regions(core, latent_size, layers, halo_cap=None):
                        core_out=(core_start * total_scale, core_stop * total_scale))
 
 
-def tile_memory_terms(spec, row, col):
-    """(causal-cache elements, largest single activation in elements) of one tile: the two memory terms."""
+def conv_transient_elems(layer, area_in):
+    """The largest per-call transient of a layer's convs on the CPU (elements).
+
+    oneDNN reorders a conv's weight on every call (a 1024x1024x3x3x3 conv: +108 MB for any
+    input); the native im2col path instead needs its column buffer (measured: +16 MB at 12x12,
+    +63 MB at 24x24, one output frame, 1024 channels). wanfit.vae_decode picks
+    the smaller per call (conv_uses_native), so the transient is the minimum of the two.
+    """
+    return max((min(weight, col_per_px * area_in) for weight, col_per_px in layer.convs), default=0.0)
+
+
+def _layer_terms(spec, layers, regions):
     cache_elems = 0.0
     largest_activation = 0.0
-    for layer, ry, rx in zip(spec.layers, row.layer_regions, col.layer_regions):
+    working = 0.0
+    for layer, (ry, rx) in zip(layers, regions):
         area_in = (ry[1] - ry[0]) * (rx[1] - rx[0])
         cache_elems += layer.cache_elems_per_px * area_in
         # the layer computes on its whole input crop before the crop back, so scale^2 x the input area
-        largest_activation = max(largest_activation, layer.act_elems_per_px * area_in * layer.scale * layer.scale)
+        activation = layer.act_elems_per_px * area_in * layer.scale * layer.scale
+        largest_activation = max(largest_activation, activation)
+        transient = conv_transient_elems(layer, area_in) if spec.conv_transients else 0.0
+        working = max(working, spec.activation_factor * activation + transient)
+    return cache_elems, largest_activation, working
+
+
+def tile_memory_terms(spec, row, col):
+    """(causal-cache elements, largest single activation in elements) of one tile: the two memory terms."""
+    cache_elems, largest_activation, _ = _layer_terms(spec, spec.layers, zip(row.layer_regions, col.layer_regions))
     return cache_elems, largest_activation
 
 
 def tile_peak_bytes(spec, row, col, dtype_bytes):
-    """Predicted working memory of one tile: its caches plus the activation factor x its largest activation."""
-    cache_elems, largest_activation = tile_memory_terms(spec, row, col)
-    return int(dtype_bytes * (cache_elems + spec.activation_factor * largest_activation))
+    """Predicted working memory of one tile: its caches plus, at the worst layer, the activation factor x
+    that layer's activation plus its conv transient."""
+    cache_elems, _, working = _layer_terms(spec, spec.layers, zip(row.layer_regions, col.layer_regions))
+    return int(dtype_bytes * (cache_elems + working))
 
 
 def stem_peak_bytes(spec, latent_hw, dtype_bytes, fused_attention):
-    """Whole-frame stem (conv1 + middle, latent resolution): small, except an unfused attention matrix."""
+    """Whole-frame stem: conv1 + middle at latent resolution (small, except an unfused attention
+    matrix), then the stem layers, whole frame (frames streamed after temporal upsamples, as in
+    the tiles). Every cache is held throughout; the working terms come one layer at a time."""
     h, w = latent_hw
-    peak = spec.stem_elems_per_latent_px * h * w * dtype_bytes
+    latent_act = spec.activation_factor * spec.stem_act_elems_per_latent_px
+    cache_elems = (spec.stem_elems_per_latent_px - latent_act) * h * w
+    working = latent_act * h * w
+    if spec.conv_transients and spec.stem_convs:
+        working += conv_transient_elems(LayerSpec(1, 0, convs=spec.stem_convs), h * w)
+    if spec.stem_layers:
+        regions, scale = [], 1
+        for layer in spec.stem_layers:
+            regions.append(((0, h * scale), (0, w * scale)))
+            scale *= layer.scale
+        layer_caches, _, layer_working = _layer_terms(spec, spec.stem_layers, regions)
+        cache_elems += layer_caches
+        working = max(working, layer_working)
+    peak = (cache_elems + working) * dtype_bytes
     if spec.stem_attention and not fused_attention:
         peak += (h * w) ** 2 * dtype_bytes * 2
     return int(peak)
@@ -194,16 +248,26 @@ def _axis_summary(latent_size, parts, layers, halo_cap):
 
 
 def relative_cost(spec, row_spans, col_spans, tile_count, latent_hw):
-    """Compute of a tiling relative to the untiled decode (MAC-weighted area of every layer crop)."""
+    """Compute of a tiling relative to the untiled decode (MAC-weighted area of every layer crop).
+
+    latent_hw is the size the tiles start at; whole-frame stem layers count once, untiled.
+    """
     h, w = latent_hw
     tiled = untiled = 0.0
+    stem_scale = spec.stem_scale
+    scale = 1
+    for layer in spec.stem_layers:
+        scale *= layer.scale
+        whole = layer.macs_per_px * (h // stem_scale * scale) * (w // stem_scale * scale)
+        tiled += whole
+        untiled += whole
     scale = 1
     for layer, height, width in zip(spec.layers, row_spans, col_spans):
         scale *= layer.scale
         tiled += layer.macs_per_px * height * width
         untiled += layer.macs_per_px * (h * scale) * (w * scale)
-    # a fixed per-tile-and-chunk overhead (kernel launches, crops, cache copies): ~ 2x2 latent px of work
-    tiled += sum(layer.macs_per_px * 4 for layer in spec.layers) * tile_count
+    # a fixed overhead per extra tile and chunk (kernel launches, crops, cache copies): ~ 2x2 latent px of work
+    tiled += sum(layer.macs_per_px * 4 * spec.stem_scale ** 2 for layer in spec.layers) * (tile_count - 1)
     return tiled / untiled if untiled else 1.0
 
 
@@ -224,10 +288,12 @@ def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fuse
 
     fixed_bytes: memory held through the whole decode on the same device (stored stem output,
     the output video when it lives on the decode device). Exact halos are preferred; capped
-    halos (seams blended) only when no exact tiling fits.
+    halos (seams blended) only when no exact tiling fits. latent_hw is the size the tiles start
+    at: the latent size times spec.stem_scale (cores, halo caps and min_core are in those pixels).
     """
     h, w = latent_hw
-    stem_bytes = stem_peak_bytes(spec, latent_hw, dtype_bytes, fused_attention)
+    stem_scale = spec.stem_scale
+    stem_bytes = stem_peak_bytes(spec, (h // stem_scale, w // stem_scale), dtype_bytes, fused_attention)
     minimum = None
     for halo_cap in halo_caps:
         rows_by_n = {n: _axis_summary(h, n, spec.layers, halo_cap) for n in _grid_options(h, min_core)}
@@ -244,7 +310,7 @@ def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fuse
                 if best is None or (cost, rows_n * cols_n) < (best.relative_cost, best.tile_count):
                     best = TilePlan(rows=rows, cols=cols, exact=halo_cap is None, halo_cap_latent_px=halo_cap,
                                     predicted_peak_bytes=peak, tile_peak_bytes=tile_peak, fixed_bytes=fixed_bytes,
-                                    relative_cost=cost)
+                                    relative_cost=cost, stem_scale=stem_scale)
         if best is not None:
             return best, minimum
     return None, minimum

@@ -6,12 +6,17 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
 1.0), so time stays whole and space is tiled instead:
 
 1. stem, whole frame: conv2, conv1 and the middle blocks (the only attention) at latent
-   resolution, for every latent frame; its output is small and stored off the decode device;
+   resolution, for every latent frame, and, when the plan says so, the upsampling layers up
+   to a deeper cut (a 2x or 4x latent-size stem: more stored per frame, no halo recomputation
+   of those layers); its output is stored off the decode device;
 2. tail, one spatial tile at a time, every latent frame in order with the tile's own causal
    cache: each layer's input is cropped to what the rest of the decoder needs (core plus the
    remaining receptive field), so full-resolution layers see the core plus a few pixels and the
    tile is bit-for-bit what the untiled decode gives there (float noise aside); after each
    temporal upsample the frames go on one at a time, so full-resolution layers hold one frame;
+   residual blocks and the head write norm + SiLU straight into the conv's padded input
+   (_padded_conv_input), and on the CPU each conv call takes the path with the smaller
+   transient (conv_uses_native);
 3. finished tiles go to the output device at once; an OOM retries that tile split in two, then
    on the CPU, keeping every finished tile.
 
@@ -19,6 +24,7 @@ Memory then depends on the tile area, not on the frame count. The tile grid come
 wanfit.tiling with constants measured by bench/vae_decode_memory.py.
 """
 
+import contextlib
 import ctypes
 from dataclasses import dataclass, replace
 import logging
@@ -27,6 +33,7 @@ import sys
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import tiling
 from .memory import GPU_DECODE_MARGIN
@@ -71,37 +78,48 @@ def _is_resample(layer):
 
 
 class _Layout:
-    """The decoder's tail as executable steps, with the matching tiling.LayerSpec list."""
+    """The decoder's tail as executable steps, with the matching tiling.LayerSpec list.
 
-    def __init__(self, module, activation_factor=None):
+    cut: the upsample the tiles start at (0 = the first). Everything before it runs whole-frame
+    in the stem and its output is stored for every frame; a deeper cut stores more but spares
+    the tiles the halo recomputation of the stem's layers (wanfit.tiling plans with both).
+    """
+
+    def __init__(self, module, activation_factor=None, cut=0):
         decoder = module.decoder
         self.module = module
         self.kind = _vae_kind(module)
         self.patch = _patch_size(module)
         self.z_dim = module.conv2.in_channels
         self.stem_channels = decoder.conv1.out_channels
+        self.cut = cut
         self.steps = []  # (kind, module or None, layer index or None)
         self.layers = []
         self.temporal_factor = 1
         # frames per latent frame at this depth (for the cost model); the tail streams them one at a
         # time (see _run_tail), so a layer's input is always one frame and a temporal upsample's output two.
         frames = 1
+        channels = self.stem_channels
+        self.channels_before = []  # channels of x entering each step (a block_start: the block's input)
         self.split_after = set()  # tail step indices after which the chunk is split into single frames
         split_pending = False  # a temporal upsample was added; split after the top-level layer holding it
 
         def add_layer(kind, layer, spec):
             self.steps.append((kind, layer, len(self.layers)))
+            self.channels_before.append(channels)
             self.layers.append(spec)
 
         def add_module(layer):
-            nonlocal frames, split_pending
+            nonlocal frames, split_pending, channels
             if _is_resblock(layer):
                 conv_a, conv_b = [m for m in layer.residual if isinstance(m, nn.Conv3d)]
                 c_in, c_out = conv_a.in_channels, conv_b.out_channels
                 macs = (c_in * c_out + c_out * c_out) * 27 + (c_in * c_out if c_in != c_out else 0)
+                convs = ((c_out * c_in * 27, c_in * 27), (c_out * c_out * 27, c_out * 27))
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=1, radius=_conv_radius(layer.residual), cache_elems_per_px=2 * (c_in + c_out),
-                    act_elems_per_px=max(c_in, c_out), macs_per_px=macs * frames))
+                    act_elems_per_px=max(c_in, c_out), macs_per_px=macs * frames, convs=convs))
+                channels = c_out
             elif _is_resample(layer):
                 if layer.mode not in ("upsample2d", "upsample3d", "none"):
                     raise WanFitError(f"decoder layer mode {layer.mode!r} is not a WAN decoder upsample")
@@ -112,27 +130,34 @@ class _Layout:
                 cache = 0
                 act_frames = 1
                 macs = conv.in_channels * conv.out_channels * 9
+                convs = []
                 if layer.mode == "upsample3d":
                     # its time conv's cache, plus its two output frames, held while they stream on one by one
                     cache = 2 * layer.time_conv.in_channels + 2 * conv.out_channels * 4
-                    macs += layer.time_conv.in_channels * layer.time_conv.out_channels * 3 / 8  # at input px, x2 frames
+                    time_in, time_out = layer.time_conv.in_channels, layer.time_conv.out_channels
+                    macs += time_in * time_out * 3 / 8  # at input px, x2 frames
+                    convs.append((time_out * time_in * 3, time_in * 3))
                     frames *= 2
                     act_frames = 2
                     self.temporal_factor *= 2
                     split_pending = True
+                convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
                     act_elems_per_px=max(conv.in_channels, conv.out_channels) * act_frames,
-                    macs_per_px=macs * frames))
+                    macs_per_px=macs * frames, convs=tuple(convs)))
+                channels = conv.out_channels
             else:
                 raise WanFitError(f"unexpected layer {type(layer).__name__} in the VAE decoder: not a WAN VAE")
 
         for layer in decoder.upsamples:
             if hasattr(layer, "avg_shortcut") and hasattr(layer, "upsamples"):  # Wan 2.2 Up_ResidualBlock
                 self.steps.append(("block_start", layer, None))
+                self.channels_before.append(channels)
                 for inner in layer.upsamples:
                     add_module(inner)
                 self.steps.append(("block_end", layer, None))
+                self.channels_before.append(channels)
             else:
                 add_module(layer)
             if split_pending:  # split at the top level only: a block's shortcut needs its whole input
@@ -143,37 +168,63 @@ class _Layout:
         add_layer("head", decoder.head, tiling.LayerSpec(
             scale=1, radius=_conv_radius(decoder.head), cache_elems_per_px=2 * head_conv.in_channels,
             act_elems_per_px=head_conv.in_channels,
-            macs_per_px=head_conv.in_channels * head_conv.out_channels * 27 * frames))
+            macs_per_px=head_conv.in_channels * head_conv.out_channels * 27 * frames,
+            convs=((head_conv.out_channels * head_conv.in_channels * 27, head_conv.in_channels * 27),)))
         if self.patch > 1:
             add_layer("unpatchify", None, tiling.LayerSpec(scale=self.patch, radius=0, act_elems_per_px=3))
 
-        # Everything before the first upsample runs whole-frame in the stem: it is at latent resolution
-        # (cheap to hold), and it carries half the receptive field, which tiles would otherwise recompute.
+        # Everything before the cut's upsample runs whole-frame in the stem. The first cut keeps the
+        # stem at latent resolution (cheap to hold) and it carries half the receptive field, which
+        # tiles would otherwise recompute; deeper cuts carry more of it.
+        upsamples = [n for n, (kind, _, i) in enumerate(self.steps) if kind == "module" and self.layers[i].scale > 1]
+        self.cut_count = len(upsamples)
+        if not 0 <= cut < self.cut_count:
+            raise WanFitError(f"stem cut {cut} out of range: this decoder has {self.cut_count} upsamples")
+        cut_step = upsamples[cut]
+        first_tail = self.steps[cut_step][2]
+        if self.steps[cut_step - 1][0] == "block_start":
+            cut_step -= 1  # a block that starts right at the cut belongs to the tail
+        open_blocks = [n for n in range(cut_step) if self.steps[n][0] == "block_start"
+                       and not any(self.steps[m][0] == "block_end" for m in range(n, cut_step))]
+        self.block_open_at_cut = bool(open_blocks)
+        cut_channels = self.channels_before[cut_step]
+        block_channels = self.channels_before[open_blocks[-1]] if open_blocks else 0
+        self.stem_steps = self.steps[:cut_step]
+        self.steps = [(kind, layer, None if i is None else i - first_tail) for kind, layer, i in self.steps[cut_step:]]
+        self.stem_split_after = {n for n in self.split_after if n < cut_step}
+        self.split_after = {n - cut_step for n in self.split_after if n >= cut_step}
         first_up = next(i for i, spec in enumerate(self.layers) if spec.scale > 1)
-        cut = next(n for n, step in enumerate(self.steps) if step[2] == first_up)
-        if self.steps[cut - 1][0] == "block_start":
-            cut -= 1  # a block that starts right at the cut belongs to the tail
-        self.stem_steps = self.steps[:cut]
-        self.steps = [(kind, layer, None if i is None else i - first_up) for kind, layer, i in self.steps[cut:]]
-        self.split_after = {n - cut for n in self.split_after if n >= cut}
-        stem_layers = self.layers[:first_up]
-        self.layers = self.layers[first_up:]
-        self.block_open_at_cut = sum(1 if k == "block_start" else -1 if k == "block_end" else 0
-                                     for k, _, _ in self.stem_steps) > 0
+        latent_layers = self.layers[:first_up]  # resblocks at latent resolution: their cost in the flat stem term
+        stem_layers = tuple(self.layers[first_up:first_tail])
+        self.layers = self.layers[first_tail:]
+        self.stem_scale = math.prod(spec.scale for spec in stem_layers)
+        self.stem_temporal_factor = 2 ** sum(1 for kind, layer, _ in self.stem_steps
+                                             if kind == "module" and getattr(layer, "mode", "") == "upsample3d")
 
         if activation_factor is None:
             activation_factor = tiling.ACTIVATION_FACTOR.get(self.kind, tiling.DEFAULT_ACTIVATION_FACTOR)
         c0 = self.stem_channels
-        stem_cache = 2 * (self.z_dim + 4 * c0) + sum(spec.cache_elems_per_px for spec in stem_layers)
-        self.stored_channels_per_frame = c0 * (2 if self.block_open_at_cut else 1)
+        stem_cache = 2 * (self.z_dim + 4 * c0) + sum(spec.cache_elems_per_px for spec in latent_layers)
+        # conv1, the middle blocks and the latent-resolution layers, for their CPU conv transient
+        latent_convs = tuple(conv for spec in latent_layers for conv in spec.convs)
+        latent_convs += tuple((m.weight.numel(), m.weight[0].numel()) for m in (decoder.conv1, *decoder.middle.modules())
+                              if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+        # stored per output frame of the stem, per pixel at the cut's resolution
+        self.stored_channels_per_frame = cut_channels + block_channels
         self.spec = tiling.DecoderSpec(
             name=self.kind, layers=tuple(self.layers), activation_factor=activation_factor,
-            stem_elems_per_latent_px=stem_cache + activation_factor * c0,
-            temporal_factor=self.temporal_factor)
+            stem_elems_per_latent_px=stem_cache + activation_factor * c0, stem_act_elems_per_latent_px=c0,
+            temporal_factor=self.temporal_factor, stem_layers=stem_layers, stem_convs=latent_convs)
         self.cache_len = sum(1 for m in decoder.modules() if isinstance(m, nn.Conv3d))
 
     def frames_out(self, latent_frames):
         return 1 + self.temporal_factor * (latent_frames - 1)
+
+    def stored_bytes(self, latent_shape, dtype_bytes):
+        """The stem's output kept for every frame until the last tile is done."""
+        batch, _, frames, h, w = latent_shape
+        stem_frames = 1 + self.stem_temporal_factor * (frames - 1)
+        return batch * stem_frames * self.stored_channels_per_frame * h * w * self.stem_scale ** 2 * dtype_bytes
 
 
 # ----------------------------------------------------------------------------- execution
@@ -190,6 +241,93 @@ def _cached_conv(conv, x, cache, idx):
     return x
 
 
+def _is_norm(module):
+    return hasattr(module, "gamma") and hasattr(module, "scale") and getattr(module, "channel_first", True)
+
+
+def _fusable(modules):
+    """norm, SiLU, causal conv (, dropout p=0, ...) as WAN's ResidualBlock and head hold them."""
+    return (len(modules) == 3 and _is_norm(modules[0]) and isinstance(modules[1], nn.SiLU)
+            and isinstance(modules[2], nn.Conv3d) and hasattr(modules[2], "_padding"))
+
+
+def _padded_conv_input(norm, conv, x, cache, idx):
+    """conv's input as WAN's CausalConv3d builds it (cache frames, then the new ones, zero padded),
+    in one buffer, with RMS norm + SiLU of x written straight into it; updates the cache entry.
+
+    Why: ComfyUI's path allocates the norm's three temporaries, the SiLU output, the cache
+    concat and the padded copy: five full-size allocations more per conv, each a page-faulting
+    mmap in the lean CPU heap and a pass over memory. Same operations in the same order, so the
+    values match (division, scale, gamma as F.normalize(x) * scale * gamma).
+    """
+    i = idx[0]
+    old = cache[i]
+    batch, channels, frames, height, width = x.shape
+    left, right, top, bottom, front, _ = conv._padding
+    old_frames = old.shape[2] if (old is not None and front > 0) else 0
+    pad_t = front - old_frames
+    buf = x.new_empty(batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
+    if pad_t:
+        buf[:, :, :pad_t].zero_()
+    for region in (buf[..., :top, :], buf[..., top + height:, :], buf[..., :left], buf[..., left + width:]):
+        if region.numel():
+            region.zero_()
+    inner = buf[:, :, pad_t:, top:top + height, left:left + width]
+    if old_frames:
+        inner[:, :, :old_frames].copy_(old)
+    new = inner[:, :, old_frames:]
+    denom = x.norm(2, dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+    torch.div(x, denom, out=new)
+    del denom
+    new.mul_(norm.scale).mul_(norm.gamma.to(new))
+    if getattr(norm, "bias", None) is not None:
+        new.add_(norm.bias.to(new))
+    F.silu(new, inplace=True)
+    # the cache protocol of ResidualBlock / Decoder3d: the last two input frames, the previous
+    # chunk's last frame in front when the chunk has only one
+    keep = min(2, frames) if (frames >= 2 or old is None) else 2
+    cache[i] = inner[:, :, inner.shape[2] - keep:].clone()
+    idx[0] += 1
+    return buf
+
+
+def _conv_unpadded(conv, buf):
+    """CausalConv3d.forward after its padding step (its parent's forward: ComfyUI's cast-aware conv)."""
+    return super(type(conv), conv).forward(buf)
+
+
+def _run_layer(layer, x, cache, idx):
+    """A decoder layer; WAN's ResidualBlock through the fused path (see _padded_conv_input)."""
+    if not _is_resblock(layer):
+        return layer(x, cache, idx)
+    parts = list(layer.residual)
+    dropout_free = len(parts) == 7 and isinstance(parts[5], nn.Dropout) and (parts[5].p == 0 or not layer.training)
+    if not (dropout_free and _fusable(parts[0:3]) and _fusable(parts[3:5] + parts[6:7])):
+        return layer(x, cache, idx)
+    buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
+    h = _conv_unpadded(parts[2], buf)
+    del buf
+    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx)
+    del h
+    h = _conv_unpadded(parts[6], buf)
+    del buf
+    if isinstance(layer.shortcut, nn.Identity):
+        return h.add_(x)
+    return h.add_(layer.shortcut(x))
+
+
+def _run_head(head, x, cache, idx):
+    """The decoder head (norm, SiLU, causal conv) through the fused path when it has that shape."""
+    parts = list(head)
+    if _fusable(parts):
+        buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
+        del x
+        return _conv_unpadded(parts[2], buf)
+    for sub in parts:
+        x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
+    return x
+
+
 def _unpatchify(x, patch):
     """einops 'b (c r q) f h w -> b c f (h q) (w r)' without einops."""
     b, c, f, h, w = x.shape
@@ -199,7 +337,7 @@ def _unpatchify(x, patch):
 
 
 def _run_stem(layout, x_all, t, cache):
-    """conv1, middle and the latent-resolution blocks for latent frame t, whole frame.
+    """conv1, middle and the stem's layers for latent frame t, whole frame.
 
     Returns (output, input of the block still open at the cut or None, next cache index).
     """
@@ -208,15 +346,32 @@ def _run_stem(layout, x_all, t, cache):
     x = _cached_conv(decoder.conv1, x_all[:, :, t:t + 1], cache, idx)
     for layer in decoder.middle:
         x = layer(x, cache, idx) if _is_resblock(layer) else layer(x)
-    block_input = None
-    for kind, layer, _ in layout.stem_steps:
+    x, block_input = _run_stem_steps(layout, x, None, 0, cache, idx, t == 0)
+    return x, block_input, idx[0]
+
+
+def _run_stem_steps(layout, x, block_input, first_step, cache, idx, first_chunk):
+    """Stem steps first_step.. on whole frames; after a temporal upsample, one frame at a time (as the tail)."""
+    steps = layout.stem_steps
+    for n in range(first_step, len(steps)):
+        kind, layer, _ = steps[n]
         if kind == "block_start":
             block_input = x
         elif kind == "block_end":
-            raise WanFitError("a decoder block ends before the first upsample: not a WAN decoder")
+            if layer.avg_shortcut is not None:
+                x = x + layer.avg_shortcut(block_input, first_chunk)
+            block_input = None
         else:
-            x = layer(x, cache, idx)
-    return x, block_input, idx[0]
+            x = _run_layer(layer, x, cache, idx)
+        if n in layout.stem_split_after and x.shape[2] > 1 and n + 1 < len(steps):
+            start_idx = idx[0]
+            outs = []
+            for frame in range(x.shape[2]):
+                idx[0] = start_idx
+                outs.append(_run_stem_steps(layout, x[:, :, frame:frame + 1], None, n + 1, cache, idx, first_chunk))
+            blocks = None if outs[0][1] is None else torch.cat([out[1] for out in outs], dim=2)
+            return torch.cat([out[0] for out in outs], dim=2), blocks
+    return x, block_input
 
 
 def _run_tail(layout, x, block_x, row, col, cache, tail_start, first_chunk):
@@ -250,10 +405,9 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
             spec = layout.layers[i]
             ry, rx = row.layer_regions[i], col.layer_regions[i]
             if kind == "module":
-                x = layer(x, cache, idx, first_chunk) if hasattr(layer, "avg_shortcut") else layer(x, cache, idx)
+                x = layer(x, cache, idx, first_chunk) if hasattr(layer, "avg_shortcut") else _run_layer(layer, x, cache, idx)
             elif kind == "head":
-                for sub in layer:
-                    x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
+                x = _run_head(layer, x, cache, idx)
             elif kind == "unpatchify":
                 x = _unpatchify(x, layout.patch)
             s = spec.scale
@@ -268,6 +422,46 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
                                          n + 1, off_y, off_x))
             return torch.cat(frames, dim=2)
     return x
+
+
+def conv_uses_native(conv, x):
+    """CPU: run this conv call on PyTorch's native im2col path rather than oneDNN?
+
+    Why: oneDNN reorders the weight on every call, a transient as large as the weight (108 MB
+    for Wan 2.2's 1024-channel convs) whatever the input size; the native path's transient is
+    its column buffer (in channels x kernel x output pixels). Take the smaller one
+    (also the faster one there: 77 vs 167 ms at 12x12, 307 vs 440 ms at 24x24, 1024 channels,
+    measured with one output frame). The model in wanfit.tiling.conv_transient_elems assumes this choice.
+    """
+    out_px = x.shape[0] * math.prod(x.shape[2:])
+    return out_px <= conv.weight.shape[0]
+
+
+@contextlib.contextmanager
+def cpu_conv_backend(decoder, enabled=True):
+    """Apply conv_uses_native to every conv of the decoder while the block runs (CPU decodes)."""
+    if not enabled:
+        yield
+        return
+    initial = torch.backends.mkldnn.enabled
+
+    def choose(conv, args):
+        torch.backends.mkldnn.enabled = initial and not conv_uses_native(conv, args[0])
+
+    def restore(conv, args, output):
+        torch.backends.mkldnn.enabled = initial
+
+    handles = []
+    for sub in decoder.modules():
+        if isinstance(sub, (nn.Conv2d, nn.Conv3d)):
+            handles.append(sub.register_forward_pre_hook(choose))
+            handles.append(sub.register_forward_hook(restore))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.backends.mkldnn.enabled = initial
 
 
 def _is_oom(error, oom_exceptions):
@@ -449,15 +643,16 @@ def validate_latent(latent, latent_channels, field="samples"):
 
 
 def plan_decode(module, latent_shape, budget_bytes, dtype=torch.float32, device="cpu", output_device="cpu",
-                overlap=None, activation_factor=None, allow_untiled=True):
+                overlap=None, activation_factor=None, allow_untiled=True, stem_cuts=None):
     """The tile plan for a latent shape and budget, without decoding (for the node's preview and tests).
 
     overlap: None = exact halos (seamless); an int = cap the halo at that many latent pixels
     and blend tiles with feathered weights (cheaper, approximate). allow_untiled: when the
-    VAE's own decode fits the budget, use it (it is the fastest path).
+    VAE's own decode fits the budget, use it (it is the fastest path). stem_cuts: the stem depths
+    the planner may choose from (None = all; benchmarks and tests pin one).
     """
-    layout = _Layout(module, activation_factor)
-    return _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
+    layouts = _layouts(module, activation_factor, stem_cuts)
+    return _plan(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
 
 
 # The VAE's own (untiled) decode is used when its measured need (times this margin) fits the budget.
@@ -473,43 +668,64 @@ def untiled_decode_bytes(kind, latent_shape, dtype_bytes, device_type):
     return int(per_px * batch * h * w * scale * scale * dtype_bytes / 4 * UNTILED_MARGIN * gpu_margin)
 
 
-def _plan(layout, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
+def _layouts(module, activation_factor=None, stem_cuts=None):
+    """One _Layout per stem depth (the upsample the tiles start at); stem_cuts limits which."""
+    first = _Layout(module, activation_factor)
+    cuts = range(first.cut_count) if stem_cuts is None else sorted(set(stem_cuts))
+    if any(not 0 <= cut < first.cut_count for cut in cuts) or not cuts:
+        raise InvalidInputError("stem_cuts", list(cuts), f"stem depths 0..{first.cut_count - 1}",
+                                "leave it unset to let the planner choose")
+    return [first if cut == 0 else _Layout(module, activation_factor, cut) for cut in cuts]
+
+
+def _plan(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
+    """The fastest plan that fits: untiled, else the best (stem depth, CPU heap mode, tiling)."""
+    if not isinstance(layouts, (list, tuple)):
+        layouts = [layouts]
     batch, _, frames, h, w = latent_shape
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    scale = layout.spec.total_scale
     device_type = torch.device(device).type
+    first = layouts[0]
     if allow_untiled and overlap is None:
-        need = untiled_decode_bytes(layout.kind, latent_shape, dtype_bytes, device_type)
+        need = untiled_decode_bytes(first.kind, latent_shape, dtype_bytes, device_type)
         if need <= budget_bytes:
-            whole, _ = tiling.plan_tiles(layout.spec, (h, w), 2**62, dtype_bytes=dtype_bytes * batch)
+            whole, _ = tiling.plan_tiles(first.spec, (h, w), 2**62, dtype_bytes=dtype_bytes * batch)
             return replace(whole, untiled=True, predicted_peak_bytes=need,
                            cpu_heap="heap" if device_type == "cpu" else ""), need
-    fixed = 0
-    if torch.device(output_device) == torch.device(device):
-        out_bytes = batch * 3 * layout.frames_out(frames) * h * w * scale * scale * 4
-        stem_bytes = batch * frames * layout.stored_channels_per_frame * h * w * dtype_bytes
-        fixed = out_bytes + stem_bytes + (out_bytes // 3 if overlap is not None else 0)
-    caps = (None, 4, 2, 1) if overlap is None else (int(overlap),)
-    if torch.device(device).type != "cpu":
-        # a batch decodes its samples together, so every per-pixel figure scales with it
-        return tiling.plan_tiles(layout.spec, (h, w), budget_bytes, dtype_bytes=dtype_bytes * batch,
-                                 fixed_bytes=fixed, halo_caps=caps)
-    # CPU: the allocator mode is part of the plan; take the fastest (mode, tiling) whose peak fits
+    same_device = torch.device(output_device) == torch.device(device)
+    scale = first.spec.total_scale * first.stem_scale
+    out_bytes = batch * 3 * first.frames_out(frames) * h * w * scale * scale * 4
+    modes = CPU_HEAP_MODES if device_type == "cpu" else (None,)
     best, best_rank, minimum = None, None, None
-    for mode in CPU_HEAP_MODES:
-        def to_rss(predicted, mode=mode):
-            return int(predicted * mode.peak_factor) + mode.peak_extra_bytes + CPU_WORKSPACE_BYTES
-        inner = (budget_bytes - mode.peak_extra_bytes - CPU_WORKSPACE_BYTES) / mode.peak_factor
-        plan, smallest = tiling.plan_tiles(layout.spec, (h, w), max(inner, 0), dtype_bytes=dtype_bytes * batch,
-                                           fixed_bytes=fixed, halo_caps=caps)
-        if smallest is not None:
-            minimum = to_rss(smallest) if minimum is None else min(minimum, to_rss(smallest))
-        if plan is None:
-            continue
-        rank = (not plan.exact, plan.relative_cost * mode.time_factor)  # seamless first, then fastest
-        if best is None or rank < best_rank:
-            best, best_rank = replace(plan, predicted_peak_bytes=to_rss(plan.predicted_peak_bytes),
-                                      cpu_heap=mode.name), rank
+    for layout in layouts if overlap is None else layouts[:1]:
+        stored = layout.stored_bytes(latent_shape, dtype_bytes)
+        if layout.cut and not same_device and stored > out_bytes:
+            continue  # a deeper stem's storage would outgrow the video itself in the output device's memory
+        fixed = out_bytes + stored + (out_bytes // 3 if overlap is not None else 0) if same_device else 0
+        if overlap is not None:
+            caps = (int(overlap),)
+        else:
+            caps = (None, 4, 2, 1) if layout.cut == 0 else (None,)
+        spec = layout.spec if device_type == "cpu" else replace(layout.spec, conv_transients=False)
+        tiles_hw = (h * layout.stem_scale, w * layout.stem_scale)
+        for mode in modes:
+            # CPU: the allocator mode is part of the plan (peak = predicted x factor + extra + workspace)
+            factor, extra = (mode.peak_factor, mode.peak_extra_bytes + CPU_WORKSPACE_BYTES) if mode else (1.0, 0)
+            inner = (budget_bytes - extra) / factor
+            # a batch decodes its samples together, so every per-pixel figure scales with it
+            plan, smallest = tiling.plan_tiles(spec, tiles_hw, max(inner, 0), dtype_bytes=dtype_bytes * batch,
+                                               fixed_bytes=fixed, halo_caps=caps)
+            if smallest is not None:
+                smallest = int(smallest * factor) + extra
+                minimum = smallest if minimum is None else min(minimum, smallest)
+            if plan is None:
+                continue
+            time_factor = mode.time_factor if mode else 1.0
+            # seamless first, then fastest; a deeper stem only where it saves at least 1% of the compute
+            rank = (not plan.exact, round(plan.relative_cost * time_factor, 2), layout.cut, plan.predicted_peak_bytes)
+            if best is None or rank < best_rank:
+                best, best_rank = replace(plan, predicted_peak_bytes=int(plan.predicted_peak_bytes * factor) + extra,
+                                          cpu_heap=mode.name if mode else "", stem_cut=layout.cut), rank
     return best, minimum
 
 
@@ -563,7 +779,7 @@ def set_cpu_heap_mode(mode):
 
 def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_device="cpu", overlap=None,
                   progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None,
-                  on_plan=None, allow_untiled=True):
+                  on_plan=None, allow_untiled=True, stem_cuts=None):
     """Decode a WAN latent (B, C, T, h, w) with module (a WanVAE) within budget_bytes of working memory.
 
     Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device, values in [-1, 1]
@@ -572,8 +788,8 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     other models (ComfyUI: comfy.model_management.load_models_gpu / free_memory); on_plan(plan)
     receives the tiling.TilePlan before decoding starts (the node reports it).
     """
-    layout = _Layout(module, activation_factor)
-    latent = validate_latent(latent, layout.z_dim)
+    layouts = _layouts(module, activation_factor, stem_cuts)
+    latent = validate_latent(latent, layouts[0].z_dim)
     if budget_bytes is None or budget_bytes <= 0:
         raise InvalidInputError("budget", budget_bytes, "a positive number of bytes", "give a budget in MB or use auto")
     param = next(module.parameters())
@@ -582,8 +798,9 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     output_device = torch.device(output_device)
     batch, _, frames, h, w = latent.shape
 
-    plan, minimum = _plan(layout, latent.shape, budget_bytes, dtype, device, output_device, overlap,
+    plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
                           allow_untiled)
+    layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
     if plan is None:
         raise InvalidInputError(
             "budget", f"{budget_bytes / 2**20:.0f} MB",
@@ -593,8 +810,9 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
              plan.describe())
     if on_plan is not None:
         on_plan(plan)
-    if plan.cpu_heap:
-        set_cpu_heap_mode(next(mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap))
+    heap_mode = next((mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap), None)
+    if heap_mode is not None:
+        set_cpu_heap_mode(heap_mode)
     if free_models_for_decode is not None:
         free_models_for_decode(plan.predicted_peak_bytes)
     if plan.untiled:
@@ -606,17 +824,18 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         log.warning("VAE decode: out of memory in the untiled decode; decoding in tiles instead")
         _empty_device_cache(device)
         return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
-                             None, oom_exceptions, activation_factor, on_plan, allow_untiled=False)
+                             None, oom_exceptions, activation_factor, on_plan, allow_untiled=False,
+                             stem_cuts=stem_cuts)
 
     tiles = plan.tile_count
     counter = _Progress(frames * (1 + tiles), progress)
     counter.per_tile = frames
-    scale = layout.spec.total_scale
+    scale = layout.spec.total_scale * layout.stem_scale
     output = torch.zeros((batch, 3, layout.frames_out(frames), h * scale, w * scale), dtype=torch.float32,
                          device=output_device)
     weight_sum = None if plan.exact else torch.zeros((h * scale, w * scale), dtype=torch.float32,
                                                      device=output_device)
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_conv_backend(module.decoder, enabled=device.type == "cpu"):
         stem_out, tail_start = _stem_all_frames(layout, latent, device, dtype, output_device, counter,
                                                 oom_exceptions)
         runner = _TileRunner(layout, stem_out, tail_start, output, weight_sum, device, dtype,
@@ -679,7 +898,7 @@ def _stem(layout, module, latent, device, dtype, storage_device, counter):
 
 
 def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,
-                     oom_exceptions=(), activation_factor=None, on_plan=None):
+                     oom_exceptions=(), activation_factor=None, on_plan=None, allow_untiled=True):
     """Drop-in for ComfyUI's VAE.decode on WAN VAEs: returns images (B, frames, H, W, 3) in [0, 1].
 
     vae is duck-typed: first_stage_model, latent_channels, device, vae_dtype, output_device,
@@ -693,5 +912,5 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
     raw = decode_latent(module, samples, budget_bytes, device=vae.device, dtype=vae.vae_dtype,
                         output_device=vae.output_device, overlap=overlap, progress=progress,
                         free_models_for_decode=free_models_for_decode, oom_exceptions=oom_exceptions,
-                        activation_factor=activation_factor, on_plan=on_plan)
+                        activation_factor=activation_factor, on_plan=on_plan, allow_untiled=allow_untiled)
     return vae.process_output(raw).movedim(1, -1)

@@ -544,3 +544,143 @@ def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini, monkeypatch):
     out = vae_decode.decode_latent(module, latent, need, on_plan=plans.append)
     assert [plan.untiled for plan in plans] == [True, False]
     assert (out - reference).abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------- deeper whole-frame stems, CPU conv paths
+
+def _budget_for_tiles_at_cut(module, latent, cut, tiles):
+    """The smallest budget at which the planner, held to one stem depth, needs at most `tiles` tiles."""
+    low, high = 1, 2**34
+    while high - low > 1024:
+        middle = (low + high) // 2
+        plan = vae_decode.plan_decode(module, latent.shape, middle, allow_untiled=False, stem_cuts=(cut,))
+        if plan is not None and plan.exact and plan.tile_count <= tiles:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_deeper_stems_decode_exactly(mini, cut):
+    kind, module, latent, reference = mini
+    budget = _budget_for_tiles_at_cut(module, latent, cut, 4)
+    plans = []
+    out = vae_decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(cut,), on_plan=plans.append)
+    plan = plans[0]
+    assert plan.stem_cut == cut and plan.stem_scale == 2 ** cut and plan.tile_count > 1
+    assert f"whole-frame stem to {plan.stem_scale}x" in plan.describe()
+    assert out.shape == reference.shape
+    diff = (out - reference).abs().max().item()
+    assert diff < 1e-5, f"{kind}, {plan.describe()}: max abs diff {diff} vs the untiled decode"
+
+
+def test_the_planner_takes_a_deeper_stem_when_it_saves_compute(mini):
+    kind, module, latent, _ = mini
+    picked = {}
+    budget = 2**36
+    while budget > 2**16:
+        plan = vae_decode.plan_decode(module, latent.shape, budget, allow_untiled=False)
+        if plan is not None:
+            picked.setdefault(plan.stem_cut, plan)
+            if plan.stem_cut:
+                # no plan held to the first stem depth is cheaper at this budget
+                shallow = vae_decode.plan_decode(module, latent.shape, budget, allow_untiled=False, stem_cuts=(0,))
+                time = {mode.name: mode.time_factor for mode in vae_decode.CPU_HEAP_MODES}
+                assert (shallow is None or not shallow.exact or shallow.relative_cost * time[shallow.cpu_heap]
+                        >= plan.relative_cost * time[plan.cpu_heap] - 0.005)
+        budget = int(budget * 0.9)
+    assert 0 in picked, f"{kind}: stem depths picked over the budget sweep: {sorted(picked)}"
+
+
+def test_unknown_stem_depth_is_refused(mini):
+    kind, module, latent, _ = mini
+    with pytest.raises(InvalidInputError, match="stem_cuts"):
+        vae_decode.plan_decode(module, latent.shape, 2**30, stem_cuts=(7,))
+
+
+def test_deeper_stem_stores_more_and_recomputes_less(mini):
+    kind, module, latent, _ = mini
+    layouts = vae_decode._layouts(module)
+    assert [layout.cut for layout in layouts] == list(range(len(layouts))) and len(layouts) >= 2
+    stored = [layout.stored_bytes(latent.shape, 4) for layout in layouts]
+    assert stored == sorted(stored) and stored[0] < stored[1]
+    assert [layout.stem_scale for layout in layouts] == [2 ** n for n in range(len(layouts))]
+    # the same 2x2 split of the picture costs less compute when the tiles start deeper
+    costs = []
+    for layout in layouts[:2]:
+        hw = (latent.shape[3] * layout.stem_scale, latent.shape[4] * layout.stem_scale)
+        rows = tiling.plan_for_cores(layout.spec, hw, tiling.split_evenly(hw[0], 2), tiling.split_evenly(hw[1], 2))
+        spans = [tiling._axis_summary(size, 2, layout.spec.layers, None)[2] for size in hw]
+        costs.append(tiling.relative_cost(layout.spec, spans[0], spans[1], 4, hw))
+        assert len(rows[0]) == 2
+    assert costs[1] < costs[0], f"{kind}: 2x2 tiles cost {costs} (cut 0, cut 1)"
+
+
+def test_longer_latents_decode_exactly_with_a_deeper_stem(mini):
+    kind, module, latent, _ = mini
+    longer = torch.randn(latent.shape[0], latent.shape[1], 4, *latent.shape[-2:],
+                         generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        reference = module.decode(longer)
+    budget = _budget_for_tiles_at_cut(module, longer, 1, 4)
+    out = vae_decode.decode_latent(module, longer, budget, allow_untiled=False, stem_cuts=(1,))
+    assert (out - reference).abs().max().item() < 1e-5
+
+
+def test_conv_path_choice_follows_the_smaller_transient():
+    big = nn.Conv3d(1024, 1024, 3)
+    assert vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 24, 24))  # 576 px: im2col 61 MB < weight 108 MB
+    assert not vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 48, 48))  # 2304 px: weight is smaller
+    small = nn.Conv3d(96, 96, 3)
+    assert not vae_decode.conv_uses_native(small, torch.empty(1, 96, 1, 64, 64))
+    layer = tiling.LayerSpec(1, 2, convs=((1024 * 1024 * 27, 1024 * 27),))
+    assert tiling.conv_transient_elems(layer, 24 * 24) == 1024 * 27 * 576
+    assert tiling.conv_transient_elems(layer, 48 * 48) == 1024 * 1024 * 27
+
+
+def test_cpu_conv_backend_restores_onednn_even_after_an_error(mini):
+    kind, module, latent, _ = mini
+    before = torch.backends.mkldnn.enabled
+    seen = []
+    conv = next(m for m in module.decoder.modules() if isinstance(m, nn.Conv3d))
+    probe = conv.register_forward_hook(lambda *args: seen.append(torch.backends.mkldnn.enabled))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with vae_decode.cpu_conv_backend(module.decoder):
+                conv(torch.zeros(1, conv.in_channels, 1, 2, 2))  # 4 output px < its channels: native path
+                raise RuntimeError("boom")
+    finally:
+        probe.remove()
+    assert conv.out_channels > 4 and seen == [False]
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_fused_residual_block_and_head_match_the_modules_and_their_caches(mini):
+    kind, module, _, _ = mini
+    decoder = module.decoder
+    block = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and not isinstance(m.shortcut, nn.Identity))
+    same = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and isinstance(m.shortcut, nn.Identity))
+    generator = torch.Generator().manual_seed(7)
+    for layer, run in ((block, vae_decode._run_layer), (same, vae_decode._run_layer), (decoder.head, vae_decode._run_head)):
+        channels = layer.residual[0].gamma.shape[0] if hasattr(layer, "residual") else layer[0].gamma.shape[0]
+        ours, theirs = [None] * 4, [None] * 4
+        # a first chunk of one frame (no cache yet), then one frame, then two frames, as the decoder feeds them
+        for frames in (1, 1, 2, 1):
+            x = torch.randn(1, channels, frames, 5, 6, generator=generator)
+            idx_ours, idx_theirs = [0], [0]
+            with torch.inference_mode():
+                if layer is decoder.head:
+                    expected = x
+                    for sub in layer:
+                        expected = _cache_step(sub, expected, theirs, idx_theirs) if isinstance(sub, CausalConv3d) else sub(expected)
+                else:
+                    expected = layer(x, theirs, idx_theirs)
+                got = run(layer, x.clone(), ours, idx_ours)
+            assert idx_ours == idx_theirs
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() < 1e-5
+            for a, b in zip(ours, theirs):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert a.shape == b.shape and (a - b).abs().max().item() < 1e-6
