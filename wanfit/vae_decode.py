@@ -680,8 +680,6 @@ def _layouts(module, activation_factor=None, stem_cuts=None):
 
 def _plan(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
     """The fastest plan that fits: untiled, else the best (stem depth, CPU heap mode, tiling)."""
-    if not isinstance(layouts, (list, tuple)):
-        layouts = [layouts]
     batch, _, frames, h, w = latent_shape
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     device_type = torch.device(device).type

@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 import pytest
 
 from wanfit import tiling
-from wanfit.tiling import DecoderSpec, LayerSpec
+from wanfit.tiling import DecoderSpec, LayerSpec, axis_regions, stem_peak_bytes, tile_peak_bytes
 
 # The Wan 2.1 decoder tail after its latent-resolution blocks, as the engine describes it
 # (3 res blocks = radius 2 each, upsample = scale 2 radius 1, head radius 1); channels 384/192/96.
@@ -129,3 +129,29 @@ def test_feather_weights_sum_to_one_across_a_seam(ramp):
         total[pos] += weight
     assert all(t == pytest.approx(1.0) for t in total)
     assert left[0] == 1.0 and right[-1] == 1.0, "no ramp at the image border"
+
+
+def test_conv_transients_count_at_the_worst_layer_only():
+    with_convs = DecoderSpec(name="t", layers=tuple(
+        LayerSpec(1, 1, 10, 8, 1.0, convs=((64 * 64 * 27, 64 * 27),)) for _ in range(3)), activation_factor=2.0)
+    without = DecoderSpec(name="t", layers=with_convs.layers, activation_factor=2.0, conv_transients=False)
+    row = axis_regions((0, 4), 4, with_convs.layers)
+    col = axis_regions((0, 4), 4, with_convs.layers)
+    # 16 px: im2col 64*27*16 elements < the weight's 64*64*27, and only one layer's transient at a time
+    assert tile_peak_bytes(with_convs, row, col, 4) - tile_peak_bytes(without, row, col, 4) == 4 * 64 * 27 * 16
+
+
+def test_a_deeper_stem_holds_its_layers_whole_frame():
+    up = LayerSpec(2, 1, 100, 50, 1.0)
+    block = LayerSpec(1, 2, 200, 40, 1.0)
+    shallow = DecoderSpec(name="t", layers=(up, block, up, block), stem_elems_per_latent_px=300.0,
+                          stem_act_elems_per_latent_px=10.0, activation_factor=3.0)
+    deep = DecoderSpec(name="t", layers=(up, block), stem_elems_per_latent_px=300.0,
+                       stem_act_elems_per_latent_px=10.0, activation_factor=3.0, stem_layers=(up, block))
+    assert deep.stem_scale == 2 and shallow.stem_scale == 1
+    # every cache of the stem layers is held (whole frame), plus the worst single working term
+    caches = 100 * 8 * 8 + 200 * 16 * 16
+    working = max(3.0 * 10 * 64, 3.0 * 50 * 64 * 4, 3.0 * 40 * 256)
+    expected = 4 * ((300.0 - 30.0) * 64 + caches + working)
+    assert stem_peak_bytes(deep, (8, 8), 4, True) == int(expected)
+    assert stem_peak_bytes(shallow, (8, 8), 4, True) == int(4 * 300.0 * 64)
