@@ -473,12 +473,17 @@ def test_frames_stream_one_at_a_time_after_each_temporal_upsample(mini):
         assert spec.act_elems_per_px % frames == 0
 
 
+def _four_latent_frames(module, latent, seed):
+    """A 4-latent-frame version of the fixture's latent and its untiled decode."""
+    longer = torch.randn(latent.shape[0], latent.shape[1], 4, *latent.shape[-2:],
+                         generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return longer, module.decode(longer)
+
+
 def test_longer_latents_stream_exactly_through_the_caches(mini):
     kind, module, latent, _ = mini
-    longer = torch.randn(latent.shape[0], latent.shape[1], 4, *latent.shape[-2:],
-                         generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        reference = module.decode(longer)
+    longer, reference = _four_latent_frames(module, latent, 3)
     for tiles in (1, 4):
         budget = _budget_for_tiles(module, longer, tiles)
         out = vae_decode.decode_latent(module, longer, budget)
@@ -619,10 +624,7 @@ def test_deeper_stem_stores_more_and_recomputes_less(mini):
 
 def test_longer_latents_decode_exactly_with_a_deeper_stem(mini):
     kind, module, latent, _ = mini
-    longer = torch.randn(latent.shape[0], latent.shape[1], 4, *latent.shape[-2:],
-                         generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        reference = module.decode(longer)
+    longer, reference = _four_latent_frames(module, latent, 5)
     budget = _budget_for_tiles_at_cut(module, longer, 1, 4)
     out = vae_decode.decode_latent(module, longer, budget, allow_untiled=False, stem_cuts=(1,))
     assert (out - reference).abs().max().item() < 1e-5
