@@ -787,7 +787,9 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     receives the tiling.TilePlan before decoding starts (the node reports it).
     """
     layouts = _layouts(module, activation_factor, stem_cuts)
-    latent = validate_latent(latent, layouts[0].z_dim)
+    # one memory layout whatever the sampler handed over: the CPU convs round differently per layout,
+    # and a saved latent (SaveLatent writes it contiguous) must decode to the same video again
+    latent = validate_latent(latent, layouts[0].z_dim).contiguous()
     if budget_bytes is None or budget_bytes <= 0:
         raise InvalidInputError("budget", budget_bytes, "a positive number of bytes", "give a budget in MB or use auto")
     param = next(module.parameters())

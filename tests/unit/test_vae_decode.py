@@ -537,6 +537,24 @@ def test_a_budget_that_fits_the_untiled_decode_runs_the_vaes_own_decode(mini):
     assert calls[0] == (0, 1) and calls[-1] == (1, 1)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_strided_latent_decodes_bit_identically_to_its_saved_copy(mini, tiled):
+    """A sampler may hand over a non-contiguous latent; SaveLatent stores it contiguous. CPU convs round
+    differently per memory layout (seen: uint8 frames differed), so both must reach the decoder alike."""
+    kind, module, latent, _ = mini
+    strided = latent.transpose(3, 4).contiguous().transpose(3, 4)
+    assert not strided.is_contiguous() and torch.equal(strided, latent)
+    seen = []
+    hook = module.conv2.register_forward_pre_hook(lambda conv, args: seen.append(args[0].is_contiguous()))
+    budget = _budget_for_tiles(module, latent, 4) if tiled else 2**40
+    try:
+        outs = [vae_decode.decode_latent(module, x, budget, allow_untiled=not tiled) for x in (strided, latent)]
+    finally:
+        hook.remove()
+    assert seen == [True, True], f"{kind}: the decoder saw these latents contiguous: {seen}"
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini, monkeypatch):
     kind, module, latent, reference = mini
     need = vae_decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
