@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import logging
 import math
 import sys
+import threading
 
 import torch
 import torch.nn as nn
@@ -266,7 +267,8 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     left, right, top, bottom, front, _ = conv._padding
     old_frames = old.shape[2] if (old is not None and front > 0) else 0
     pad_t = front - old_frames
-    buf = x.new_empty(batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
+    shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
+    buf = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_conv_input_memory_format(conv, shape))
     if pad_t:
         buf[:, :, :pad_t].zero_()
     for region in (buf[..., :top, :], buf[..., top + height:, :], buf[..., :left], buf[..., left + width:]):
@@ -291,9 +293,33 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     return buf
 
 
+def _conv_input_memory_format(conv, buf_shape):
+    """Channels-last where a CPU conv runs on oneDNN and its weight is smaller than its input.
+
+    Why: oneDNN convolves a channels-last input as it is, where a plain one costs a reorder copy
+    of the whole input (and of the output back) per call; but PyTorch first copies the weight to
+    channels-last. So take the layout whose extra copy is smaller: Wan 2.1's wide full-resolution
+    crops go channels-last, Wan 2.2's 1024-channel convs on small crops stay plain (a channels-last
+    input there cost +100 MB per call, docs/benchmarks.md).
+    """
+    onednn = getattr(_cpu_convs, "onednn", None)
+    if (conv.weight.device.type == "cpu" and onednn and not _native_for_shape(conv, buf_shape)
+            and conv.weight.numel() < math.prod(buf_shape)):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _conv_unpadded(conv, buf):
-    """CausalConv3d.forward after its padding step (its parent's forward: ComfyUI's cast-aware conv)."""
-    return super(type(conv), conv).forward(buf)
+    """CausalConv3d.forward after its padding step (its parent's forward: ComfyUI's cast-aware conv),
+    on the CPU conv path cpu_conv_backend would pick (forward() bypasses its hooks)."""
+    onednn = getattr(_cpu_convs, "onednn", None)
+    if onednn is None:
+        return super(type(conv), conv).forward(buf)
+    torch.backends.mkldnn.enabled = onednn and not conv_uses_native(conv, buf)
+    try:
+        return super(type(conv), conv).forward(buf)
+    finally:
+        torch.backends.mkldnn.enabled = onednn
 
 
 def _run_layer(layer, x, cache, idx):
@@ -433,8 +459,11 @@ def conv_uses_native(conv, x):
     (also the faster one there: 77 vs 167 ms at 12x12, 307 vs 440 ms at 24x24, 1024 channels,
     measured with one output frame). The model in wanfit.tiling.conv_transient_elems assumes this choice.
     """
-    out_px = x.shape[0] * math.prod(x.shape[2:])
-    return out_px <= conv.weight.shape[0]
+    return _native_for_shape(conv, x.shape)
+
+
+def _native_for_shape(conv, shape):
+    return shape[0] * math.prod(shape[2:]) <= conv.weight.shape[0]
 
 
 @contextlib.contextmanager
@@ -456,12 +485,17 @@ def cpu_conv_backend(decoder, enabled=True):
         if isinstance(sub, (nn.Conv2d, nn.Conv3d)):
             handles.append(sub.register_forward_pre_hook(choose))
             handles.append(sub.register_forward_hook(restore))
+    _cpu_convs.onednn = initial  # the fused path calls forward() directly, past the hooks (_conv_unpadded)
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        _cpu_convs.onednn = None
         torch.backends.mkldnn.enabled = initial
+
+
+_cpu_convs = threading.local()  # .onednn: mkldnn's setting while cpu_conv_backend is active, else None
 
 
 def _is_oom(error, oom_exceptions):
