@@ -252,9 +252,10 @@ def _fusable(modules):
             and isinstance(modules[2], nn.Conv3d) and hasattr(modules[2], "_padding"))
 
 
-def _padded_conv_input(norm, conv, x, cache, idx):
+def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
     """conv's input as WAN's CausalConv3d builds it (cache frames, then the new ones, zero padded),
     in one buffer, with RMS norm + SiLU of x written straight into it; updates the cache entry.
+    spare: a finished buffer to write into when it has this shape and layout (saves an allocation).
 
     Why: ComfyUI's path allocates the norm's three temporaries, the SiLU output, the cache
     concat and the padded copy: five full-size allocations more per conv, each a page-faulting
@@ -268,7 +269,13 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     old_frames = old.shape[2] if (old is not None and front > 0) else 0
     pad_t = front - old_frames
     shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
-    buf = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_conv_input_memory_format(conv, shape))
+    memory_format = _conv_input_memory_format(conv, shape)
+    if (spare is not None and spare.shape == shape and spare.dtype == x.dtype and spare.device == x.device
+            and spare.is_contiguous(memory_format=memory_format)):
+        buf = spare
+    else:
+        del spare
+        buf = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     if pad_t:
         buf[:, :, :pad_t].zero_()
     for region in (buf[..., :top, :], buf[..., top + height:, :], buf[..., :left], buf[..., left + width:]):
@@ -288,7 +295,12 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     # the cache protocol of ResidualBlock / Decoder3d: the last two input frames, the previous
     # chunk's last frame in front when the chunk has only one
     keep = min(2, frames) if (frames >= 2 or old is None) else 2
-    cache[i] = inner[:, :, inner.shape[2] - keep:].clone()
+    kept = inner[:, :, inner.shape[2] - keep:]
+    if old is not None and old.shape == kept.shape:
+        # in place: in the lean CPU heap every new tensor is a fresh mmap whose pages fault in again
+        cache[i] = old.copy_(kept)
+    else:
+        cache[i] = kept.clone()
     idx[0] += 1
     return buf
 
@@ -332,9 +344,10 @@ def _run_layer(layer, x, cache, idx):
         return layer(x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
+    spare = buf if parts[2].in_channels == parts[6].in_channels else None  # same shape: the second conv reuses it
     del buf
-    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx)
-    del h
+    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx, spare)
+    del h, spare
     h = _conv_unpadded(parts[6], buf)
     del buf
     if isinstance(layer.shortcut, nn.Identity):

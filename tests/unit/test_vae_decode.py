@@ -704,3 +704,48 @@ def test_fused_residual_block_and_head_match_the_modules_and_their_caches(mini):
                 assert (a is None) == (b is None)
                 if a is not None:
                     assert a.shape == b.shape and (a - b).abs().max().item() < 1e-6
+
+
+class _RecordingConv(nn.Conv3d):
+    """Records whether oneDNN was enabled when the conv ran (the parent forward _conv_unpadded calls)."""
+
+    def forward(self, x):
+        self.onednn_seen.append(torch.backends.mkldnn.enabled)
+        return super().forward(x)
+
+
+class _CausalRecordingConv(_RecordingConv):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.onednn_seen = []
+        self._padding = (1, 1, 1, 1, 2, 0)
+        self.padding = (0, 0, 0)
+
+
+def test_fused_convs_take_the_cpu_conv_path_too(mini):
+    """The fused path calls the conv's parent forward(), which skips cpu_conv_backend's hooks."""
+    kind, module, _, _ = mini
+    conv = _CausalRecordingConv(64, 64, 3)
+    before = torch.backends.mkldnn.enabled
+    with torch.inference_mode(), vae_decode.cpu_conv_backend(module.decoder):
+        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # 12 output px <= 64 channels: native
+        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 20, 20))  # 324 px: oneDNN
+        after_call = torch.backends.mkldnn.enabled
+    vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # outside a CPU decode: left as it is
+    assert conv.onednn_seen == [False, before, before] and after_call == before
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_channels_last_conv_input_only_where_the_weight_is_the_smaller_copy(mini):
+    kind, module, _, _ = mini
+    small = nn.Conv3d(96, 96, 3)  # Wan 2.1's full-resolution convs: 249k weight elements
+    big = nn.Conv3d(1024, 1024, 3)  # Wan 2.2's widest: 28M weight elements, channels-last costs a weight copy
+    wide_crop = (1, 96, 3, 100, 140)
+    small_crop = (1, 1024, 3, 26, 26)
+    cl, plain = torch.channels_last_3d, torch.contiguous_format
+    with vae_decode.cpu_conv_backend(module.decoder):
+        onednn = torch.backends.mkldnn.enabled
+        assert vae_decode._conv_input_memory_format(small, wide_crop) == (cl if onednn else plain)
+        assert vae_decode._conv_input_memory_format(big, small_crop) == plain  # weight 28M > input 2M
+        assert vae_decode._conv_input_memory_format(small, (1, 96, 3, 4, 4)) == plain  # native path
+    assert vae_decode._conv_input_memory_format(small, wide_crop) == plain, "only inside a CPU decode"
