@@ -16,7 +16,8 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
    temporal upsample the frames go on one at a time, so full-resolution layers hold one frame;
    residual blocks and the head write norm + SiLU straight into the conv's padded input
    (_padded_conv_input), and on the CPU each conv call takes the path with the smaller
-   transient (conv_uses_native);
+   transient (conv_uses_native), with a channels-last input where oneDNN then skips a larger
+   copy than it adds (_conv_input_memory_format);
 3. finished tiles go to the output device at once; an OOM retries that tile split in two, then
    on the CPU, keeping every finished tile.
 
