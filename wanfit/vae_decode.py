@@ -256,7 +256,7 @@ def _fusable(modules):
 def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
     """conv's input as WAN's CausalConv3d builds it (cache frames, then the new ones, zero padded),
     in one buffer, with RMS norm + SiLU of x written straight into it; updates the cache entry.
-    spare: a finished buffer to write into when it has this shape and layout (saves an allocation).
+    spare: a finished buffer of this shape and layout to write into (saves an allocation).
 
     Why: ComfyUI's path allocates the norm's three temporaries, the SiLU output, the cache
     concat and the padded copy: five full-size allocations more per conv, each a page-faulting
@@ -271,11 +271,9 @@ def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
     pad_t = front - old_frames
     shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
     memory_format = _conv_input_memory_format(conv, shape)
-    if (spare is not None and spare.shape == shape and spare.dtype == x.dtype and spare.device == x.device
-            and spare.is_contiguous(memory_format=memory_format)):
+    if spare is not None and spare.shape == shape and spare.is_contiguous(memory_format=memory_format):
         buf = spare
     else:
-        del spare
         buf = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     if pad_t:
         buf[:, :, :pad_t].zero_()
@@ -316,8 +314,7 @@ def _conv_input_memory_format(conv, buf_shape):
     input there cost +100 MB per call, docs/benchmarks.md).
     """
     onednn = getattr(_cpu_convs, "onednn", None)
-    if (conv.weight.device.type == "cpu" and onednn and not _native_for_shape(conv, buf_shape)
-            and conv.weight.numel() < math.prod(buf_shape)):
+    if onednn and not _native_for_shape(conv, buf_shape) and conv.weight.numel() < math.prod(buf_shape):
         return torch.channels_last_3d
     return torch.contiguous_format
 
@@ -345,10 +342,10 @@ def _run_layer(layer, x, cache, idx):
         return layer(x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
-    spare = buf if parts[2].in_channels == parts[6].in_channels else None  # same shape: the second conv reuses it
-    del buf
-    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx, spare)
-    del h, spare
+    if parts[2].in_channels != parts[6].in_channels:
+        buf = None  # another shape: free it before the second conv's buffer is allocated
+    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx, spare=buf)  # same shape: reused
+    del h
     h = _conv_unpadded(parts[6], buf)
     del buf
     if isinstance(layer.shortcut, nn.Identity):
