@@ -42,9 +42,10 @@ class LayerSpec:
     cache_elems_per_px: causal-cache elements held per input pixel (2 frames x channels per cached conv).
     act_elems_per_px: elements of the layer's output per output pixel (channels x frames per chunk).
     macs_per_px: multiply-accumulates per output pixel and chunk (for the cost model only).
-    convs: (weight elements, im2col elements per input pixel) of each conv: on the CPU a conv's
-        transient is the smaller of its weight (oneDNN reorders it on every call) and its
-        im2col buffer (the native path), see conv_transient_elems and wanfit.vae_decode.
+    convs: (weight elements, im2col elements per input pixel[, elements held besides]) of each conv:
+        on the CPU a conv's transient is the smaller of its weight (oneDNN reorders it on every call)
+        and its im2col buffer (the native path), plus what the call holds either way (a kernel
+        built for the call), see conv_transient_elems and wanfit.vae_decode.
     """
 
     scale: int
@@ -183,7 +184,8 @@ def conv_transient_elems(layer, area_in):
     +63 MB at 24x24, one output frame, 1024 channels). wanfit.vae_decode picks
     the smaller per call (conv_uses_native), so the transient is the minimum of the two.
     """
-    return max((min(weight, col_per_px * area_in) for weight, col_per_px in layer.convs), default=0.0)
+    return max((min(conv[0], conv[1] * area_in) + (conv[2] if len(conv) > 2 else 0.0) for conv in layer.convs),
+               default=0.0)
 
 
 def _layer_terms(spec, layers, regions):

@@ -129,9 +129,11 @@ class _Layout:
                     add_layer("module", layer, tiling.LayerSpec(scale=1, radius=0))
                     return
                 conv = layer.resample[1]
+                fused = _upsample_fusable(layer)
                 cache = 0
                 act_frames = 1
-                macs = conv.in_channels * conv.out_channels * 9
+                # fused (_upsample_conv): four 2x2 phase convs on the small input, no upsampled copy
+                macs = conv.in_channels * conv.out_channels * (4 if fused else 9)
                 convs = []
                 if layer.mode == "upsample3d":
                     # its time conv's cache, plus its two output frames, held while they stream on one by one
@@ -143,11 +145,18 @@ class _Layout:
                     act_frames = 2
                     self.temporal_factor *= 2
                     split_pending = True
-                convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
+                if fused:
+                    # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it or the
+                    # native path's column buffer (input channels x 4 per input px, counted per output px)
+                    phase_weight = conv.out_channels * conv.in_channels * 4
+                    convs.append((phase_weight, conv.in_channels * 4, phase_weight))
+                    act = conv.out_channels * act_frames
+                else:
+                    convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
+                    act = max(conv.in_channels, conv.out_channels) * act_frames
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
-                    act_elems_per_px=max(conv.in_channels, conv.out_channels) * act_frames,
-                    macs_per_px=macs * frames, convs=tuple(convs)))
+                    act_elems_per_px=act, macs_per_px=macs * frames, convs=tuple(convs)))
                 channels = conv.out_channels
             else:
                 raise WanFitError(f"unexpected layer {type(layer).__name__} in the VAE decoder: not a WAN VAE")
@@ -253,10 +262,10 @@ def _fusable(modules):
             and isinstance(modules[2], nn.Conv3d) and hasattr(modules[2], "_padding"))
 
 
-def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
+def _padded_conv_input(norm, conv, x, cache, idx):
     """conv's input as WAN's CausalConv3d builds it (cache frames, then the new ones, zero padded),
     in one buffer, with RMS norm + SiLU of x written straight into it; updates the cache entry.
-    spare: a finished buffer of this shape and layout to write into (saves an allocation).
+    The buffer is the thread's scratch arena (_scratch_empty) when one is open: valid until the next call.
 
     Why: ComfyUI's path allocates the norm's three temporaries, the SiLU output, the cache
     concat and the padded copy: five full-size allocations more per conv, each a page-faulting
@@ -271,10 +280,7 @@ def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
     pad_t = front - old_frames
     shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
     memory_format = _conv_input_memory_format(conv, shape)
-    if spare is not None and spare.shape == shape and spare.is_contiguous(memory_format=memory_format):
-        buf = spare
-    else:
-        buf = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    buf = _scratch_empty(shape, x.dtype, x.device, memory_format)
     if pad_t:
         buf[:, :, :pad_t].zero_()
     for region in (buf[..., :top, :], buf[..., top + height:, :], buf[..., :left], buf[..., left + width:]):
@@ -302,6 +308,42 @@ def _padded_conv_input(norm, conv, x, cache, idx, spare=None):
         cache[i] = kept.clone()
     idx[0] += 1
     return buf
+
+
+def _scratch_empty(shape, dtype, device, memory_format):
+    """An uninitialised tensor in the thread's scratch arena (see scratch_arena), else a new one.
+
+    Only one arena tensor is valid at a time: the next call hands out the same memory.
+    """
+    arena = getattr(_scratch, "arena", None)
+    if arena is None or torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    numel = math.prod(shape)
+    flat = arena.get("flat")
+    if flat is None or flat.dtype != dtype or flat.numel() < numel:
+        arena["flat"] = flat = None  # free the smaller one first
+        arena["flat"] = flat = torch.empty(numel, dtype=dtype, device=device)
+    strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
+    return flat.as_strided(shape, strides)
+
+
+@contextlib.contextmanager
+def scratch_arena():
+    """Reuse one CPU buffer for every padded conv input while the block runs (one tile, or the stem).
+
+    Why: in the lean CPU heap every new tensor is a fresh mmap whose pages fault in again (about
+    a third of a lean decode's time went to page faults); the padded conv inputs are the largest
+    share and never live two at a time. Scoped to a tile so the stem's larger frames are not held.
+    """
+    previous = getattr(_scratch, "arena", None)
+    _scratch.arena = {}
+    try:
+        yield
+    finally:
+        _scratch.arena = previous
+
+
+_scratch = threading.local()  # .arena: {"flat": tensor} while scratch_arena is open
 
 
 def _conv_input_memory_format(conv, buf_shape):
@@ -333,7 +375,10 @@ def _conv_unpadded(conv, buf):
 
 
 def _run_layer(layer, x, cache, idx):
-    """A decoder layer; WAN's ResidualBlock through the fused path (see _padded_conv_input)."""
+    """A decoder layer; WAN's ResidualBlock and upsamples through the fused paths (_padded_conv_input,
+    _run_upsample)."""
+    if _is_resample(layer) and _upsample_fusable(layer):
+        return _run_upsample(layer, x, cache, idx)
     if not _is_resblock(layer):
         return layer(x, cache, idx)
     parts = list(layer.residual)
@@ -342,15 +387,106 @@ def _run_layer(layer, x, cache, idx):
         return layer(x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
-    if parts[2].in_channels != parts[6].in_channels:
-        buf = None  # another shape: free it before the second conv's buffer is allocated
-    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx, spare=buf)  # same shape: reused
+    buf = None  # done with it: the second conv's input may take its place
+    buf = _padded_conv_input(parts[3], parts[6], h, cache, idx)
     del h
     h = _conv_unpadded(parts[6], buf)
     del buf
     if isinstance(layer.shortcut, nn.Identity):
         return h.add_(x)
     return h.add_(layer.shortcut(x))
+
+
+def _upsample_fusable(layer):
+    """WAN's Resample upsample: nearest(-exact) 2x, then a 3x3 conv with padding 1 (and for 3-D a time conv)."""
+    if layer.mode not in ("upsample2d", "upsample3d"):
+        return False
+    parts = list(layer.resample)
+    if len(parts) != 2 or not isinstance(parts[0], nn.Upsample) or not isinstance(parts[1], nn.Conv2d):
+        return False
+    up, conv = parts
+    scale = up.scale_factor if isinstance(up.scale_factor, tuple) else (up.scale_factor, up.scale_factor)
+    return (up.mode in ("nearest", "nearest-exact") and up.size is None and all(float(f) == 2.0 for f in scale)
+            and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+# A 3x3 kernel seen through a nearest 2x upsample: output row 2i+a reads input rows i-1+a and i+a,
+# row 2i (a=0) with kernel rows (0 | 1+2), row 2i+1 (a=1) with (0+1 | 2). Same for columns.
+_PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+def _phase_weight(weight, a, b, dtype, device):
+    """The 2x2 kernel of output phase (row parity a, column parity b), summed in float32."""
+    out = torch.empty((*weight.shape[:2], 2, 2), dtype=torch.float32, device=weight.device)
+    for r, rows in enumerate(_PHASE_TAPS[a]):
+        for c, cols in enumerate(_PHASE_TAPS[b]):
+            taps = [weight[:, :, i, j] for i in rows for j in cols]
+            out[:, :, r, c] = taps[0]
+            for tap in taps[1:]:
+                out[:, :, r, c] += tap
+    return out.to(device=device, dtype=dtype)
+
+
+def _upsample_conv(conv, frames, out):
+    """conv(nearest_2x(frame)) for each frame (N, C, h, w), written into out[:, :, n] (N, C_out, n, 2h, 2w),
+    without the upsampled input.
+
+    Why: nearest 2x followed by a 3x3 conv is four 2x2 convs on the small input, one per output
+    phase (sub-pixel convolution): 4/9 of the multiply-adds, and no 4x-sized upsampled copy (for
+    Wan 2.1's first tile layer, 384 channels x 2 frames: the largest tensor of a tile).
+    """
+    h, w = frames[0].shape[-2:]
+    padded = [F.pad(frame, (1, 1, 1, 1)) for frame in frames]
+    dtype, device = padded[0].dtype, padded[0].device
+    bias = None if conv.bias is None else conv.bias.to(device=device, dtype=dtype)
+    phases = out.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # (N, C, frames, h, 2, w, 2)
+    for a in (0, 1):
+        for b in (0, 1):
+            weight = _phase_weight(conv.weight, a, b, dtype, device)
+            for n, frame in enumerate(padded):
+                phases[:, :, n, :, a, :, b] = _conv2d(frame[..., a:a + h + 1, b:b + w + 1], weight, bias)
+            del weight
+    return out
+
+
+def _conv2d(x, weight, bias):
+    """F.conv2d on the CPU conv path cpu_conv_backend would pick for it."""
+    onednn = getattr(_cpu_convs, "onednn", None)
+    if onednn is None:
+        return F.conv2d(x, weight, bias)
+    torch.backends.mkldnn.enabled = onednn and x.shape[0] * x.shape[-2] * x.shape[-1] > weight.shape[0]
+    try:
+        return F.conv2d(x, weight, bias)
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+
+
+def _run_upsample(layer, x, cache, idx):
+    """WAN's Resample.forward for upsample2d/3d (same cache protocol), the 2x conv done as _upsample_conv."""
+    b, c, t, h, w = x.shape
+    frames = [x[:, :, n] for n in range(t)]
+    if layer.mode == "upsample3d" and cache is not None:
+        i = idx[0]
+        if cache[i] is None:
+            cache[i] = "Rep"  # the first chunk's first frame is not doubled
+            idx[0] += 1
+        else:
+            cache_x = x[:, :, -2:].clone()
+            if cache_x.shape[2] < 2 and not isinstance(cache[i], str):
+                cache_x = torch.cat([cache[i][:, :, -1:].to(cache_x.device), cache_x], dim=2)
+            if cache_x.shape[2] < 2 and isinstance(cache[i], str):
+                cache_x = torch.cat([torch.zeros_like(cache_x), cache_x], dim=2)
+            doubled = layer.time_conv(x) if isinstance(cache[i], str) else layer.time_conv(x, cache[i])
+            cache[i] = cache_x
+            idx[0] += 1
+            del x
+            # WAN's reshape(b, 2, c, t, h, w) + stack on dim 3: frame 2n+k is channel block k of time step n
+            frames = [doubled[:, k * c:(k + 1) * c, n] for n in range(t) for k in (0, 1)]
+    conv = layer.resample[1]
+    out = torch.empty((b, conv.out_channels, len(frames), 2 * h, 2 * w), dtype=frames[0].dtype,
+                      device=frames[0].device)
+    return _upsample_conv(conv, frames, out)
 
 
 def _run_head(head, x, cache, idx):
@@ -536,6 +672,10 @@ class _TileRunner:
 
     def decode_tile(self, row, col, device, dtype):
         """All frames of one tile, buffered on the output device until the tile is complete."""
+        with scratch_arena():
+            return self._decode_tile_frames(row, col, device, dtype)
+
+    def _decode_tile_frames(self, row, col, device, dtype):
         cache = [None] * self.layout.cache_len
         chunks = []
         ry, rx = row.layer_regions[0], col.layer_regions[0]
@@ -930,6 +1070,11 @@ def _stem_all_frames(layout, latent, device, dtype, storage_device, counter, oom
 
 
 def _stem(layout, module, latent, device, dtype, storage_device, counter):
+    with scratch_arena():
+        return _stem_frames(layout, module, latent, device, dtype, storage_device, counter)
+
+
+def _stem_frames(layout, module, latent, device, dtype, storage_device, counter):
     x_all = module.conv2(latent.to(device=device, dtype=dtype))
     cache = [None] * layout.cache_len
     stem_out = []

@@ -749,3 +749,66 @@ def test_channels_last_conv_input_only_where_the_weight_is_the_smaller_copy(mini
         assert vae_decode._conv_input_memory_format(big, small_crop) == plain  # weight 28M > input 2M
         assert vae_decode._conv_input_memory_format(small, (1, 96, 3, 4, 4)) == plain  # native path
     assert vae_decode._conv_input_memory_format(small, wide_crop) == plain, "only inside a CPU decode"
+
+
+@pytest.mark.parametrize("mode,halve", [("upsample3d", True), ("upsample2d", True), ("upsample3d", False)])
+def test_fused_upsample_matches_the_module_and_its_cache(mode, halve):
+    torch.manual_seed(3)
+    layer = Resample(8, mode, halve).eval()
+    generator = torch.Generator().manual_seed(5)
+    ours, theirs = [None], [None]
+    # first chunk ('Rep': its frame is not doubled), then single frames and a two-frame chunk, odd sizes
+    for frames in (1, 1, 2, 1):
+        x = torch.randn(1, 8, frames, 5, 7, generator=generator)
+        idx_ours, idx_theirs = [0], [0]
+        with torch.inference_mode():
+            expected = layer(x, theirs, idx_theirs)
+            got = vae_decode._run_layer(layer, x.clone(), ours, idx_ours)
+        assert idx_ours == idx_theirs
+        assert got.shape == expected.shape, f"{mode}: {tuple(got.shape)} vs {tuple(expected.shape)}"
+        assert (got - expected).abs().max().item() < 1e-5
+        assert type(ours[0]) is type(theirs[0])
+        if isinstance(ours[0], torch.Tensor):
+            assert torch.equal(ours[0], theirs[0])
+
+
+def test_fused_upsample_never_builds_the_upsampled_input():
+    """Its largest tensor is its output: the 4x-sized nearest-upsampled input (the tile's biggest
+    tensor in ComfyUI's Resample) never exists."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(tensor, torch.Tensor):
+                    LargestTensor.largest = max(LargestTensor.largest, tensor.numel())
+            return out
+
+    layer = Resample(32, "upsample2d", halve=True).eval()  # 32 -> 16 channels
+    x = torch.randn(1, 32, 1, 10, 12)
+    with torch.inference_mode():
+        LargestTensor.largest = 0
+        with LargestTensor():
+            layer(x, [None], [0])
+        theirs = LargestTensor.largest
+        LargestTensor.largest = 0
+        with LargestTensor():
+            out = vae_decode._run_layer(layer, x, [None], [0])
+        ours = LargestTensor.largest
+    assert theirs == 32 * 20 * 24  # the upsampled input
+    assert ours == out.numel() == 16 * 20 * 24
+
+
+def test_padded_conv_inputs_share_one_arena_buffer_inside_a_tile():
+    shape, cl = (1, 4, 3, 6, 6), torch.channels_last_3d
+    with vae_decode.scratch_arena():
+        first = vae_decode._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format)
+        second = vae_decode._scratch_empty((1, 4, 3, 5, 5), torch.float32, "cpu", cl)
+        assert second.data_ptr() == first.data_ptr() and second.is_contiguous(memory_format=cl)
+        bigger = vae_decode._scratch_empty((1, 8, 3, 6, 6), torch.float32, "cpu", torch.contiguous_format)
+        assert bigger.shape == (1, 8, 3, 6, 6) and bigger.is_contiguous()
+    outside = [vae_decode._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format) for _ in range(2)]
+    assert outside[0].data_ptr() != outside[1].data_ptr()
