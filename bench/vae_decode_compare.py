@@ -3,6 +3,7 @@
     python bench/vae_decode_compare.py --vae 2.1          # 17x256x256 output (latent 16x5x32x32)
     python bench/vae_decode_compare.py --vae 2.2          # 9x192x192 output (latent 48x3x12x12)
     python bench/vae_decode_compare.py --vae 2.2 --latent 3 16 16 --budgets 100 50
+    python bench/vae_decode_compare.py --vae 2.1 --budgets-mb 264   # also WanFit at 264 MB
 
 Cases: VAE.decode (untiled), VAE.decode_tiled at 128 px / 32 overlap and 64 px / 16 overlap
 (whole time axis, as VAEDecodeTiled with a large temporal size), WanFit at budgets of
@@ -39,6 +40,8 @@ def main():
     parser.add_argument("--latent", type=int, nargs=3, metavar=("T", "H", "W"))
     parser.add_argument("--budgets", type=float, nargs="+", default=[100, 75, 50, 25],
                         help="WanFit budgets, percent of the untiled decode's working memory")
+    parser.add_argument("--budgets-mb", type=float, nargs="*", default=[],
+                        help="more WanFit budgets in MB (e.g. a tiled case's peak seen in another run)")
     parser.add_argument("--comfy-tiles", type=int, nargs="+", default=[128, 64], help="decode_tiled tile sizes (px)")
     parser.add_argument("--overlap", type=int, default=None, help="WanFit halo cap in latent px (default exact)")
     args = parser.parse_args()
@@ -63,6 +66,7 @@ def main():
     budgets = [(f"{percent:.0f}%", full["working_bytes"] * percent / 100 / 2**20) for percent in args.budgets]
     budgets += [(f"= tiled {name.split()[2]} peak", res["working_bytes"] / 2**20)
                 for name, res, _, _ in rows if name.startswith("ComfyUI decode_tiled")]
+    budgets += [(f"{mb:.0f} MB", mb) for mb in args.budgets_mb]
     for label, budget_mb in budgets:
         percent = label.replace(" ", "_").replace("%", "").replace("=", "at")
         case = {**base, "method": "wanfit", "budget_mb": budget_mb, "save": os.path.join(tmp, f"wanfit{percent}.pt")}

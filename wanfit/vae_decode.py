@@ -405,6 +405,8 @@ def _upsample_fusable(layer):
     if len(parts) != 2 or not isinstance(parts[0], nn.Upsample) or not isinstance(parts[1], nn.Conv2d):
         return False
     up, conv = parts
+    if getattr(conv, "weight_function", None) or getattr(conv, "bias_function", None):
+        return False  # ComfyUI patches its weights on the fly (comfy.ops): leave the conv to its own forward
     scale = up.scale_factor if isinstance(up.scale_factor, tuple) else (up.scale_factor, up.scale_factor)
     return (up.mode in ("nearest", "nearest-exact") and up.size is None and all(float(f) == 2.0 for f in scale)
             and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
