@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import math
 
 # A tile's working peak = its causal caches + at the worst layer ACTIVATION_FACTOR x its activation
-# (conv temporaries, the residual kept alive, the padded conv input) + that layer's conv transient.
-# Fitted per VAE by bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, one tile at 256x256 /
-# 192x192, lean CPU heap, frames streamed, the fused norm/SiLU/padded-input path, CPU workspace
-# subtracted: 4.23 for Wan 2.1, 8.29 for Wan 2.2); the values below carry a ~6% margin.
-# See docs/benchmarks.md.
+# (conv temporaries, the residual kept alive, the padded conv input of 3 frames) + that layer's conv
+# transient. Fitted per VAE by bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, one tile at
+# 256x256 / 192x192, lean CPU heap, frames streamed, the fused norm/SiLU/padded-input path and fused
+# upsample, CPU workspace subtracted: 5.89 for Wan 2.1, 7.88 for Wan 2.2, session 5); the values
+# below carry a ~6% margin. See docs/benchmarks.md.
 DEFAULT_ACTIVATION_FACTOR = 10.0
-ACTIVATION_FACTOR = {"wan2.1": 4.5, "wan2.2": 8.8}
+ACTIVATION_FACTOR = {"wan2.1": 6.25, "wan2.2": 8.4}
 # Working bytes per output pixel of one frame (fp32, CPU, measured by bench/vae_decode_memory.py);
 # neither grows with the frame count. Untiled = ComfyUI's VAE.decode; one tile = WanFit's decode
 # as one tile (frames streamed, lean CPU heap). The planner sizes the decode with the second.

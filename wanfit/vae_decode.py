@@ -356,9 +356,29 @@ def _conv_input_memory_format(conv, buf_shape):
     input there cost +100 MB per call, docs/benchmarks.md).
     """
     onednn = getattr(_cpu_convs, "onednn", None)
-    if onednn and not _native_for_shape(conv, buf_shape) and conv.weight.numel() < math.prod(buf_shape):
+    if onednn and not _native_for_shape(conv, buf_shape) and (
+            conv.weight.numel() < math.prod(buf_shape) or _is_channels_last(conv.weight)):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def _is_channels_last(tensor):
+    return tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous()
+
+
+def _keep_weight_channels_last(conv):
+    """Store this conv's weight channels-last until cpu_conv_backend exits (then plain again).
+
+    Why: PyTorch copies a plain weight to channels-last on every call with a channels-last input
+    (a weight-sized allocation and pass per call: 4 MB for Wan 2.1's 192-channel convs, ~800 calls
+    per decode); a layout change only, so the values are the same.
+    """
+    converted = getattr(_cpu_convs, "converted", None)
+    weight = conv.weight
+    if converted is None or weight.device.type != "cpu" or _is_channels_last(weight):
+        return
+    converted.append(conv)
+    weight.data = weight.data.contiguous(memory_format=torch.channels_last_3d)
 
 
 def _conv_unpadded(conv, buf):
@@ -367,7 +387,10 @@ def _conv_unpadded(conv, buf):
     onednn = getattr(_cpu_convs, "onednn", None)
     if onednn is None:
         return super(type(conv), conv).forward(buf)
-    torch.backends.mkldnn.enabled = onednn and not conv_uses_native(conv, buf)
+    native = conv_uses_native(conv, buf, padded=True)
+    if onednn and not native and _is_channels_last(buf):
+        _keep_weight_channels_last(conv)
+    torch.backends.mkldnn.enabled = onednn and not native
     try:
         return super(type(conv), conv).forward(buf)
     finally:
@@ -457,7 +480,8 @@ def _conv2d(x, weight, bias):
     onednn = getattr(_cpu_convs, "onednn", None)
     if onednn is None:
         return F.conv2d(x, weight, bias)
-    torch.backends.mkldnn.enabled = onednn and x.shape[0] * x.shape[-2] * x.shape[-1] > weight.shape[0]
+    positions = x.shape[0] * (x.shape[-2] - weight.shape[-2] + 1) * (x.shape[-1] - weight.shape[-1] + 1)
+    torch.backends.mkldnn.enabled = onednn and positions > weight.shape[0]
     try:
         return F.conv2d(x, weight, bias)
     finally:
@@ -552,6 +576,15 @@ def _run_stem_steps(layout, x, block_input, first_step, cache, idx, first_chunk)
 def _run_tail(layout, x, block_x, row, col, cache, tail_start, first_chunk):
     """The upsampling tail on one tile crop, cropping every layer's output to what is still needed."""
     off_y, off_x = row.layer_regions[0][0], col.layer_regions[0][0]
+    if x.shape[2] > 1 and (block_x is None or block_x.shape[2] == x.shape[2]):
+        # a deeper stem hands over several frames per latent frame (its temporal upsamples): stream them
+        # one at a time from the first tail layer on, as after each temporal upsample (every layer is
+        # causal with its own cache, a Wan 2.2 block's shortcut maps frame to frames, so the result is
+        # the same and the tile's first layer holds half)
+        return torch.cat([
+            _run_steps(layout, x[:, :, t:t + 1], None if block_x is None else (block_x[:, :, t:t + 1], off_y, off_x),
+                       row, col, cache, [tail_start], first_chunk, 0, off_y, off_x)
+            for t in range(x.shape[2])], dim=2)
     block_input = None if block_x is None else (block_x, off_y, off_x)
     return _run_steps(layout, x, block_input, row, col, cache, [tail_start], first_chunk, 0, off_y, off_x)
 
@@ -599,7 +632,7 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
     return x
 
 
-def conv_uses_native(conv, x):
+def conv_uses_native(conv, x, padded=False):
     """CPU: run this conv call on PyTorch's native im2col path rather than oneDNN?
 
     Why: oneDNN reorders the weight on every call, a transient as large as the weight (108 MB
@@ -607,12 +640,28 @@ def conv_uses_native(conv, x):
     its column buffer (in channels x kernel x output pixels). Take the smaller one
     (also the faster one there: 77 vs 167 ms at 12x12, 307 vs 440 ms at 24x24, 1024 channels,
     measured with one output frame). The model in wanfit.tiling.conv_transient_elems assumes this choice.
+    padded: x is the fused path's padded buffer (cache frames and zero border included), not the
+    input WAN's CausalConv3d.forward pads itself.
     """
-    return _native_for_shape(conv, x.shape)
+    return _native_for_shape(conv, x.shape, padded)
 
 
-def _native_for_shape(conv, shape):
-    return shape[0] * math.prod(shape[2:]) <= conv.weight.shape[0]
+def _native_for_shape(conv, shape, padded=True):
+    return _output_positions(conv, shape, padded) <= conv.weight.shape[0]
+
+
+def _output_positions(conv, shape, padded):
+    """Output pixels (x frames x batch) of a conv call: what the im2col buffer scales with."""
+    sizes = list(shape[2:])
+    causal = getattr(conv, "_padding", None)
+    if causal is not None and not padded:  # (w, w, h, h, t front, t back): forward() pads before the conv
+        pairs = [causal[i:i + 2] for i in range(0, len(causal), 2)][::-1][-len(sizes):]
+        sizes = [size + sum(pair) for size, pair in zip(sizes, pairs)]
+    positions = shape[0]
+    for size, kernel, stride, padding, dilation in zip(sizes, conv.kernel_size, conv.stride, conv.padding,
+                                                       conv.dilation):
+        positions *= max(0, (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1)
+    return positions
 
 
 @contextlib.contextmanager
@@ -635,12 +684,16 @@ def cpu_conv_backend(decoder, enabled=True):
             handles.append(sub.register_forward_pre_hook(choose))
             handles.append(sub.register_forward_hook(restore))
     _cpu_convs.onednn = initial  # the fused path calls forward() directly, past the hooks (_conv_unpadded)
+    _cpu_convs.converted = []  # convs whose weight _keep_weight_channels_last stored channels-last
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for conv in _cpu_convs.converted:
+            conv.weight.data = conv.weight.data.contiguous()
         _cpu_convs.onednn = None
+        _cpu_convs.converted = None
         torch.backends.mkldnn.enabled = initial
 
 
@@ -673,13 +726,16 @@ class _TileRunner:
         self.on_cpu_fallback = 0
 
     def decode_tile(self, row, col, device, dtype):
-        """All frames of one tile, buffered on the output device until the tile is complete."""
+        """All frames of one tile. Exact tiles go into the output frame by frame (returns None): a retry
+        rewrites the same core, and a tile's frames are never held twice (for one tile on the CPU that
+        would be a second copy of the video). Feathered tiles add up, so they are buffered until complete."""
         with scratch_arena():
             return self._decode_tile_frames(row, col, device, dtype)
 
     def _decode_tile_frames(self, row, col, device, dtype):
         cache = [None] * self.layout.cache_len
         chunks = []
+        frame = 0
         ry, rx = row.layer_regions[0], col.layer_regions[0]
         for t, (x_full, block_full) in enumerate(self.stem_out):
             x = x_full[..., ry[0]:ry[1], rx[0]:rx[1]].to(device=device, dtype=dtype)
@@ -687,21 +743,35 @@ class _TileRunner:
             if block_full is not None:
                 block_x = block_full[..., ry[0]:ry[1], rx[0]:rx[1]].to(device=device, dtype=dtype)
             x = _run_tail(self.layout, x, block_x, row, col, cache, self.tail_start, first_chunk=(t == 0))
-            chunks.append(x.to(device=self.output.device, dtype=self.output.dtype))
+            x = x.to(device=self.output.device, dtype=self.output.dtype)
+            if self.weight_sum is None:
+                self._commit_frames(row, col, x, frame)
+            else:
+                chunks.append(x)
+            frame += x.shape[2]
             del x
             self.progress.step()
         del cache
+        if frame != self.output.shape[2]:
+            raise WanFitError(f"tile decoded {frame} frames, expected {self.output.shape[2]}: not a WAN decoder")
+        if self.weight_sum is None:
+            return None
         return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
 
-    def commit(self, row, col, tile):
+    def _commit_frames(self, row, col, chunk, frame):
+        """Exact mode: the tile's core of these frames into the output (each tile owns its core)."""
         out = self.output
-        if tile.shape[2] != out.shape[2]:
-            raise WanFitError(f"tile decoded {tile.shape[2]} frames, expected {out.shape[2]}: not a WAN decoder")
-        if self.weight_sum is None:  # exact: each tile owns its core
-            (y0, y1), (x0, x1) = row.core_out, col.core_out
-            oy, ox = row.output[0], col.output[0]
-            out[..., y0:y1, x0:x1] = tile[..., y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        if frame + chunk.shape[2] > out.shape[2]:
+            raise WanFitError(f"tile decoded more than the {out.shape[2]} frames expected: not a WAN decoder")
+        (y0, y1), (x0, x1) = row.core_out, col.core_out
+        oy, ox = row.output[0], col.output[0]
+        out[:, :, frame:frame + chunk.shape[2], y0:y1, x0:x1] = chunk[..., y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+
+    def commit(self, row, col, tile):
+        """Feathered mode: blend a finished tile in (exact tiles were written frame by frame: tile is None)."""
+        if tile is None:
             return
+        out = self.output
         height, width = out.shape[-2:]
         ramp = self.halo_cap * (height // self.latent_hw[0])
         wy = torch.tensor(tiling.feather_weights(row.output, row.core_out, height, ramp), dtype=out.dtype)

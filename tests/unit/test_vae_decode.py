@@ -649,10 +649,13 @@ def test_longer_latents_decode_exactly_with_a_deeper_stem(mini):
 
 
 def test_conv_path_choice_follows_the_smaller_transient():
-    big = nn.Conv3d(1024, 1024, 3)
+    big = CausalConv3d(1024, 1024, 3, padding=1)  # WAN's: forward() pads (2 cache/zero frames, 1 px border)
     assert vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 24, 24))  # 576 px: im2col 61 MB < weight 108 MB
     assert not vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 48, 48))  # 2304 px: weight is smaller
-    small = nn.Conv3d(96, 96, 3)
+    # the fused path's buffer already holds the cache frames and the border: still 576 output px
+    assert vae_decode.conv_uses_native(big, torch.empty(1, 1024, 3, 26, 26), padded=True)
+    assert not vae_decode.conv_uses_native(big, torch.empty(1, 1024, 3, 50, 50), padded=True)
+    small = CausalConv3d(96, 96, 3, padding=1)
     assert not vae_decode.conv_uses_native(small, torch.empty(1, 96, 1, 64, 64))
     layer = tiling.LayerSpec(1, 2, convs=((1024 * 1024 * 27, 1024 * 27),))
     assert tiling.conv_transient_elems(layer, 24 * 24) == 1024 * 27 * 576
@@ -728,7 +731,7 @@ def test_fused_convs_take_the_cpu_conv_path_too(mini):
     conv = _CausalRecordingConv(64, 64, 3)
     before = torch.backends.mkldnn.enabled
     with torch.inference_mode(), vae_decode.cpu_conv_backend(module.decoder):
-        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # 12 output px <= 64 channels: native
+        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # 4 output px <= 64 channels: native
         vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 20, 20))  # 324 px: oneDNN
         after_call = torch.backends.mkldnn.enabled
     vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # outside a CPU decode: left as it is
@@ -812,3 +815,21 @@ def test_padded_conv_inputs_share_one_arena_buffer_inside_a_tile():
         assert bigger.shape == (1, 8, 3, 6, 6) and bigger.is_contiguous()
     outside = [vae_decode._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format) for _ in range(2)]
     assert outside[0].data_ptr() != outside[1].data_ptr()
+
+
+def test_a_deeper_stems_frames_reach_the_tiles_one_at_a_time(mini, monkeypatch):
+    """Past the stem's temporal upsample each latent frame is two frames; the tile streams them singly,
+    so its first upsample holds one input frame's output, as the planner's model assumes."""
+    kind, module, latent, reference = mini
+    frames_seen = []
+    run_upsample = vae_decode._run_upsample
+
+    def recording(layer, x, cache, idx):
+        frames_seen.append(x.shape[2])
+        return run_upsample(layer, x, cache, idx)
+
+    monkeypatch.setattr(vae_decode, "_run_upsample", recording)
+    budget = _budget_for_tiles_at_cut(module, latent, 1, 4)
+    out = vae_decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
+    assert (out - reference).abs().max().item() < 1e-5
+    assert frames_seen and max(frames_seen) == 1, f"{kind}: upsample inputs had {sorted(set(frames_seen))} frames"
