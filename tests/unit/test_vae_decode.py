@@ -833,3 +833,38 @@ def test_a_deeper_stems_frames_reach_the_tiles_one_at_a_time(mini, monkeypatch):
     out = vae_decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
     assert (out - reference).abs().max().item() < 1e-5
     assert frames_seen and max(frames_seen) == 1, f"{kind}: upsample inputs had {sorted(set(frames_seen))} frames"
+
+
+def test_oom_part_way_through_a_tile_still_decodes_exactly(mini, monkeypatch):
+    """Exact tiles write each frame into the output as it is done; a retry after an OOM in a later
+    frame rewrites the same core, so the video is still the untiled decode."""
+    kind, module, latent, reference = mini
+    real = vae_decode._run_tail
+    state = {"calls": 0, "failed": False}
+
+    def oom_on_the_second_frame(layout, x, block_x, row, col, cache, tail_start, first_chunk):
+        state["calls"] += 1
+        if not state["failed"] and state["calls"] == 2:
+            state["failed"] = True
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(layout, x, block_x, row, col, cache, tail_start, first_chunk)
+
+    monkeypatch.setattr(vae_decode, "_run_tail", oom_on_the_second_frame)
+    out = vae_decode.decode_latent(module, latent, 2**40, allow_untiled=False)
+    assert state["failed"]
+    assert (out - reference).abs().max().item() < 1e-5
+
+
+def test_conv_weights_are_channels_last_only_during_a_cpu_decode(mini):
+    kind, module, _, _ = mini
+    conv = CausalConv3d(96, 96, 3, padding=1)
+    before = conv.weight.detach().clone()
+    buf = torch.randn(1, 96, 3, 100, 140).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        expected = F.conv3d(buf.contiguous(), before, conv.bias)
+        with vae_decode.cpu_conv_backend(module.decoder):
+            got = vae_decode._conv_unpadded(conv, buf)
+            during = vae_decode._is_channels_last(conv.weight)
+    assert during == (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    assert conv.weight.is_contiguous() and torch.equal(conv.weight.detach(), before)
+    assert (got - expected).abs().max().item() < 1e-4
