@@ -17,9 +17,11 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
    residual blocks and the head write norm + SiLU straight into the conv's padded input
    (_padded_conv_input), and on the CPU each conv call takes the path with the smaller
    transient (conv_uses_native), with a channels-last input where oneDNN then skips a larger
-   copy than it adds (_conv_input_memory_format);
-3. finished tiles go to the output device at once; an OOM retries that tile split in two, then
-   on the CPU, keeping every finished tile.
+   copy than it adds (_conv_input_memory_format; the weight then stays channels-last for the decode);
+   upsamples run as four 2x2 phase convs on the small input (_run_upsample), and a tile's padded
+   conv inputs share one scratch buffer (scratch_arena);
+3. finished frames go to the output device at once (an exact tile's straight into the output
+   video); an OOM retries that tile split in two, then on the CPU, keeping every finished tile.
 
 Memory then depends on the tile area, not on the frame count. The tile grid comes from
 wanfit.tiling with constants measured by bench/vae_decode_memory.py.
@@ -353,7 +355,8 @@ def _conv_input_memory_format(conv, buf_shape):
     of the whole input (and of the output back) per call; but PyTorch first copies the weight to
     channels-last. So take the layout whose extra copy is smaller: Wan 2.1's wide full-resolution
     crops go channels-last, Wan 2.2's 1024-channel convs on small crops stay plain (a channels-last
-    input there cost +100 MB per call, docs/benchmarks.md).
+    input there cost +100 MB per call, docs/benchmarks.md). Once a conv ran channels-last its weight
+    stays so for the decode (_keep_weight_channels_last), and then every oneDNN call of it is.
     """
     onednn = getattr(_cpu_convs, "onednn", None)
     if onednn and not _native_for_shape(conv, buf_shape) and (
