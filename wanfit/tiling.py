@@ -40,7 +40,10 @@ class LayerSpec:
     scale: output pixels per input pixel along each spatial axis (1, or 2 for an upsample).
     radius: receptive-field radius at the output scale (one per 3x3 conv).
     cache_elems_per_px: causal-cache elements held per input pixel (2 frames x channels per cached conv).
-    act_elems_per_px: elements of the layer's output per output pixel (channels x frames per chunk).
+    act_elems_per_px: elements of the layer's output per output pixel (channels x frames per chunk);
+        the activation factor scales it into the layer's working memory.
+    held_elems_per_px: instead, the elements the layer holds per output pixel, counted one by one
+        (not scaled): for layers whose working set is known exactly (the fused upsample).
     macs_per_px: multiply-accumulates per output pixel and chunk (for the cost model only).
     convs: (weight elements, im2col elements per input pixel[, elements held besides]) of each conv:
         on the CPU a conv's transient is the smaller of its weight (oneDNN reorders it on every call)
@@ -52,6 +55,7 @@ class LayerSpec:
     radius: int
     cache_elems_per_px: float = 0.0
     act_elems_per_px: float = 0.0
+    held_elems_per_px: float = 0.0
     macs_per_px: float = 0.0
     convs: tuple = ()
 
@@ -199,7 +203,8 @@ def _layer_terms(spec, layers, regions):
         activation = layer.act_elems_per_px * area_in * layer.scale * layer.scale
         largest_activation = max(largest_activation, activation)
         transient = conv_transient_elems(layer, area_in) if spec.conv_transients else 0.0
-        working = max(working, spec.activation_factor * activation + transient)
+        held = layer.held_elems_per_px * area_in * layer.scale * layer.scale
+        working = max(working, spec.activation_factor * activation + transient, held + transient)
     return cache_elems, largest_activation, working
 
 

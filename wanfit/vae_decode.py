@@ -147,18 +147,25 @@ class _Layout:
                     act_frames = 2
                     self.temporal_factor *= 2
                     split_pending = True
+                held = 0
                 if fused:
                     # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it or the
                     # native path's column buffer (input channels x 4 per input px, counted per output px)
                     phase_weight = conv.out_channels * conv.in_channels * 4
                     convs.append((phase_weight, conv.in_channels * 4, phase_weight))
-                    act = conv.out_channels * act_frames
+                    # what _run_upsample holds, per output px (an input px is 4): the input, the time conv's
+                    # two-frame output (3-D), a padded copy per frame, oneDNN's copy of a phase's input window,
+                    # one phase's result and the output frames; counted, so no activation factor
+                    cin, cout = conv.in_channels, conv.out_channels
+                    held = (cin * (1 + act_frames + 1) + (2 * cin if act_frames == 2 else 0)) / 4 \
+                        + cout * (act_frames + 0.25)
+                    act = 0
                 else:
                     convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
                     act = max(conv.in_channels, conv.out_channels) * act_frames
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
-                    act_elems_per_px=act, macs_per_px=macs * frames, convs=tuple(convs)))
+                    act_elems_per_px=act, held_elems_per_px=held, macs_per_px=macs * frames, convs=tuple(convs)))
                 channels = conv.out_channels
             else:
                 raise WanFitError(f"unexpected layer {type(layer).__name__} in the VAE decoder: not a WAN VAE")

@@ -155,3 +155,13 @@ def test_a_deeper_stem_holds_its_layers_whole_frame():
     expected = 4 * ((300.0 - 30.0) * 64 + caches + working)
     assert stem_peak_bytes(deep, (8, 8), 4, True) == int(expected)
     assert stem_peak_bytes(shallow, (8, 8), 4, True) == int(4 * 300.0 * 64)
+
+
+def test_a_layer_with_a_counted_working_set_is_not_scaled_by_the_activation_factor():
+    counted = tiling.LayerSpec(scale=2, radius=1, held_elems_per_px=100.0)
+    estimated = tiling.LayerSpec(scale=2, radius=1, act_elems_per_px=100.0)
+    spec = lambda layer: tiling.DecoderSpec(name="t", layers=(layer,), activation_factor=5.0, conv_transients=False)
+    row = col = tiling.axis_regions((0, 4), 4, (counted,))
+    area_out = 8 * 8
+    assert tiling.tile_peak_bytes(spec(counted), row, col, 4) == 4 * 100 * area_out
+    assert tiling.tile_peak_bytes(spec(estimated), row, col, 4) == 4 * 5 * 100 * area_out
