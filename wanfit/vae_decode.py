@@ -400,9 +400,15 @@ def _conv_unpadded(conv, buf):
     native = conv_uses_native(conv, buf, padded=True)
     if onednn and not native and _is_channels_last(buf):
         _keep_weight_channels_last(conv)
+    return _on_cpu_conv_path(native, super(type(conv), conv).forward, buf)
+
+
+def _on_cpu_conv_path(native, run, *args):
+    """run(*args) with oneDNN off for a native-path call, then mkldnn's setting as cpu_conv_backend found it."""
+    onednn = _cpu_convs.onednn
     torch.backends.mkldnn.enabled = onednn and not native
     try:
-        return super(type(conv), conv).forward(buf)
+        return run(*args)
     finally:
         torch.backends.mkldnn.enabled = onednn
 
@@ -491,11 +497,7 @@ def _conv2d(x, weight, bias):
     if onednn is None:
         return F.conv2d(x, weight, bias)
     positions = x.shape[0] * (x.shape[-2] - weight.shape[-2] + 1) * (x.shape[-1] - weight.shape[-1] + 1)
-    torch.backends.mkldnn.enabled = onednn and positions > weight.shape[0]
-    try:
-        return F.conv2d(x, weight, bias)
-    finally:
-        torch.backends.mkldnn.enabled = onednn
+    return _on_cpu_conv_path(positions <= weight.shape[0], F.conv2d, x, weight, bias)
 
 
 def _run_upsample(layer, x, cache, idx):
