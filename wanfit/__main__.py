@@ -4,12 +4,12 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("wanfit.cli_demo", "run the TI2V-5B workflow once through a real ComfyUI (tiny models if none)"),
-    "device": ("wanfit.cli_device", "print what this machine offers (GPU, VRAM, RAM, attention backends)"),
-    "plan": ("wanfit.cli_plan", "print the offload plan / ComfyUI launch flags for a model and job size"),
-    "models": ("wanfit.cli_models", "list, check and download the official WAN 2.2 model files"),
-    "doctor": ("wanfit.cli_doctor", "which attention backend would run here, and how to install sageattention"),
-    "run": ("wanfit.cli_run",
+    "demo": ("wanfit.cli.demo", "run the TI2V-5B workflow once through a real ComfyUI (tiny models if none)"),
+    "device": ("wanfit.cli.device", "print what this machine offers (GPU, VRAM, RAM, attention backends)"),
+    "plan": ("wanfit.cli.plan", "print the offload plan / ComfyUI launch flags for a model and job size"),
+    "models": ("wanfit.cli.models", "list, check and download the official WAN 2.2 model files"),
+    "doctor": ("wanfit.cli.doctor", "which attention backend would run here, and how to install sageattention"),
+    "run": ("wanfit.cli.run",
             "fill a shipped workflow, submit it to ComfyUI's /prompt, follow progress, download the video"),
 }
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-import wanfit.cli_models as cli_models
-from wanfit.cli_models import main
+import wanfit.cli.models as cli_models
+from wanfit.cli.models import main
 from wanfit.models import load_manifest
 from tests.unit.test_download import PAYLOAD, FileServer
 from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors

@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-import wanfit.cli_run as cli_run
+import wanfit.cli.run as cli_run
 from wanfit.__main__ import COMMANDS
-from wanfit.cli_run import main
+from wanfit.cli.run import main
 from wanfit.client import ComfyClient, encode_multipart, unused_path, write_atomically
 from wanfit.workflows import fill_workflow
 
@@ -169,7 +169,7 @@ def test_argparse_refuses_a_non_number(capsys):
 
 
 def test_run_is_a_registered_command():
-    assert COMMANDS["run"][0] == "wanfit.cli_run"
+    assert COMMANDS["run"][0] == "wanfit.cli.run"
 
 
 # --- filling ------------------------------------------------------------------------------------

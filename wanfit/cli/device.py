@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from .device import probe_device
+from ..device import probe_device
 
 
 def main(argv):

@@ -2,7 +2,7 @@
 
 import argparse
 
-from .attention import MODES, KERNELS, install_hint, probe_capabilities, resolve_attention
+from ..attention import MODES, KERNELS, install_hint, probe_capabilities, resolve_attention
 
 
 def main(argv):

@@ -11,9 +11,9 @@ import logging
 import os
 import sys
 
-from .errors import WanFitError
-from .plan import GPU_TIERS, MODEL_VARIANTS, device_for_tier
-from .plan_options import plan_from_options
+from ..errors import WanFitError
+from ..plan import GPU_TIERS, MODEL_VARIANTS, device_for_tier
+from ..plan_options import plan_from_options
 
 log = logging.getLogger("wanfit")
 
@@ -38,7 +38,7 @@ def build_parser():
 
 def resolve_device(tier):
     """--tier, else the GPU torch sees, else GPU_TIER, else the CPU."""
-    from .device import probe_device, system_ram_bytes
+    from ..device import probe_device, system_ram_bytes
 
     if tier:
         return device_for_tier(tier, system_ram_bytes()[0])

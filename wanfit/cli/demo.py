@@ -16,9 +16,9 @@ import sys
 import tempfile
 import time
 
-from .errors import WanFitError
+from ..errors import WanFitError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_FILES = {"diffusion_models": ["wan2.2_ti2v_5B_fp16.safetensors"], "vae": ["wan2.2_vae.safetensors"],
               "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "umt5_xxl_fp16.safetensors"]}
 COMFYUI_NEEDS = ("torch", "aiohttp", "yaml", "safetensors", "av", "sqlalchemy")
@@ -56,8 +56,8 @@ def run_demo(out_dir, width, height, frames, steps, log=print):
     from tests.fixtures.generate import ensure_fixtures, fixture_dir
     from tests.fixtures.workflows import for_tiny_fixtures
     from tests.host.server import ComfyServer
-    from .client import ComfyClient
-    from .workflows import fill_workflow, load_input_map
+    from ..client import ComfyClient
+    from ..workflows import fill_workflow, load_input_map
 
     import torch
 

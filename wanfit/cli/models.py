@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 import sys
 
-from .download import DownloadError, download_file
-from .errors import WanFitError
-from .models import detect_variant, load_manifest, manager_model_list, manifest_entry
+from ..download import DownloadError, download_file
+from ..errors import WanFitError
+from ..models import detect_variant, load_manifest, manager_model_list, manifest_entry
 
 # ComfyUI's folder_paths also searches these legacy folder names.
 FOLDER_ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),

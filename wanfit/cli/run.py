@@ -17,11 +17,11 @@ from pathlib import Path
 import sys
 import tempfile
 
-from .client import ComfyClient, ComfyServerError, ComfyUnreachableError, unused_path
-from .errors import InvalidInputError, WanFitError
-from .progress import ProgressPrinter, PromptRun
-from .runpod import RunPodClient, RunPodError
-from .workflows import fill_workflow, load_input_map, resolve_workflows_dir
+from ..client import ComfyClient, ComfyServerError, ComfyUnreachableError, unused_path
+from ..errors import InvalidInputError, WanFitError
+from ..progress import ProgressPrinter, PromptRun
+from ..runpod import RunPodClient, RunPodError
+from ..workflows import fill_workflow, load_input_map, resolve_workflows_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT_S = 3600
