@@ -77,30 +77,31 @@ def run_case(case):
                                   overlap=case["overlap"] // scale, tile_t=case.get("tile_t", 999) // 4 or 2,
                                   overlap_t=1)
     elif method == "wanfit":
-        from wanfit import vae_decode
+        from wanfit import decode
+        from wanfit.decode import plan as decode_plan
 
         if case.get("cpu_heap"):  # measure one heap mode (the fit: lean, where RSS follows live tensors)
-            vae_decode.CPU_HEAP_MODES = tuple(m for m in vae_decode.CPU_HEAP_MODES if m.name == case["cpu_heap"])
+            decode_plan.CPU_HEAP_MODES = tuple(m for m in decode_plan.CPU_HEAP_MODES if m.name == case["cpu_heap"])
 
         budget = int(case["budget_mb"] * 2**20)
-        plan = vae_decode.plan_decode(vae.first_stage_model, latent.shape, budget, dtype=vae.vae_dtype,
-                                      device=vae.device, output_device=vae.output_device,
-                                      overlap=case.get("wanfit_overlap"),
-                                      activation_factor=case.get("activation_factor"),
-                                      allow_untiled=case.get("allow_untiled", True))
+        plan = decode.plan_decode(vae.first_stage_model, latent.shape, budget, dtype=vae.vae_dtype,
+                                  device=vae.device, output_device=vae.output_device,
+                                  overlap=case.get("wanfit_overlap"),
+                                  activation_factor=case.get("activation_factor"),
+                                  allow_untiled=case.get("allow_untiled", True))
         if plan is not None:
             extra = {"plan": plan.describe(), "predicted_bytes": plan.predicted_peak_bytes,
                      "tiles": plan.tile_count, "fixed_bytes": plan.fixed_bytes}
             if case.get("terms"):
                 from wanfit import tiling
 
-                spec = vae_decode.decoder_spec(vae.first_stage_model, case.get("activation_factor"))
+                spec = decode.decoder_spec(vae.first_stage_model, case.get("activation_factor"))
                 row = max(plan.rows, key=lambda r: r.core[1] - r.core[0])
                 col = max(plan.cols, key=lambda c: c.core[1] - c.core[0])
                 extra["cache_elems"], extra["act_elems"] = tiling.tile_memory_terms(spec, row, col)
-        images = vae_decode.decode_comfy_vae(vae, latent, budget, overlap=case.get("wanfit_overlap"),
-                                             activation_factor=case.get("activation_factor"),
-                                             allow_untiled=case.get("allow_untiled", True))
+        images = decode.decode_comfy_vae(vae, latent, budget, overlap=case.get("wanfit_overlap"),
+                                         activation_factor=case.get("activation_factor"),
+                                         allow_untiled=case.get("allow_untiled", True))
     else:
         raise SystemExit(f"unknown method {method!r}")
     seconds = time.perf_counter() - start
@@ -147,7 +148,7 @@ def main():
                   f"{full['working_bytes'] / 2**20:.0f} | {full['working_bytes'] / out_px:.0f} | - |", flush=True)
         # WanFit with activation factor 1 in the lean heap (RSS follows the live tensors): the measured
         # peak, less the fixed bytes, the CPU workspace and the caches, over the largest activation.
-        from wanfit.vae_decode import CPU_WORKSPACE_BYTES
+        from wanfit.decode import CPU_WORKSPACE_BYTES
 
         for budget_mb in (1e6,):
             case = {"vae": vae_kind, "latent": [frames, h, w], "method": "wanfit", "budget_mb": budget_mb,

@@ -46,7 +46,7 @@ class WanFitVAEDecode:
         import comfy.model_management as model_management
         import comfy.utils
 
-        from ..wanfit.vae_decode import decode_comfy_vae  # torch.nn-heavy: imported on first decode
+        from ..wanfit.decode import decode_comfy_vae  # torch.nn-heavy: imported on first decode
 
         budget = budget_mb * BYTES_PER_MIB if budget_mb else auto_budget_bytes(vae, plan, model_management)
         bar = {}

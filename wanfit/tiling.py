@@ -48,7 +48,7 @@ class LayerSpec:
     convs: (weight elements, im2col elements per input pixel[, elements held besides]) of each conv:
         on the CPU a conv's transient is the smaller of its weight (oneDNN reorders it on every call)
         and its im2col buffer (the native path), plus what the call holds either way (a kernel
-        built for the call), see conv_transient_elems and wanfit.vae_decode.
+        built for the call), see conv_transient_elems and wanfit.decode.cpu_convs.
     """
 
     scale: int
@@ -122,7 +122,7 @@ class TilePlan:
     tile_peak_bytes: int
     fixed_bytes: int
     relative_cost: float  # 1.0 = untiled
-    cpu_heap: str = ""  # CPU decodes: the allocator mode the peak was predicted for (see wanfit.vae_decode)
+    cpu_heap: str = ""  # CPU decodes: the allocator mode the peak was predicted for (see wanfit.decode.plan)
     untiled: bool = False  # the VAE's own decode fits: no tiling at all
     stem_cut: int = 0  # which upsample the tiles start at (0 = the first); the stem runs whole-frame before it
     stem_scale: int = 1  # resolution the tiles start at, in multiples of the latent
@@ -185,7 +185,7 @@ def conv_transient_elems(layer, area_in):
 
     oneDNN reorders a conv's weight on every call (a 1024x1024x3x3x3 conv: +108 MB for any
     input); the native im2col path instead needs its column buffer (measured: +16 MB at 12x12,
-    +63 MB at 24x24, one output frame, 1024 channels). wanfit.vae_decode picks
+    +63 MB at 24x24, one output frame, 1024 channels). wanfit.decode.cpu_convs picks
     the smaller per call (conv_uses_native), so the transient is the minimum of the two.
     """
     return max((min(conv[0], conv[1] * area_in) + (conv[2] if len(conv) > 2 else 0.0) for conv in layer.convs),

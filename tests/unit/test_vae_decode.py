@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wanfit import tiling, vae_decode
+from wanfit import decode, tiling
+from wanfit.decode import api as decode_api, cpu_convs, fused_layers, layout as decode_layout
+from wanfit.decode import plan as decode_plan, tiles as decode_tiles
 from wanfit.errors import InvalidInputError
 
 CACHE_T = 2
@@ -244,7 +246,7 @@ def _budget_for_tiles(module, latent, tiles, overlap=None):
     low, high = 1, 2**34
     while high - low > 1024:
         middle = (low + high) // 2
-        plan = vae_decode.plan_decode(module, latent.shape, middle, overlap=overlap)
+        plan = decode.plan_decode(module, latent.shape, middle, overlap=overlap)
         if plan is not None and plan.exact == (overlap is None) and plan.tile_count <= tiles:
             high = middle
         else:
@@ -256,7 +258,7 @@ def _budget_for_tiles(module, latent, tiles, overlap=None):
 
 def test_layout_matches_the_decoder(mini):
     kind, module, latent, reference = mini
-    spec = vae_decode.decoder_spec(module)
+    spec = decode.decoder_spec(module)
     assert spec.name == kind
     assert spec.total_scale * latent.shape[-1] == reference.shape[-1]
     # the stem runs the latent-resolution blocks (6 px); the tiles see 0.5 + 3 + 0.25 + 1.5 + 0.125 + 0.75 + 0.125
@@ -267,9 +269,9 @@ def test_layout_matches_the_decoder(mini):
 def test_tiled_decode_equals_untiled(mini, tiles):
     kind, module, latent, reference = mini
     budget = _budget_for_tiles(module, latent, tiles)
-    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    plan = decode.plan_decode(module, latent.shape, budget)
     assert plan.exact and plan.tile_count <= tiles
-    out = vae_decode.decode_latent(module, latent, budget)
+    out = decode.decode_latent(module, latent, budget)
     assert out.shape == reference.shape, f"{kind}: expected {tuple(reference.shape)}, got {tuple(out.shape)}"
     diff = (out - reference).abs().max().item()
     assert diff < 1e-5, f"{kind} with {plan.describe()}: max abs diff {diff} vs the untiled decode"
@@ -277,11 +279,11 @@ def test_tiled_decode_equals_untiled(mini, tiles):
 
 def test_capped_halo_blends_without_holes(mini):
     kind, module, latent, reference = mini
-    out = vae_decode.decode_latent(module, latent, 2**40, overlap=1)
+    out = decode.decode_latent(module, latent, 2**40, overlap=1)
     assert out.shape == reference.shape and torch.isfinite(out).all()
     small = _budget_for_tiles(module, latent, 4, overlap=2)
-    assert vae_decode.plan_decode(module, latent.shape, small, overlap=2).tile_count > 1
-    out = vae_decode.decode_latent(module, latent, small, overlap=2)
+    assert decode.plan_decode(module, latent.shape, small, overlap=2).tile_count > 1
+    out = decode.decode_latent(module, latent, small, overlap=2)
     assert torch.isfinite(out).all()
     # approximate near seams, but the same picture: well correlated with the exact decode
     correlation = torch.corrcoef(torch.stack([out.flatten(), reference.flatten()]))[0, 1].item()
@@ -294,7 +296,7 @@ def test_memory_does_not_grow_with_frames(mini):
     peaks = []
     for frames in (2, 21, 81):
         shape[2] = frames
-        plan = vae_decode.plan_decode(module, shape, 2**40, device="cuda", output_device="cpu", allow_untiled=False)
+        plan = decode.plan_decode(module, shape, 2**40, device="cuda", output_device="cpu", allow_untiled=False)
         peaks.append(plan.predicted_peak_bytes)
     assert peaks[0] == peaks[1] == peaks[2], f"{kind}: predicted peak changed with the frame count: {peaks}"
 
@@ -304,40 +306,40 @@ def test_memory_does_not_grow_with_frames(mini):
 def test_wrong_latent_channels_name_both_vaes():
     module = MiniWanVAE(wan22=True)
     with pytest.raises(InvalidInputError) as error:
-        vae_decode.decode_latent(module, torch.zeros(1, 16, 2, 4, 4), 2**30)
+        decode.decode_latent(module, torch.zeros(1, 16, 2, 4, 4), 2**30)
     message = str(error.value)
     assert "Wan 2.2 VAE" in message and "Wan 2.1 VAE" in message, message
     module = MiniWanVAE(wan22=False)
     with pytest.raises(InvalidInputError) as error:
-        vae_decode.decode_latent(module, torch.zeros(1, 48, 2, 4, 4), 2**30)
+        decode.decode_latent(module, torch.zeros(1, 48, 2, 4, 4), 2**30)
     assert "Wan 2.1 VAE" in str(error.value) and "Wan 2.2 VAE" in str(error.value), str(error.value)
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 0, 4, 4), (0, 16, 2, 4, 4), (1, 16, 2, 0, 4)])
 def test_empty_latent_is_refused(shape):
     with pytest.raises(InvalidInputError, match="non-empty"):
-        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(shape), 2**30)
+        decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(shape), 2**30)
 
 
 def test_flat_latent_is_refused():
     with pytest.raises(InvalidInputError, match="5-D"):
-        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(16, 4, 4), 2**30)
+        decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(16, 4, 4), 2**30)
 
 
 def test_budget_below_the_smallest_tile_states_the_minimum():
     module = MiniWanVAE(wan22=False)
     latent = torch.zeros(1, 16, 2, 8, 8)
     with pytest.raises(InvalidInputError) as error:
-        vae_decode.decode_latent(module, latent, 1024)
+        decode.decode_latent(module, latent, 1024)
     message = str(error.value)
     assert "at least" in message and "MB" in message, message
     minimum_mb = int(message.split("at least ")[1].split(" MB")[0])
-    assert vae_decode.plan_decode(module, latent.shape, minimum_mb * 2**20) is not None
+    assert decode.plan_decode(module, latent.shape, minimum_mb * 2**20) is not None
 
 
 def test_non_positive_budget_is_refused():
     with pytest.raises(InvalidInputError, match="budget"):
-        vae_decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(1, 16, 2, 4, 4), 0)
+        decode.decode_latent(MiniWanVAE(wan22=False), torch.zeros(1, 16, 2, 4, 4), 0)
 
 
 # ---------------------------------------------------------------- progress, hooks, OOM ladder
@@ -346,7 +348,7 @@ def test_progress_reaches_total_and_never_goes_back(mini):
     kind, module, latent, _ = mini
     calls = []
     budget = _budget_for_tiles(module, latent, 4)
-    vae_decode.decode_latent(module, latent, budget, progress=lambda done, total: calls.append((done, total)))
+    decode.decode_latent(module, latent, budget, progress=lambda done, total: calls.append((done, total)))
     assert calls, "no progress reported"
     dones = [done for done, _ in calls]
     assert dones == sorted(dones) and calls[-1][0] == calls[-1][1], calls
@@ -356,15 +358,15 @@ def test_free_models_hook_gets_the_predicted_peak(mini):
     kind, module, latent, _ = mini
     asked = []
     budget = _budget_for_tiles(module, latent, 2)
-    vae_decode.decode_latent(module, latent, budget, free_models_for_decode=asked.append)
-    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    decode.decode_latent(module, latent, budget, free_models_for_decode=asked.append)
+    plan = decode.plan_decode(module, latent.shape, budget)
     assert asked == [plan.predicted_peak_bytes]
     assert plan.predicted_peak_bytes <= budget
 
 
 def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini, monkeypatch):
     kind, module, latent, reference = mini
-    real = vae_decode._TileRunner.decode_tile
+    real = decode_tiles._TileRunner.decode_tile
     attempts = []
 
     def flaky(self, row, col, device, dtype):
@@ -374,9 +376,9 @@ def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini, monkeypatch)
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, row, col, device, dtype)
 
-    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", flaky)
+    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", flaky)
     calls = []
-    out = vae_decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)),
+    out = decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)),
                                    allow_untiled=False)
     assert attempts[0] == 42 and min(attempts) <= 12, attempts
     assert (out - reference).abs().max().item() < 1e-5
@@ -387,15 +389,15 @@ def test_oom_everywhere_falls_back_to_the_cpu(mini, monkeypatch):
     kind, module, latent, reference = mini
     module64 = MiniWanVAE(wan22=(kind == "wan2.2")).double()
     module64.load_state_dict(module.state_dict())
-    real = vae_decode._TileRunner.decode_tile
+    real = decode_tiles._TileRunner.decode_tile
 
     def device_always_oom(self, row, col, device, dtype):
         if dtype == torch.float64:  # the "device" here: float64; the CPU fallback runs float32
             raise RuntimeError("CUDA error: out of memory")
         return real(self, row, col, device, dtype)
 
-    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", device_always_oom)
-    out = vae_decode.decode_latent(module64, latent.double(), 2**40, allow_untiled=False)
+    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", device_always_oom)
+    out = decode.decode_latent(module64, latent.double(), 2**40, allow_untiled=False)
     assert (out - reference).abs().max().item() < 1e-4
     assert next(module64.parameters()).dtype == torch.float64, "the decoder was not put back after the fallback"
 
@@ -406,9 +408,9 @@ def test_other_errors_are_not_swallowed(mini, monkeypatch):
     def broken(self, row, col, device, dtype):
         raise ValueError("a bug, not an OOM")
 
-    monkeypatch.setattr(vae_decode._TileRunner, "decode_tile", broken)
+    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", broken)
     with pytest.raises(ValueError, match="a bug"):
-        vae_decode.decode_latent(module, latent, 2**40, allow_untiled=False)
+        decode.decode_latent(module, latent, 2**40, allow_untiled=False)
 
 
 class FakeComfyVAE:
@@ -429,7 +431,7 @@ class FakeComfyVAE:
 def test_comfy_vae_output_matches_vae_decode_layout(mini):
     kind, module, latent, reference = mini
     vae = FakeComfyVAE(module, latent.shape[1])
-    images = vae_decode.decode_comfy_vae(vae, latent, 2**40)
+    images = decode.decode_comfy_vae(vae, latent, 2**40)
     expected = FakeComfyVAE.process_output(reference).movedim(1, -1)
     assert images.shape == expected.shape and images.dtype == torch.float32
     assert (images - expected).abs().max().item() < 1e-5
@@ -437,28 +439,28 @@ def test_comfy_vae_output_matches_vae_decode_layout(mini):
 
 def test_plan_picks_fewest_tiles_when_everything_fits(mini):
     kind, module, latent, _ = mini
-    plan = vae_decode.plan_decode(module, latent.shape, 2**40)
+    plan = decode.plan_decode(module, latent.shape, 2**40)
     assert plan.tile_count == 1 and plan.exact
     assert plan.relative_cost == pytest.approx(1.0, abs=0.05)
 
 
 def test_planned_peak_never_exceeds_budget(mini):
     kind, module, latent, _ = mini
-    full = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False).predicted_peak_bytes
+    full = decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False).predicted_peak_bytes
     for fraction in (1.0, 0.75, 0.5, 0.25):
-        plan = vae_decode.plan_decode(module, latent.shape, int(full * fraction))
+        plan = decode.plan_decode(module, latent.shape, int(full * fraction))
         if plan is not None:
             assert plan.predicted_peak_bytes <= full * fraction
         else:
             with pytest.raises(InvalidInputError, match="at least"):
-                vae_decode.decode_latent(module, latent, int(full * fraction))
+                decode.decode_latent(module, latent, int(full * fraction))
 
 
 # ---------------------------------------------------------------- frame streaming and the CPU heap
 
 def test_frames_stream_one_at_a_time_after_each_temporal_upsample(mini):
     kind, module, _, _ = mini
-    layout = vae_decode._Layout(module)
+    layout = decode_layout._Layout(module)
     # Wan 2.1: after the two upsample3d layers; Wan 2.2: after the two blocks that end with one
     assert len(layout.split_after) == 2, f"{kind}: split points {sorted(layout.split_after)}"
     for n in layout.split_after:
@@ -486,7 +488,7 @@ def test_longer_latents_stream_exactly_through_the_caches(mini):
     longer, reference = _four_latent_frames(module, latent, 3)
     for tiles in (1, 4):
         budget = _budget_for_tiles(module, longer, tiles)
-        out = vae_decode.decode_latent(module, longer, budget)
+        out = decode.decode_latent(module, longer, budget)
         assert out.shape == reference.shape
         diff = (out - reference).abs().max().item()
         assert diff < 1e-5, f"{kind}, {tiles} tiles, 4 latent frames: max abs diff {diff}"
@@ -494,22 +496,22 @@ def test_longer_latents_stream_exactly_through_the_caches(mini):
 
 def test_cpu_plans_name_the_heap_mode_and_gpu_plans_do_not(mini):
     kind, module, latent, _ = mini
-    generous = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
+    generous = decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
     assert generous.cpu_heap == "heap", "with room to spare the faster heap mode is used"
     assert "heap CPU heap" in generous.describe()
-    gpu = vae_decode.plan_decode(module, latent.shape, 2**40, device="cuda", output_device="cpu",
+    gpu = decode.plan_decode(module, latent.shape, 2**40, device="cuda", output_device="cpu",
                                  allow_untiled=False)
     assert gpu.cpu_heap == "" and "CPU heap" not in gpu.describe()
 
 
 def test_tight_cpu_budgets_switch_to_the_lean_heap_and_still_fit(mini):
     kind, module, latent, _ = mini
-    heap, lean = vae_decode.CPU_HEAP_MODES
-    one_tile = vae_decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
+    heap, lean = decode.CPU_HEAP_MODES
+    one_tile = decode.plan_decode(module, latent.shape, 2**40, allow_untiled=False)
     # a budget that fits one tile only without the heap mode's allowance
-    raw = (one_tile.predicted_peak_bytes - heap.peak_extra_bytes - vae_decode.CPU_WORKSPACE_BYTES) / heap.peak_factor
-    budget = int(raw + vae_decode.CPU_WORKSPACE_BYTES) + 1
-    plan = vae_decode.plan_decode(module, latent.shape, budget)
+    raw = (one_tile.predicted_peak_bytes - heap.peak_extra_bytes - decode.CPU_WORKSPACE_BYTES) / heap.peak_factor
+    budget = int(raw + decode.CPU_WORKSPACE_BYTES) + 1
+    plan = decode.plan_decode(module, latent.shape, budget)
     assert plan.cpu_heap == "lean" and plan.tile_count == 1
     assert plan.predicted_peak_bytes <= budget
 
@@ -517,7 +519,7 @@ def test_tight_cpu_budgets_switch_to_the_lean_heap_and_still_fit(mini):
 def test_set_cpu_heap_mode_applies_on_linux():
     import sys
 
-    applied = [vae_decode.set_cpu_heap_mode(mode) for mode in vae_decode.CPU_HEAP_MODES]
+    applied = [decode.set_cpu_heap_mode(mode) for mode in decode.CPU_HEAP_MODES]
     assert applied == ([True, True] if sys.platform.startswith("linux") else [False, False])
 
 
@@ -525,14 +527,14 @@ def test_set_cpu_heap_mode_applies_on_linux():
 
 def test_a_budget_that_fits_the_untiled_decode_runs_the_vaes_own_decode(mini):
     kind, module, latent, reference = mini
-    need = vae_decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
-    plan = vae_decode.plan_decode(module, latent.shape, need)
+    need = decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
+    plan = decode.plan_decode(module, latent.shape, need)
     assert plan.untiled and plan.tile_count == 1 and plan.predicted_peak_bytes == need
     assert "untiled" in plan.describe()
-    assert not vae_decode.plan_decode(module, latent.shape, need - 1).untiled
-    assert not vae_decode.plan_decode(module, latent.shape, need, overlap=2).untiled, "overlap asks for tiles"
+    assert not decode.plan_decode(module, latent.shape, need - 1).untiled
+    assert not decode.plan_decode(module, latent.shape, need, overlap=2).untiled, "overlap asks for tiles"
     calls = []
-    out = vae_decode.decode_latent(module, latent, need, progress=lambda d, t: calls.append((d, t)))
+    out = decode.decode_latent(module, latent, need, progress=lambda d, t: calls.append((d, t)))
     assert torch.equal(out, reference), "the untiled path is the VAE's own decode: bit-identical"
     assert calls[0] == (0, 1) and calls[-1] == (1, 1)
 
@@ -548,7 +550,7 @@ def test_a_strided_latent_decodes_bit_identically_to_its_saved_copy(mini, tiled)
     hook = module.conv2.register_forward_pre_hook(lambda conv, args: seen.append(args[0].is_contiguous()))
     budget = _budget_for_tiles(module, latent, 4) if tiled else 2**40
     try:
-        outs = [vae_decode.decode_latent(module, x, budget, allow_untiled=not tiled) for x in (strided, latent)]
+        outs = [decode.decode_latent(module, x, budget, allow_untiled=not tiled) for x in (strided, latent)]
     finally:
         hook.remove()
     assert seen == [True, True], f"{kind}: the decoder saw these latents contiguous: {seen}"
@@ -557,14 +559,14 @@ def test_a_strided_latent_decodes_bit_identically_to_its_saved_copy(mini, tiled)
 
 def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini, monkeypatch):
     kind, module, latent, reference = mini
-    need = vae_decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
+    need = decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
     plans = []
 
     def untiled_oom(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(vae_decode, "_decode_untiled", untiled_oom)
-    out = vae_decode.decode_latent(module, latent, need, on_plan=plans.append)
+    monkeypatch.setattr(decode_api, "_decode_untiled", untiled_oom)
+    out = decode.decode_latent(module, latent, need, on_plan=plans.append)
     assert [plan.untiled for plan in plans] == [True, False]
     assert (out - reference).abs().max().item() < 1e-5
 
@@ -576,7 +578,7 @@ def _budget_for_tiles_at_cut(module, latent, cut, tiles):
     low, high = 1, 2**34
     while high - low > 1024:
         middle = (low + high) // 2
-        plan = vae_decode.plan_decode(module, latent.shape, middle, allow_untiled=False, stem_cuts=(cut,))
+        plan = decode.plan_decode(module, latent.shape, middle, allow_untiled=False, stem_cuts=(cut,))
         if plan is not None and plan.exact and plan.tile_count <= tiles:
             high = middle
         else:
@@ -589,7 +591,7 @@ def test_deeper_stems_decode_exactly(mini, cut):
     kind, module, latent, reference = mini
     budget = _budget_for_tiles_at_cut(module, latent, cut, 4)
     plans = []
-    out = vae_decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(cut,), on_plan=plans.append)
+    out = decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(cut,), on_plan=plans.append)
     plan = plans[0]
     assert plan.stem_cut == cut and plan.stem_scale == 2 ** cut and plan.tile_count > 1
     assert f"whole-frame stem to {plan.stem_scale}x" in plan.describe()
@@ -603,13 +605,13 @@ def test_the_planner_takes_a_deeper_stem_when_it_saves_compute(mini):
     picked = {}
     budget = 2**36
     while budget > 2**16:
-        plan = vae_decode.plan_decode(module, latent.shape, budget, allow_untiled=False)
+        plan = decode.plan_decode(module, latent.shape, budget, allow_untiled=False)
         if plan is not None:
             picked.setdefault(plan.stem_cut, plan)
             if plan.stem_cut:
                 # no plan held to the first stem depth is cheaper at this budget
-                shallow = vae_decode.plan_decode(module, latent.shape, budget, allow_untiled=False, stem_cuts=(0,))
-                time = {mode.name: mode.time_factor for mode in vae_decode.CPU_HEAP_MODES}
+                shallow = decode.plan_decode(module, latent.shape, budget, allow_untiled=False, stem_cuts=(0,))
+                time = {mode.name: mode.time_factor for mode in decode.CPU_HEAP_MODES}
                 assert (shallow is None or not shallow.exact or shallow.relative_cost * time[shallow.cpu_heap]
                         >= plan.relative_cost * time[plan.cpu_heap] - 0.005)
         budget = int(budget * 0.9)
@@ -619,12 +621,12 @@ def test_the_planner_takes_a_deeper_stem_when_it_saves_compute(mini):
 def test_unknown_stem_depth_is_refused(mini):
     kind, module, latent, _ = mini
     with pytest.raises(InvalidInputError, match="stem_cuts"):
-        vae_decode.plan_decode(module, latent.shape, 2**30, stem_cuts=(7,))
+        decode.plan_decode(module, latent.shape, 2**30, stem_cuts=(7,))
 
 
 def test_deeper_stem_stores_more_and_recomputes_less(mini):
     kind, module, latent, _ = mini
-    layouts = vae_decode._layouts(module)
+    layouts = decode_plan._layouts(module)
     assert [layout.cut for layout in layouts] == list(range(len(layouts))) and len(layouts) >= 2
     stored = [layout.stored_bytes(latent.shape, 4) for layout in layouts]
     assert stored == sorted(stored) and stored[0] < stored[1]
@@ -644,19 +646,19 @@ def test_longer_latents_decode_exactly_with_a_deeper_stem(mini):
     kind, module, latent, _ = mini
     longer, reference = _four_latent_frames(module, latent, 5)
     budget = _budget_for_tiles_at_cut(module, longer, 1, 4)
-    out = vae_decode.decode_latent(module, longer, budget, allow_untiled=False, stem_cuts=(1,))
+    out = decode.decode_latent(module, longer, budget, allow_untiled=False, stem_cuts=(1,))
     assert (out - reference).abs().max().item() < 1e-5
 
 
 def test_conv_path_choice_follows_the_smaller_transient():
     big = CausalConv3d(1024, 1024, 3, padding=1)  # WAN's: forward() pads (2 cache/zero frames, 1 px border)
-    assert vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 24, 24))  # 576 px: im2col 61 MB < weight 108 MB
-    assert not vae_decode.conv_uses_native(big, torch.empty(1, 1024, 1, 48, 48))  # 2304 px: weight is smaller
+    assert decode.conv_uses_native(big, torch.empty(1, 1024, 1, 24, 24))  # 576 px: im2col 61 MB < weight 108 MB
+    assert not decode.conv_uses_native(big, torch.empty(1, 1024, 1, 48, 48))  # 2304 px: weight is smaller
     # the fused path's buffer already holds the cache frames and the border: still 576 output px
-    assert vae_decode.conv_uses_native(big, torch.empty(1, 1024, 3, 26, 26), padded=True)
-    assert not vae_decode.conv_uses_native(big, torch.empty(1, 1024, 3, 50, 50), padded=True)
+    assert decode.conv_uses_native(big, torch.empty(1, 1024, 3, 26, 26), padded=True)
+    assert not decode.conv_uses_native(big, torch.empty(1, 1024, 3, 50, 50), padded=True)
     small = CausalConv3d(96, 96, 3, padding=1)
-    assert not vae_decode.conv_uses_native(small, torch.empty(1, 96, 1, 64, 64))
+    assert not decode.conv_uses_native(small, torch.empty(1, 96, 1, 64, 64))
     layer = tiling.LayerSpec(1, 2, convs=((1024 * 1024 * 27, 1024 * 27),))
     assert tiling.conv_transient_elems(layer, 24 * 24) == 1024 * 27 * 576
     assert tiling.conv_transient_elems(layer, 48 * 48) == 1024 * 1024 * 27
@@ -670,7 +672,7 @@ def test_cpu_conv_backend_restores_onednn_even_after_an_error(mini):
     probe = conv.register_forward_hook(lambda *args: seen.append(torch.backends.mkldnn.enabled))
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            with vae_decode.cpu_conv_backend(module.decoder):
+            with decode.cpu_conv_backend(module.decoder):
                 conv(torch.zeros(1, conv.in_channels, 1, 2, 2))  # 4 output px < its channels: native path
                 raise RuntimeError("boom")
     finally:
@@ -685,7 +687,7 @@ def test_fused_residual_block_and_head_match_the_modules_and_their_caches(mini):
     block = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and not isinstance(m.shortcut, nn.Identity))
     same = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and isinstance(m.shortcut, nn.Identity))
     generator = torch.Generator().manual_seed(7)
-    for layer, run in ((block, vae_decode._run_layer), (same, vae_decode._run_layer), (decoder.head, vae_decode._run_head)):
+    for layer, run in ((block, fused_layers._run_layer), (same, fused_layers._run_layer), (decoder.head, fused_layers._run_head)):
         channels = layer.residual[0].gamma.shape[0] if hasattr(layer, "residual") else layer[0].gamma.shape[0]
         ours, theirs = [None] * 4, [None] * 4
         # a first chunk of one frame (no cache yet), then one frame, then two frames, as the decoder feeds them
@@ -730,11 +732,11 @@ def test_fused_convs_take_the_cpu_conv_path_too(mini):
     kind, module, _, _ = mini
     conv = _CausalRecordingConv(64, 64, 3)
     before = torch.backends.mkldnn.enabled
-    with torch.inference_mode(), vae_decode.cpu_conv_backend(module.decoder):
-        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # 4 output px <= 64 channels: native
-        vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 20, 20))  # 324 px: oneDNN
+    with torch.inference_mode(), decode.cpu_conv_backend(module.decoder):
+        cpu_convs._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # 4 output px <= 64 channels: native
+        cpu_convs._conv_unpadded(conv, torch.zeros(1, 64, 3, 20, 20))  # 324 px: oneDNN
         after_call = torch.backends.mkldnn.enabled
-    vae_decode._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # outside a CPU decode: left as it is
+    cpu_convs._conv_unpadded(conv, torch.zeros(1, 64, 3, 4, 4))  # outside a CPU decode: left as it is
     assert conv.onednn_seen == [False, before, before] and after_call == before
     assert torch.backends.mkldnn.enabled == before
 
@@ -746,12 +748,12 @@ def test_channels_last_conv_input_only_where_the_weight_is_the_smaller_copy(mini
     wide_crop = (1, 96, 3, 100, 140)
     small_crop = (1, 1024, 3, 26, 26)
     cl, plain = torch.channels_last_3d, torch.contiguous_format
-    with vae_decode.cpu_conv_backend(module.decoder):
+    with decode.cpu_conv_backend(module.decoder):
         onednn = torch.backends.mkldnn.enabled
-        assert vae_decode._conv_input_memory_format(small, wide_crop) == (cl if onednn else plain)
-        assert vae_decode._conv_input_memory_format(big, small_crop) == plain  # weight 28M > input 2M
-        assert vae_decode._conv_input_memory_format(small, (1, 96, 3, 4, 4)) == plain  # native path
-    assert vae_decode._conv_input_memory_format(small, wide_crop) == plain, "only inside a CPU decode"
+        assert cpu_convs._conv_input_memory_format(small, wide_crop) == (cl if onednn else plain)
+        assert cpu_convs._conv_input_memory_format(big, small_crop) == plain  # weight 28M > input 2M
+        assert cpu_convs._conv_input_memory_format(small, (1, 96, 3, 4, 4)) == plain  # native path
+    assert cpu_convs._conv_input_memory_format(small, wide_crop) == plain, "only inside a CPU decode"
 
 
 @pytest.mark.parametrize("mode,halve", [("upsample3d", True), ("upsample2d", True), ("upsample3d", False)])
@@ -766,7 +768,7 @@ def test_fused_upsample_matches_the_module_and_its_cache(mode, halve):
         idx_ours, idx_theirs = [0], [0]
         with torch.inference_mode():
             expected = layer(x, theirs, idx_theirs)
-            got = vae_decode._run_layer(layer, x.clone(), ours, idx_ours)
+            got = fused_layers._run_layer(layer, x.clone(), ours, idx_ours)
         assert idx_ours == idx_theirs
         assert got.shape == expected.shape, f"{mode}: {tuple(got.shape)} vs {tuple(expected.shape)}"
         assert (got - expected).abs().max().item() < 1e-5
@@ -799,7 +801,7 @@ def test_fused_upsample_never_builds_the_upsampled_input():
         theirs = LargestTensor.largest
         LargestTensor.largest = 0
         with LargestTensor():
-            out = vae_decode._run_layer(layer, x, [None], [0])
+            out = fused_layers._run_layer(layer, x, [None], [0])
         ours = LargestTensor.largest
     assert theirs == 32 * 20 * 24  # the upsampled input
     assert ours == out.numel() == 16 * 20 * 24
@@ -807,13 +809,13 @@ def test_fused_upsample_never_builds_the_upsampled_input():
 
 def test_padded_conv_inputs_share_one_arena_buffer_inside_a_tile():
     shape, cl = (1, 4, 3, 6, 6), torch.channels_last_3d
-    with vae_decode.scratch_arena():
-        first = vae_decode._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format)
-        second = vae_decode._scratch_empty((1, 4, 3, 5, 5), torch.float32, "cpu", cl)
+    with decode.scratch_arena():
+        first = fused_layers._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format)
+        second = fused_layers._scratch_empty((1, 4, 3, 5, 5), torch.float32, "cpu", cl)
         assert second.data_ptr() == first.data_ptr() and second.is_contiguous(memory_format=cl)
-        bigger = vae_decode._scratch_empty((1, 8, 3, 6, 6), torch.float32, "cpu", torch.contiguous_format)
+        bigger = fused_layers._scratch_empty((1, 8, 3, 6, 6), torch.float32, "cpu", torch.contiguous_format)
         assert bigger.shape == (1, 8, 3, 6, 6) and bigger.is_contiguous()
-    outside = [vae_decode._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format) for _ in range(2)]
+    outside = [fused_layers._scratch_empty(shape, torch.float32, "cpu", torch.contiguous_format) for _ in range(2)]
     assert outside[0].data_ptr() != outside[1].data_ptr()
 
 
@@ -822,15 +824,15 @@ def test_a_deeper_stems_frames_reach_the_tiles_one_at_a_time(mini, monkeypatch):
     so its first upsample holds one input frame's output, as the planner's model assumes."""
     kind, module, latent, reference = mini
     frames_seen = []
-    run_upsample = vae_decode._run_upsample
+    run_upsample = fused_layers._run_upsample
 
     def recording(layer, x, cache, idx):
         frames_seen.append(x.shape[2])
         return run_upsample(layer, x, cache, idx)
 
-    monkeypatch.setattr(vae_decode, "_run_upsample", recording)
+    monkeypatch.setattr(fused_layers, "_run_upsample", recording)
     budget = _budget_for_tiles_at_cut(module, latent, 1, 4)
-    out = vae_decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
+    out = decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
     assert (out - reference).abs().max().item() < 1e-5
     assert frames_seen and max(frames_seen) == 1, f"{kind}: upsample inputs had {sorted(set(frames_seen))} frames"
 
@@ -839,7 +841,7 @@ def test_oom_part_way_through_a_tile_still_decodes_exactly(mini, monkeypatch):
     """Exact tiles write each frame into the output as it is done; a retry after an OOM in a later
     frame rewrites the same core, so the video is still the untiled decode."""
     kind, module, latent, reference = mini
-    real = vae_decode._run_tail
+    real = decode_tiles._run_tail
     state = {"calls": 0, "failed": False}
 
     def oom_on_the_second_frame(layout, x, block_x, row, col, cache, tail_start, first_chunk):
@@ -849,8 +851,8 @@ def test_oom_part_way_through_a_tile_still_decodes_exactly(mini, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(layout, x, block_x, row, col, cache, tail_start, first_chunk)
 
-    monkeypatch.setattr(vae_decode, "_run_tail", oom_on_the_second_frame)
-    out = vae_decode.decode_latent(module, latent, 2**40, allow_untiled=False)
+    monkeypatch.setattr(decode_tiles, "_run_tail", oom_on_the_second_frame)
+    out = decode.decode_latent(module, latent, 2**40, allow_untiled=False)
     assert state["failed"]
     assert (out - reference).abs().max().item() < 1e-5
 
@@ -862,9 +864,9 @@ def test_conv_weights_are_channels_last_only_during_a_cpu_decode(mini):
     buf = torch.randn(1, 96, 3, 100, 140).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         expected = F.conv3d(buf.contiguous(), before, conv.bias)
-        with vae_decode.cpu_conv_backend(module.decoder):
-            got = vae_decode._conv_unpadded(conv, buf)
-            during = vae_decode._is_channels_last(conv.weight)
+        with decode.cpu_conv_backend(module.decoder):
+            got = cpu_convs._conv_unpadded(conv, buf)
+            during = cpu_convs._is_channels_last(conv.weight)
     assert during == (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
     assert conv.weight.is_contiguous() and torch.equal(conv.weight.detach(), before)
     assert (got - expected).abs().max().item() < 1e-4

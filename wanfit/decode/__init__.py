@@ -1,0 +1,46 @@
+"""Decode WAN VAE latents inside a memory budget, exactly, without splitting time.
+
+Why this shape: the WAN decoders (ComfyUI comfy/ldm/wan/vae.py, vae2_2.py) are causal over
+time: they decode one latent frame at a time and every temporal conv keeps the last two
+frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: max abs diff
+1.0), so time stays whole and space is tiled instead:
+
+1. stem, whole frame: conv2, conv1 and the middle blocks (the only attention) at latent
+   resolution, for every latent frame, and, when the plan says so, the upsampling layers up
+   to a deeper cut (a 2x or 4x latent-size stem: more stored per frame, no halo recomputation
+   of those layers); its output is stored off the decode device;
+2. tail, one spatial tile at a time, every latent frame in order with the tile's own causal
+   cache: each layer's input is cropped to what the rest of the decoder needs (core plus the
+   remaining receptive field), so full-resolution layers see the core plus a few pixels and the
+   tile is bit-for-bit what the untiled decode gives there (float noise aside); after each
+   temporal upsample the frames go on one at a time, so full-resolution layers hold one frame;
+   residual blocks and the head write norm + SiLU straight into the conv's padded input
+   (_padded_conv_input), and on the CPU each conv call takes the path with the smaller
+   transient (conv_uses_native), with a channels-last input where oneDNN then skips a larger
+   copy than it adds (_conv_input_memory_format; the weight then stays channels-last for the decode);
+   upsamples run as four 2x2 phase convs on the small input (_run_upsample), and a tile's padded
+   conv inputs share one scratch buffer (scratch_arena);
+3. finished frames go to the output device at once (an exact tile's straight into the output
+   video); an OOM retries that tile split in two, then on the CPU, keeping every finished tile.
+
+Memory then depends on the tile area, not on the frame count. The tile grid comes from
+wanfit.tiling with constants measured by bench/vae_decode_memory.py.
+
+Modules: layout (which layers, the stem cut, per-layer costs), fused_layers (the layers' fused
+replays and the scratch arena), cpu_convs (the CPU conv backend per call), tiles (stem and tile
+runner, OOM ladder), plan (the plan and CPU heap modes within a budget), api (the entry points).
+"""
+
+from .api import VAE_NAMES, decode_comfy_vae, decode_latent, validate_latent
+from .cpu_convs import conv_uses_native, cpu_conv_backend
+from .fused_layers import scratch_arena
+from .layout import decoder_spec
+from .plan import (CPU_HEAP_MODES, CPU_WORKSPACE_BYTES, UNTILED_MARGIN, CpuHeapMode, plan_decode, set_cpu_heap_mode,
+                   untiled_decode_bytes)
+from .tiles import DecodeOutOfMemoryError
+
+__all__ = [
+    "CPU_HEAP_MODES", "CPU_WORKSPACE_BYTES", "UNTILED_MARGIN", "VAE_NAMES", "CpuHeapMode", "DecodeOutOfMemoryError",
+    "conv_uses_native", "cpu_conv_backend", "decode_comfy_vae", "decode_latent", "decoder_spec", "plan_decode",
+    "scratch_arena", "set_cpu_heap_mode", "untiled_decode_bytes", "validate_latent",
+]

@@ -1,0 +1,145 @@
+"""The entry points: validate the latent, plan, free other models, then decode untiled or in tiles."""
+
+import logging
+import math
+
+import torch
+
+from ..errors import InvalidInputError
+from .cpu_convs import cpu_conv_backend
+from .plan import CPU_HEAP_MODES, _layouts, _plan, set_cpu_heap_mode
+from .tiles import _Progress, _TileRunner, _empty_device_cache, _is_oom, _stem_all_frames
+
+log = logging.getLogger("wanfit")
+
+
+# Latent channels -> what users know the VAE as (messages name both sides of a mismatch).
+VAE_NAMES = {16: "Wan 2.1 VAE (16 latent channels; T2V/I2V-A14B)", 48: "Wan 2.2 VAE (48 latent channels; TI2V-5B)"}
+
+
+def validate_latent(latent, latent_channels, field="samples"):
+    """Refuse latents this VAE cannot decode, with a message naming both sides and the fix."""
+    if not isinstance(latent, torch.Tensor):
+        raise InvalidInputError(field, type(latent).__name__, "a latent tensor", "connect a LATENT output")
+    if latent.ndim == 4:
+        latent = latent.unsqueeze(0)
+    if latent.ndim != 5:
+        raise InvalidInputError(field, f"shape {tuple(latent.shape)}",
+                                "a video latent of shape (batch, channels, frames, height, width)",
+                                "connect the sampler's LATENT output (WAN latents are 5-D)")
+    if latent.numel() == 0:
+        raise InvalidInputError(field, f"shape {tuple(latent.shape)}", "a non-empty latent",
+                                "the latent is empty: check the frame count and size of the empty latent node")
+    channels = latent.shape[1]
+    if channels != latent_channels:
+        given = VAE_NAMES.get(channels, f"a {channels}-channel latent")
+        vae = VAE_NAMES.get(latent_channels, f"a VAE with {latent_channels} latent channels")
+        raise InvalidInputError(
+            field, f"{channels}-channel latent",
+            f"{latent_channels} channels for the {vae}; this latent belongs to the {given}",
+            "load the matching VAE: Wan 2.2 VAE (wan2.2_vae) for TI2V-5B, Wan 2.1 VAE (wan_2.1_vae) for A14B")
+    return latent
+
+
+def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_device="cpu", overlap=None,
+                  progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None,
+                  on_plan=None, allow_untiled=True, stem_cuts=None):
+    """Decode a WAN latent (B, C, T, h, w) with module (a WanVAE) within budget_bytes of working memory.
+
+    Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device, values in [-1, 1]
+    (as WanVAE.decode). progress(done, total) is called per latent frame of every tile;
+    free_models_for_decode(needed_bytes) is called once before decoding so the caller can unload
+    other models (ComfyUI: comfy.model_management.load_models_gpu / free_memory); on_plan(plan)
+    receives the tiling.TilePlan before decoding starts (the node reports it).
+    """
+    layouts = _layouts(module, activation_factor, stem_cuts)
+    # one memory layout whatever the sampler handed over: the CPU convs round differently per layout,
+    # and a saved latent (SaveLatent writes it contiguous) must decode to the same video again
+    latent = validate_latent(latent, layouts[0].z_dim).contiguous()
+    if budget_bytes is None or budget_bytes <= 0:
+        raise InvalidInputError("budget", budget_bytes, "a positive number of bytes", "give a budget in MB or use auto")
+    param = next(module.parameters())
+    device = torch.device(device) if device is not None else param.device
+    dtype = dtype or param.dtype
+    output_device = torch.device(output_device)
+    batch, _, frames, h, w = latent.shape
+
+    plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
+                          allow_untiled)
+    layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
+    if plan is None:
+        raise InvalidInputError(
+            "budget", f"{budget_bytes / 2**20:.0f} MB",
+            f"at least {math.ceil(minimum / 2**20)} MB for the smallest tile of this {layout.kind} latent "
+            f"({frames}x{h}x{w} latent)", "raise the budget (or auto), or free memory used by other models")
+    log.info("VAE decode %s %s within %.0f MB: %s", layout.kind, tuple(latent.shape), budget_bytes / 2**20,
+             plan.describe())
+    if on_plan is not None:
+        on_plan(plan)
+    heap_mode = next((mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap), None)
+    if heap_mode is not None:
+        set_cpu_heap_mode(heap_mode)
+    if free_models_for_decode is not None:
+        free_models_for_decode(plan.predicted_peak_bytes)
+    if plan.untiled:
+        try:
+            return _decode_untiled(module, latent, device, dtype, output_device, progress)
+        except Exception as error:  # noqa: BLE001 - only OOMs are handled, the rest re-raised
+            if not _is_oom(error, oom_exceptions):
+                raise
+        log.warning("VAE decode: out of memory in the untiled decode; decoding in tiles instead")
+        _empty_device_cache(device)
+        return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
+                             None, oom_exceptions, activation_factor, on_plan, allow_untiled=False,
+                             stem_cuts=stem_cuts)
+
+    tiles = plan.tile_count
+    counter = _Progress(frames * (1 + tiles), progress)
+    counter.per_tile = frames
+    scale = layout.spec.total_scale * layout.stem_scale
+    output = torch.zeros((batch, 3, layout.frames_out(frames), h * scale, w * scale), dtype=torch.float32,
+                         device=output_device)
+    weight_sum = None if plan.exact else torch.zeros((h * scale, w * scale), dtype=torch.float32,
+                                                     device=output_device)
+    with torch.inference_mode(), cpu_conv_backend(module.decoder, enabled=device.type == "cpu"):
+        stem_out, tail_start = _stem_all_frames(layout, latent, device, dtype, output_device, counter,
+                                                oom_exceptions)
+        runner = _TileRunner(layout, stem_out, tail_start, output, weight_sum, device, dtype,
+                             plan.halo_cap_latent_px, counter)
+        for row in plan.rows:
+            for col in plan.cols:
+                runner.run(row, col, oom_exceptions)
+        del stem_out
+        if weight_sum is not None:
+            output /= weight_sum.clamp_min(1e-8)
+    return output
+
+
+def _decode_untiled(module, latent, device, dtype, output_device, progress):
+    """The VAE's own decode (ComfyUI WanVAE.decode), as VAE.decode runs it."""
+    if progress is not None:
+        progress(0, 1)
+    with torch.inference_mode():
+        out = module.decode(latent.to(device=device, dtype=dtype)).to(device=output_device, dtype=torch.float32)
+    if progress is not None:
+        progress(1, 1)
+    return out
+
+
+def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,
+                     oom_exceptions=(), activation_factor=None, on_plan=None, allow_untiled=True):
+    """Drop-in for ComfyUI's VAE.decode on WAN VAEs: returns images (B, frames, H, W, 3) in [0, 1].
+
+    vae is duck-typed: first_stage_model, latent_channels, device, vae_dtype, output_device,
+    process_output (comfy.sd.VAE). The node reshapes to IMAGE (B*frames, H, W, 3) as VAEDecode does.
+    """
+    module = getattr(vae, "first_stage_model", None)
+    if module is None or not hasattr(module, "decoder"):
+        raise InvalidInputError("vae", type(module).__name__, "a Wan 2.1 or Wan 2.2 VAE",
+                                "load wan2.2_vae (TI2V-5B) or wan_2.1_vae (A14B) with a VAE loader")
+    validate_latent(samples, getattr(vae, "latent_channels", module.conv2.in_channels))
+    raw = decode_latent(module, samples, budget_bytes, device=vae.device, dtype=vae.vae_dtype,
+                        output_device=vae.output_device, overlap=overlap, progress=progress,
+                        free_models_for_decode=free_models_for_decode, oom_exceptions=oom_exceptions,
+                        activation_factor=activation_factor, on_plan=on_plan, allow_untiled=allow_untiled)
+    return vae.process_output(raw).movedim(1, -1)
