@@ -7,13 +7,21 @@ def probe_for_plan():
     return probe_comfyui_device()
 
 
+def running_core():
+    """The ComfyUI this node runs in: version, launch flags, whether dynamic VRAM is on now."""
+    from ..wanfit.core import running_core as read_running_core
+
+    return read_running_core()
+
+
 class WanFitOffloadPlan:
     DESCRIPTION = ("Plans a WAN 2.2 run for this GPU before it starts: weight dtype, how much of the model stays "
                    "on the GPU and how much streams from RAM, where the text encoder runs, whether to drop the "
                    "high-noise expert before the low-noise one, the VAE decode budget, the attention backend and "
-                   "the VRAM to leave to other processes, with predicted peak VRAM/RAM and the reasons. Refuses, "
-                   "saying what would fit, when nothing does. Connect the plan to the WanFit loaders, Sage "
-                   "Attention and VAE Decode.")
+                   "the VRAM to leave to other processes, with predicted peak VRAM/RAM and the reasons, for the "
+                   "ComfyUI it runs in (its version, launch flags and memory manager: dynamic VRAM or partial "
+                   "loading). Refuses, saying what would fit, when nothing does. Connect the plan to the WanFit "
+                   "loaders, Sage Attention and VAE Decode.")
     CATEGORY = "WanFit"
     FUNCTION = "make_plan"
     OUTPUT_NODE = True
@@ -63,11 +71,12 @@ class WanFitOffloadPlan:
         from ..wanfit.plan_options import plan_from_options
         from ..wanfit.runtime import apply_runtime_settings
 
+        core = running_core()
         result = plan_from_options(probe_for_plan, model_variant, width, height, frames, batch, cfg, mode,
-                                   reserve_vram_gb, weight_dtype, text_encoder_device)
+                                   reserve_vram_gb, weight_dtype, text_encoder_device, core=core)
         lines = [result.summary()]
         if mode == "auto":
-            lines += apply_runtime_settings(result, comfy.model_management, comfy.cli_args.args)
+            lines += apply_runtime_settings(result, comfy.model_management, comfy.cli_args.args, core)
         summary = "\n".join(lines)
         ui = {"text": [summary], "wanfit_plan": [result.as_dict()]}
         return {"ui": ui, "result": (result, summary)}

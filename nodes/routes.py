@@ -5,7 +5,9 @@ import logging
 log = logging.getLogger("wanfit")
 
 
-def register_routes(routes, web, probe_device):
+def register_routes(routes, web, probe_device, probe_core=None):
+    """GET /wanfit/plan plans for `probe_core()` (the running core), read on every request."""
+
     @routes.get("/wanfit/plan")
     async def get_plan(request):
         from ..wanfit.errors import InvalidInputError, WanFitError
@@ -13,7 +15,8 @@ def register_routes(routes, web, probe_device):
         from ..wanfit.plan_options import plan_from_query
 
         try:
-            result = plan_from_query(dict(request.rel_url.query), probe_device)
+            core = probe_core() if probe_core is not None else None
+            result = plan_from_query(dict(request.rel_url.query), probe_device, core)
         except InvalidInputError as error:
             return web.json_response({"error": str(error), "field": error.field}, status=400)
         except PlanDoesNotFitError as error:
@@ -34,7 +37,7 @@ def register_with_comfyui():
         return False
     if getattr(PromptServer, "instance", None) is None:
         return False
-    from .plan import probe_for_plan
+    from .plan import probe_for_plan, running_core
 
-    register_routes(PromptServer.instance.routes, web, probe_for_plan)
+    register_routes(PromptServer.instance.routes, web, probe_for_plan, running_core)
     return True

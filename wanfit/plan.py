@@ -1,16 +1,22 @@
 """The offload planner: device + model variant + job size -> a Plan, before anything loads.
 
 A pure function of its inputs (same inputs, same plan); torch-free. It simulates
-what ComfyUI v0.3.64 will hold in VRAM and RAM in each phase (text encode,
-sampling, VAE decode) using wanfit.memory, picks the fastest configuration that
-fits, and otherwise refuses with what would fit. ARCHITECTURE: ComfyUI loads a
-diffusion model partially (lowvram_model_memory) and casts/streams the rest per
-layer from RAM, so VRAM bounds activations, RAM bounds weights.
+what the ComfyUI core it plans for (wanfit.core: 0.3.64 or 0.33.0) will hold in VRAM
+and RAM in each phase (text encode, sampling, VAE decode) using wanfit.memory, picks
+the fastest configuration that fits, and otherwise refuses with what would fit.
+ARCHITECTURE: on either memory manager VRAM bounds activations and RAM bounds weights.
+ComfyUI partial loading (0.3.64; 0.33 without dynamic VRAM) keeps a budget of the
+diffusion model on the GPU (lowvram_model_memory) and casts the rest per layer from RAM.
+Dynamic VRAM (comfy-aimdo, 0.33 on NVIDIA by default) maps the weights into a virtual
+address range and faults them in layer by layer: VRAM keeps what activations leave free
+(lowest addresses first, i.e. the first blocks), the rest streams from pinned RAM each step.
+Launch flags are only ever ones the core's cli_args.py defines and that change something there.
 """
 
 from dataclasses import asdict, dataclass, field, replace
 import logging
 
+from . import core as cores
 from . import memory
 from .device import DeviceInfo
 from .errors import InvalidInputError, WanFitError
@@ -142,6 +148,16 @@ RAM_USABLE_FRACTION = 0.9  # the OS, page cache and other processes keep the res
 TEXT_ENCODER_GPU_FRACTION = 0.75  # the text encoder goes to the GPU only when it uses under this share
 TEXT_ENCODER_CPU_WORKSPACE_BYTES = 1 * BYTES_PER_GIB  # fp32 casts of one layer + activations on the CPU
 RETENTIONS = ("keep_all", "drop_text_encoder", "drop_text_encoder_and_high_noise")
+CACHE_RAM_MARGIN_BYTES = 1 * BYTES_PER_GIB  # --cache-ram: free RAM kept above the next model's size
+
+MEMORY_MANAGERS = {
+    "dynamic_vram": "dynamic VRAM (comfy-aimdo)",
+    "partial_loading": "ComfyUI partial loading",
+    "cpu": "CPU (no VRAM manager)",
+}
+# Flags the plan never emits on a core that ships dynamic VRAM: --lowvram does nothing there, the
+# others switch dynamic VRAM off (comfy/cli_args.py enables_dynamic_vram()).
+NEVER_ON_DYNAMIC_VRAM_CORES = ("--lowvram", "--novram", "--highvram", "--gpu-only")
 SAGE_MIN_CAPABILITY = (8, 0)  # sageattention kernels: Ampere and newer
 
 
@@ -178,6 +194,10 @@ class Plan:
     reasons: tuple
     total_vram_bytes: int = 0
     system_ram_bytes: int = 0
+    core_version: str = ""  # the ComfyUI core planned for, e.g. "0.33.0"
+    core_source: str = ""  # where that came from (checkout, running process, version string, assumed)
+    memory_manager: str = ""  # key of MEMORY_MANAGERS
+    pinned_ram_bytes: int = 0  # dynamic VRAM: streamed weights ComfyUI pins in RAM (part of the RAM peak)
 
     @property
     def resident_fraction(self):
@@ -192,6 +212,7 @@ class Plan:
         data["launch_args"] = list(self.launch_args)
         data["reasons"] = list(self.reasons)
         data["resident_fraction"] = round(self.resident_fraction, 4)
+        data["memory_manager_label"] = MEMORY_MANAGERS.get(self.memory_manager, self.memory_manager)
         return data
 
     def summary(self):
@@ -199,13 +220,16 @@ class Plan:
         label = VARIANTS[self.model_variant].label
         lines = [f"WanFit plan: {label} {job.width}x{job.height}x{job.frames} (batch {job.batch}) "
                  f"on {self.device_name} [{self.tier}]"]
+        manager = MEMORY_MANAGERS.get(self.memory_manager, self.memory_manager)
+        lines.append(f"ComfyUI {self.core_version or '?'}: {manager}")
         if self.is_cpu:
             lines.append(f"CPU only: weights {self.weight_dtype}, predicted RAM "
                          f"{format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}")
         else:
+            streamed_from = "from pinned RAM" if self.memory_manager == "dynamic_vram" else "cast from RAM"
             lines.append(f"Weights {self.weight_dtype}: {format_gib(self.resident_model_bytes)} of "
-                         f"{format_gib(self.model_weight_bytes)} resident, {format_gib(self.streamed_model_bytes)} streamed; "
-                         f"text encoder {self.text_encoder_dtype} on {self.text_encoder_device}")
+                         f"{format_gib(self.model_weight_bytes)} resident, {format_gib(self.streamed_model_bytes)} "
+                         f"streamed {streamed_from}; text encoder {self.text_encoder_dtype} on {self.text_encoder_device}")
             lines.append(f"Predicted peak VRAM {format_gib(self.predicted_peak_vram_bytes)} of "
                          f"{format_gib(self.total_vram_bytes)} (reserve {format_gib(self.reserve_vram_bytes)}), "
                          f"RAM {format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}")
@@ -307,7 +331,7 @@ def _ram_phases(variant, job, on_cpu, weight_dtype, te_dtype, te_device, retenti
     }
 
 
-def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_override, forced_dtype=False):
+def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_override, core, forced_dtype=False):
     config = variant.transformer
     on_cpu = not device.is_gpu
     compute_bytes = 4 if on_cpu else 2
@@ -390,13 +414,13 @@ def _candidates(device, variant, overrides):
                 yield _Candidate(dtype, te_dtype, retention)
 
 
-def _try_plan(device, variant, job, overrides, ram_bytes):
+def _try_plan(device, variant, job, overrides, ram_bytes, core):
     """(chosen candidate or None, last candidate tried, reserve)."""
     reserve = _reserve_bytes(device, overrides) if device.is_gpu else 0
     last = None
     for candidate in _candidates(device, variant, overrides):
         last = candidate
-        if _evaluate(device, variant, job, reserve, ram_bytes, candidate, overrides.text_encoder_device,
+        if _evaluate(device, variant, job, reserve, ram_bytes, candidate, overrides.text_encoder_device, core,
                      forced_dtype=bool(overrides.weight_dtype)):
             if (candidate.text_encoder_dtype == "fp16" and candidate.text_encoder_device == "cpu"
                     and not overrides.text_encoder_device):
@@ -408,8 +432,17 @@ def _try_plan(device, variant, job, overrides, ram_bytes):
 # --- public entry point ------------------------------------------------------
 
 
-def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides = None, system_ram_bytes=None) -> Plan:
-    """Choose dtype, placement, offload budget and launch flags for `job` on `device`."""
+def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides = None, system_ram_bytes=None,
+         core: cores.Core = None) -> Plan:
+    """Choose dtype, placement, offload budget and launch flags for `job` on `device` under `core`.
+
+    `core` (wanfit.core.Core) is the ComfyUI the plan is for; None plans for the newest supported
+    core (0.33.0), which is what a fresh install runs. The node and the route pass the running
+    core, the CLI the one at --core / $COMFYUI_PATH.
+    """
+    core = core or cores.newest_core()
+    if not isinstance(core, cores.Core):
+        raise InvalidInputError("core", core, "a wanfit.core.Core (core_from_version / core_from_checkout / running_core)")
     variant = _variant(model_variant)
     validate_job(job, variant)
     overrides = overrides or Overrides()
@@ -421,20 +454,21 @@ def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides 
                                 "check nvidia-smi and CUDA_VISIBLE_DEVICES, set GPU_TIER, or run ComfyUI with --cpu")
     _validate_overrides(overrides, device)
 
-    chosen, last, reserve = _try_plan(device, variant, job, overrides, ram_bytes)
+    chosen, last, reserve = _try_plan(device, variant, job, overrides, ram_bytes, core)
     if chosen is None:
-        raise _refusal(device, variant, job, overrides, ram_bytes, last)
-    result = _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve)
-    log.info("plan %s %dx%dx%d on %s: %s, resident %s, peak VRAM %s, RAM %s", variant.key, job.width, job.height,
-             job.frames, device.name, result.weight_dtype, format_gib(result.resident_model_bytes),
-             format_gib(result.predicted_peak_vram_bytes), format_gib(result.predicted_peak_ram_bytes))
+        raise _refusal(device, variant, job, overrides, ram_bytes, last, core)
+    result = _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, core)
+    log.info("plan %s %dx%dx%d on %s, ComfyUI %s (%s): %s, resident %s, peak VRAM %s, RAM %s", variant.key, job.width,
+             job.height, job.frames, device.name, result.core_version, result.memory_manager, result.weight_dtype,
+             format_gib(result.resident_model_bytes), format_gib(result.predicted_peak_vram_bytes),
+             format_gib(result.predicted_peak_ram_bytes))
     return result
 
 
-def fits(device, model_variant, job, overrides=None, system_ram_bytes=None):
+def fits(device, model_variant, job, overrides=None, system_ram_bytes=None, core=None):
     """True when `plan` would return a plan (invalid inputs still raise)."""
     try:
-        plan(device, model_variant, job, overrides, system_ram_bytes)
+        plan(device, model_variant, job, overrides, system_ram_bytes, core)
     except PlanDoesNotFitError:
         return False
     return True
@@ -451,7 +485,101 @@ def _attention(device):
     return "sageattention", "attention: sageattention preferred (the patcher falls back to SDPA if a shape or kernel is unsupported)"
 
 
-def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve):
+def _is_nvidia(device):
+    name = device.name.lower()
+    return device.kind == "cuda" and not any(word in name for word in ("amd", "radeon", "instinct"))
+
+
+def _torch_older_than(device, version):
+    parsed = cores.parse_version(str(device.torch_version).split("+")[0]) if device.torch_version else None
+    return parsed is not None and parsed[:2] < version
+
+
+def memory_manager(core, device):
+    """Which memory manager places the weights: (key of MEMORY_MANAGERS, why)."""
+    if not device.is_gpu:
+        return "cpu", "no GPU: every model runs from RAM"
+    if not core.dynamic_vram:
+        return "partial_loading", (f"ComfyUI {core.version_text} has no dynamic VRAM: ComfyUI partial loading keeps a "
+                                   "budget of the diffusion model on the GPU and casts the rest from RAM per layer")
+    if core.dynamic_vram_active is not None:
+        if core.dynamic_vram_active:
+            return "dynamic_vram", "the running ComfyUI has dynamic VRAM (comfy-aimdo) on"
+        return "partial_loading", ("the running ComfyUI has dynamic VRAM off (a flag such as --disable-dynamic-vram, "
+                                   "torch older than 2.8, no working comfy-aimdo, or not an NVIDIA GPU): "
+                                   "ComfyUI partial loading places the weights")
+    if not _is_nvidia(device):
+        return "partial_loading", (f"ComfyUI {core.version_text} turns dynamic VRAM on by default only on NVIDIA: "
+                                   "ComfyUI partial loading places the weights")
+    if _torch_older_than(device, cores.DYNAMIC_VRAM_MIN_TORCH):
+        return "partial_loading", (f"torch {device.torch_version} is older than 2.8, so ComfyUI {core.version_text} "
+                                   "falls back from dynamic VRAM to partial loading")
+    return "dynamic_vram", (f"ComfyUI {core.version_text} on an NVIDIA GPU runs dynamic VRAM (comfy-aimdo) by default "
+                            "(torch 2.8 or newer)")
+
+
+def pinned_ram_cap_bytes(ram_bytes):
+    """ComfyUI 0.33's MAX_PINNED_MEMORY on Linux without swap (comfy/model_management.py)."""
+    return int(max(ram_bytes * 0.40, min(ram_bytes * 0.90, ram_bytes - 4 * BYTES_PER_GIB, ram_bytes - 16 * BYTES_PER_GIB)))
+
+
+def default_cache_ram_headroom_bytes(ram_bytes):
+    """ComfyUI 0.33's RAM-pressure cache threshold without --cache-ram (main.py prompt_worker)."""
+    return int(min(10.0, max(2.0, gib(ram_bytes) * 0.10)) * BYTES_PER_GIB)
+
+
+def _gb_text(num_bytes):
+    return f"{num_bytes / BYTES_PER_GIB:.2f}".rstrip("0").rstrip(".")
+
+
+def _launch(core, manager, device, ram_bytes, reserve, other, streamed, te_device, drop_te, next_model_bytes):
+    """(launch flags, reasons): only flags `core` defines and that change something on it."""
+    args, reasons = ["--reserve-vram", _gb_text(reserve)], []
+    if manager == "dynamic_vram":
+        reasons.append(f"--reserve-vram {_gb_text(reserve)}: ComfyUI's reserve and comfy-aimdo's VRAM headroom at once "
+                       "(main.py passes it to comfy_aimdo.control.init): dynamic VRAM keeps ComfyUI's own VRAM below "
+                       f"total - {format_gib(reserve)} at all times, idle included")
+        if other > 0:
+            reasons.append(f"the {format_gib(other)} for other processes is in that reserve, so their share stays free "
+                           "without --disable-smart-memory (which on dynamic VRAM would evict cached weights after "
+                           "every run only to stream them in again)")
+    else:
+        reasons.append(f"--reserve-vram {_gb_text(reserve)}: partial loading leaves this much VRAM free when it "
+                       "sizes the resident part")
+        if streamed and not core.async_offload_default_on:
+            args.append("--async-offload")
+            reasons.append("--async-offload: copies the next streamed weights while the current layer computes")
+        if streamed and te_device == "cpu" and not core.dynamic_vram:
+            args.append("--lowvram")
+            reasons.append("--lowvram: ComfyUI's own text encoder loaders put umt5-xxl on the CPU too")
+        if other > 0:
+            args.append("--disable-smart-memory")
+            reasons.append("--disable-smart-memory: hand VRAM back to the other process between runs")
+    if drop_te:
+        if core.has_flag("--cache-ram"):
+            headroom = -(-(next_model_bytes + CACHE_RAM_MARGIN_BYTES) // BYTES_PER_GIB) * BYTES_PER_GIB
+            if headroom > default_cache_ram_headroom_bytes(ram_bytes):
+                args.append("--cache-ram")
+                args.append(_gb_text(headroom))
+                reasons.append(f"--cache-ram {_gb_text(headroom)}: ComfyUI {core.version_text}'s RAM-pressure cache "
+                               f"frees cached models once free RAM falls below {format_gib(headroom)} (the next model "
+                               f"plus a margin; default {format_gib(default_cache_ram_headroom_bytes(ram_bytes))}), "
+                               "and keeps them cached while RAM allows, unlike --cache-none")
+            else:
+                reasons.append(f"ComfyUI {core.version_text}'s RAM-pressure cache (default threshold "
+                               f"{format_gib(default_cache_ram_headroom_bytes(ram_bytes))}) already frees models in time")
+        else:
+            args.append("--cache-none")
+            reasons.append("--cache-none: ComfyUI's node cache must not hold the models the plan drops")
+    unknown = [flag for flag in args if flag.startswith("--") and not core.has_flag(flag)]
+    forbidden = [flag for flag in args if core.dynamic_vram and flag in NEVER_ON_DYNAMIC_VRAM_CORES]
+    if unknown or forbidden:  # a planner bug, never a user error: fail loudly rather than emit a wrong line
+        raise WanFitError(f"plan for ComfyUI {core.version_text} would emit {unknown + forbidden}, which that core "
+                          "does not define or which fight its dynamic VRAM")
+    return tuple(args), reasons
+
+
+def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, core):
     n = chosen.numbers
     model = n["model_weight_bytes"]
     resident = n["resident"]
@@ -459,7 +587,9 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve):
     drop_te = chosen.retention != "keep_all"
     drop_high = chosen.retention == "drop_text_encoder_and_high_noise"
     attention, attention_reason = _attention(device)
-    reasons = []
+    manager, manager_reason = memory_manager(core, device)
+    pinned = min(streamed, pinned_ram_cap_bytes(ram_bytes)) if manager == "dynamic_vram" else 0
+    reasons = [f"core: {core.describe()}; memory manager {MEMORY_MANAGERS[manager]}: {manager_reason}"]
     if not device.is_gpu:
         reasons.append(f"CPU: no GPU is available to PyTorch on {device.name}, so ComfyUI runs every model on the CPU "
                        "(--cpu) in float32; expect minutes per step, even at small sizes")
@@ -473,40 +603,45 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve):
             reasons.append(f"weights {chosen.weight_dtype}: {why}")
         else:
             reasons.append(f"weights {chosen.weight_dtype}: " + ("forced" if overrides.weight_dtype else "full quality fits"))
-        if streamed:
+        if streamed and manager == "dynamic_vram":
+            reasons.append(f"dynamic VRAM: predicted {format_gib(resident)} of {format_gib(model)} stays in VRAM (the "
+                           f"first blocks: comfy-aimdo keeps the lowest addresses of the model's VBAR and evicts above a "
+                           f"watermark when activations need room), {format_gib(streamed)} streams from pinned RAM every "
+                           f"step (async offload is on by default); pinned RAM {format_gib(pinned)}, part of the RAM "
+                           f"peak, ComfyUI caps pins at {format_gib(pinned_ram_cap_bytes(ram_bytes))}")
+        elif streamed:
             reasons.append(f"partial loading: {format_gib(resident)} of {format_gib(model)} stays on the GPU, "
-                           f"{format_gib(streamed)} is cast from RAM layer by layer each step (--async-offload overlaps it)")
+                           f"{format_gib(streamed)} is cast from RAM layer by layer each step"
+                           + ("" if core.async_offload_default_on else " (--async-offload overlaps it)"))
+        elif manager == "dynamic_vram":
+            reasons.append(f"diffusion model fully resident ({format_gib(model)}): dynamic VRAM faults every weight in "
+                           "on the first step and keeps it")
         else:
             reasons.append(f"diffusion model fully resident ({format_gib(model)})")
         if job.cfg:
             reasons.append("CFG: cond and uncond run " + ("batched (fits)" if n["cfg_batched"] else
                                                           "one after the other (batched activations do not fit next to the weights)"))
+        te_how = ""
+        if chosen.text_encoder_device == "cpu" and manager == "dynamic_vram":
+            te_how = " (the WanFit text encoder loader places it; no launch flag needed)"
         reasons.append(f"text encoder umt5-xxl {chosen.text_encoder_dtype} on {chosen.text_encoder_device}: " + (
             "forced" if overrides.text_encoder_device else
             ("fits beside the card's other work" if chosen.text_encoder_device == "gpu"
-             else "it would take most of the card; the CPU encodes 512 tokens in seconds")))
+             else "it would take most of the card; the CPU encodes 512 tokens in seconds")) + te_how)
         reasons.append(f"VAE decode budget {format_gib(n['decode_budget'])}: " +
                        ("tiled decode within budget" if n["tiled"] else "whole frames fit, no tiling needed"))
         other = reserve - DEFAULT_RESERVE_VRAM_BYTES
         reasons.append(f"reserve {format_gib(reserve)} of VRAM" + (
             f" ({format_gib(other)} for other processes on this GPU)" if other > 0 else " (desktop, driver, fragmentation)"))
-        launch_args = ["--reserve-vram", f"{reserve / BYTES_PER_GIB:.2f}".rstrip("0").rstrip(".")]
-        if streamed:
-            launch_args.append("--async-offload")
-            if chosen.text_encoder_device == "cpu":
-                launch_args.append("--lowvram")
-        if other > 0:
-            launch_args.append("--disable-smart-memory")
-            reasons.append("--disable-smart-memory: hand VRAM back to the other process between runs")
-        if drop_te:
-            launch_args.append("--cache-none")
-        launch_args = tuple(launch_args)
+        launch_args, flag_reasons = _launch(core, manager, device, ram_bytes, reserve, other, streamed,
+                                            chosen.text_encoder_device, drop_te, model)
+        reasons += flag_reasons
         launch_env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if device.kind == "cuda" else {}
     reasons.append(attention_reason)
     if drop_te:
         reasons.append("RAM is short for keeping every model: free the text encoder after encoding" +
                        (" and the high-noise expert before the low-noise expert loads" if drop_high else "") +
-                       " (--cache-none stops ComfyUI's node cache holding them)")
+                       " (ComfyUI's node cache must let them go)")
     elif variant.experts > 1:
         reasons.append("RAM holds both experts and the text encoder: nothing is dropped between runs")
     return Plan(
@@ -538,48 +673,52 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve):
         reasons=tuple(reasons),
         total_vram_bytes=device.total_vram_bytes,
         system_ram_bytes=ram_bytes,
+        core_version=core.version_text,
+        core_source=core.source,
+        memory_manager=manager,
+        pinned_ram_bytes=int(pinned),
     )
 
 
 # --- refusals that say what would fit -----------------------------------------
 
 
-def _fits_quietly(device, variant, job, overrides, ram_bytes):
-    return _try_plan(device, variant, job, overrides, ram_bytes)[0] is not None
+def _fits_quietly(device, variant, job, overrides, ram_bytes, core):
+    return _try_plan(device, variant, job, overrides, ram_bytes, core)[0] is not None
 
 
-def _max_frames(device, variant, job, overrides, ram_bytes):
+def _max_frames(device, variant, job, overrides, ram_bytes, core):
     """Largest 4n+1 frame count below job.frames that fits (memory grows with frames)."""
     low, high = -1, (job.frames - 1) // 4 - 1
     while low < high:
         middle = (low + high + 1) // 2
-        if _fits_quietly(device, variant, replace(job, frames=4 * middle + 1), overrides, ram_bytes):
+        if _fits_quietly(device, variant, replace(job, frames=4 * middle + 1), overrides, ram_bytes, core):
             low = middle
         else:
             high = middle - 1
     return 4 * low + 1 if low >= 0 else None
 
 
-def _required_ram(device, variant, job, overrides):
+def _required_ram(device, variant, job, overrides, core):
     """Smallest whole-GB system RAM that makes the job fit, or None (VRAM-bound)."""
     ceiling_gb = 4096
-    if not _fits_quietly(device, variant, job, overrides, ceiling_gb * BYTES_PER_GIB):
+    if not _fits_quietly(device, variant, job, overrides, ceiling_gb * BYTES_PER_GIB, core):
         return None
     low, high = 1, ceiling_gb
     while low < high:
         middle = (low + high) // 2
-        if _fits_quietly(device, variant, job, overrides, middle * BYTES_PER_GIB):
+        if _fits_quietly(device, variant, job, overrides, middle * BYTES_PER_GIB, core):
             high = middle
         else:
             low = middle + 1
     return low * BYTES_PER_GIB
 
 
-def _refusal(device, variant, job, overrides, ram_bytes, last):
+def _refusal(device, variant, job, overrides, ram_bytes, last, core):
     where = (f"{device.name} ({format_gib(device.total_vram_bytes)} VRAM)" if device.is_gpu else f"the CPU ({device.name})")
     reason = "; ".join(last.failures) if last else "no configuration fits"
     suggestions = []
-    max_frames = _max_frames(device, variant, job, overrides, ram_bytes)
+    max_frames = _max_frames(device, variant, job, overrides, ram_bytes, core)
     if max_frames is not None:
         suggestions.append(f"fewer frames: at most {max_frames} frames at {job.width}x{job.height}")
     portrait = job.height > job.width
@@ -587,32 +726,32 @@ def _refusal(device, variant, job, overrides, ram_bytes, last):
         if portrait:
             width, height = height, width
         if width * height < job.width * job.height and _fits_quietly(
-                device, variant, replace(job, width=width, height=height), overrides, ram_bytes):
+                device, variant, replace(job, width=width, height=height), overrides, ram_bytes, core):
             suggestions.append(f"a smaller size: {width}x{height} with {job.frames} frames")
             break
     if overrides.weight_dtype and overrides.weight_dtype not in memory.FP8_DTYPES:
         fp8 = replace(overrides, weight_dtype="fp8_scaled")
-        if _fits_quietly(device, variant, job, fp8, ram_bytes):
+        if _fits_quietly(device, variant, job, fp8, ram_bytes, core):
             suggestions.append("fp8 weights (weight_dtype fp8_scaled)")
     if overrides.text_encoder_device == "gpu" and _fits_quietly(
-            device, variant, job, replace(overrides, text_encoder_device="cpu"), ram_bytes):
+            device, variant, job, replace(overrides, text_encoder_device="cpu"), ram_bytes, core):
         suggestions.append("the text encoder on the CPU")
     if overrides.reserve_vram_bytes and overrides.reserve_vram_bytes > DEFAULT_RESERVE_VRAM_BYTES and _fits_quietly(
-            device, variant, job, replace(overrides, reserve_vram_bytes=None), ram_bytes):
+            device, variant, job, replace(overrides, reserve_vram_bytes=None), ram_bytes, core):
         suggestions.append(f"a smaller reserve_vram_gb (now {gib(overrides.reserve_vram_bytes):.1f})")
-    required_ram = _required_ram(device, variant, job, overrides)
+    required_ram = _required_ram(device, variant, job, overrides, core)
     if required_ram is not None and required_ram > ram_bytes:
         suggestions.append(f"more system RAM: at least {gib(required_ram):.0f} GB (this machine has {gib(ram_bytes):.0f} GB)")
     if device.is_gpu:
         for name, (total_gib, _) in sorted(NAMED_GPUS.items(), key=lambda item: item[1][0]):
             if total_gib * BYTES_PER_GIB > device.total_vram_bytes and _fits_quietly(
-                    device_for_gpu(name, ram_bytes), variant, job, overrides, ram_bytes):
+                    device_for_gpu(name, ram_bytes), variant, job, overrides, ram_bytes, core):
                 suggestions.append(f"a bigger GPU: {total_gib:.0f} GB ({name}) with this RAM")
                 break
     if variant.experts > 1:
         five_b = Job(1280 if job.width >= job.height else 704, 704 if job.width >= job.height else 1280,
                      min(job.frames, 121), job.batch, job.cfg)
-        if _fits_quietly(device, VARIANTS["ti2v_5b"], five_b, replace(overrides, weight_dtype=None), ram_bytes):
+        if _fits_quietly(device, VARIANTS["ti2v_5b"], five_b, replace(overrides, weight_dtype=None), ram_bytes, core):
             suggestions.append(f"TI2V-5B ({five_b.width}x{five_b.height}x{five_b.frames}) instead of the A14B pair")
     message = (f"{variant.label} {job.width}x{job.height}x{job.frames} (batch {job.batch}) does not fit on {where} "
                f"with {gib(ram_bytes):.0f} GB system RAM: {reason}. ")

@@ -18,8 +18,12 @@ DEFAULT_JOB = {"ti2v_5b": (1280, 704, 121), "t2v_a14b": (1280, 720, 81), "i2v_a1
 
 
 def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=None, frames=None, batch=1, cfg=True,
-                      mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto"):
-    """Build the plan; `probe_device()` is called only when mode is auto (so tiers plan for any machine)."""
+                      mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto", core=None):
+    """Build the plan for `core` (a wanfit.core.Core; None: the newest supported core).
+
+    `probe_device()` is always called (a tier keeps this machine's RAM) but a tier mode plans
+    for that tier's card instead of this one.
+    """
     if model_variant not in MODEL_VARIANTS:
         raise InvalidInputError("model_variant", model_variant, "one of " + ", ".join(MODEL_VARIANTS))
     if mode not in MODE_CHOICES:
@@ -40,7 +44,7 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
     overrides = Overrides(reserve_vram_bytes=gib_to_bytes(reserve_vram_gb) if reserve_vram_gb else None,
                           weight_dtype=None if weight_dtype == "auto" else weight_dtype,
                           text_encoder_device=None if text_encoder_device == "auto" else text_encoder_device)
-    return plan(device, model_variant, job, overrides)
+    return plan(device, model_variant, job, overrides, core=core)
 
 
 def _parse(params, name, kind, default):
@@ -59,8 +63,8 @@ def _parse(params, name, kind, default):
         raise InvalidInputError(name, raw, expected) from None
 
 
-def plan_from_query(params, probe_device):
-    """Query parameters of GET /wanfit/plan (strings) -> Plan; same names as the node inputs."""
+def plan_from_query(params, probe_device, core=None):
+    """Query parameters of GET /wanfit/plan (strings) -> Plan for `core`; same names as the node inputs."""
     known = {"model_variant", "model", "width", "height", "frames", "batch", "cfg", "mode", "tier",
              "reserve_vram_gb", "weight_dtype", "text_encoder_device"}
     unknown = sorted(set(params) - known)
@@ -78,4 +82,5 @@ def plan_from_query(params, probe_device):
         reserve_vram_gb=_parse(params, "reserve_vram_gb", float, 0.0),
         weight_dtype=params.get("weight_dtype") or "auto",
         text_encoder_device=params.get("text_encoder_device") or "auto",
+        core=core,
     )

@@ -85,3 +85,30 @@ def test_http_route_refusal_lists_suggestions(client):
     assert status == 422
     assert body["max_frames"] is not None and body["max_frames"] < 81
     assert any("fewer frames" in suggestion for suggestion in body["suggestions"])
+
+
+def test_node_and_route_plan_for_the_running_core(client, comfyui):
+    from wanfit.core import core_from_checkout
+
+    core = core_from_checkout(comfyui)
+    entry = client.run(plan_graph(model_variant="t2v_a14b", width=832, height=480, frames=81,
+                                  mode="CONSUMER_8GB"), timeout_s=60)
+    plan = entry["outputs"]["1"]["wanfit_plan"][0]
+    status, routed = get_plan(client, model_variant="t2v_a14b", width=832, height=480, frames=81, mode="CONSUMER_8GB")
+    assert status == 200 and routed == plan
+    assert plan["core_version"] == core.version_text and plan["core_source"] == "running process"
+    # this server runs with --cpu, which keeps dynamic VRAM off even on a core that has it
+    assert plan["memory_manager"] == "partial_loading"
+    assert f"ComfyUI {core.version_text}: ComfyUI partial loading" in entry["outputs"]["1"]["text"][0]
+    unknown = [flag for flag in plan["launch_args"] if flag.startswith("--") and flag not in core.flags]
+    assert not unknown, f"the running ComfyUI {core.version_text} defines no {unknown}"
+    if core.dynamic_vram:
+        assert not {"--lowvram", "--novram", "--highvram", "--gpu-only"} & set(plan["launch_args"])
+
+
+def test_cpu_plan_on_the_running_core_names_it(client, comfyui):
+    from wanfit.core import core_from_checkout
+
+    status, plan = get_plan(client, width=64, height=64, frames=5)
+    assert status == 200
+    assert plan["memory_manager"] == "cpu" and plan["core_version"] == core_from_checkout(comfyui).version_text

@@ -6,12 +6,14 @@ from hypothesis import given, settings, strategies as st
 import pytest
 
 from wanfit import memory
+from wanfit.core import core_from_version
 from wanfit.device import DeviceInfo
 from wanfit.errors import InvalidInputError, WanFitError
 from wanfit.plan import (GPU_TIERS, Job, Overrides, Plan, PlanDoesNotFitError, cpu_device, device_for_gpu,
                          device_for_tier, plan, tier_for_vram)
 
 GIB = 2**30
+OLDEST, NEWEST = core_from_version("0.3.64"), core_from_version("0.33.0")
 CARDS = ["RTX 3070", "RTX 3060", "RTX 4080", "RTX 4090", "RTX 5090", "RTX A6000", "L40S", "H100 80GB", "H200"]
 RAM_GB = [16, 32, 64, 117, 968]
 JOBS = [
@@ -69,16 +71,33 @@ def test_choices_for_known_setups(card, ram_gb, variant, job, dtype, te_device):
     assert (result.weight_dtype, result.text_encoder_device) == (dtype, te_device), result.summary()
 
 
-def test_a14b_streams_an_fp8_expert_on_an_8gb_card():
-    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81))
+def test_a14b_streams_an_fp8_expert_on_an_8gb_card_with_partial_loading_on_0_3_64():
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81), core=OLDEST)
     assert result.streamed_model_bytes > 10 * GIB
-    assert "--async-offload" in result.launch_args
+    assert result.memory_manager == "partial_loading" and result.pinned_ram_bytes == 0
+    assert result.launch_args == ("--reserve-vram", "0.5", "--async-offload", "--lowvram"), result.launch_args
+
+
+def test_a14b_streams_an_fp8_expert_on_an_8gb_card_with_dynamic_vram_on_0_33():
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81), core=NEWEST)
+    assert result.streamed_model_bytes > 10 * GIB
+    assert result.memory_manager == "dynamic_vram"
+    # async offload is on by default there and --lowvram does nothing: only the reserve is left to say
+    assert result.launch_args == ("--reserve-vram", "0.5"), result.launch_args
+    assert 0 < result.pinned_ram_bytes <= result.streamed_model_bytes
+    assert "dynamic VRAM (comfy-aimdo)" in result.summary()
+    assert any("streams from pinned RAM" in reason for reason in result.reasons), result.reasons
 
 
 def test_low_ram_drops_the_high_noise_expert_before_the_low_noise_one():
-    result = plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81))
+    result = plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81), core=OLDEST)
     assert result.drop_high_noise_expert_before_low and result.drop_text_encoder_after_encode
     assert "--cache-none" in result.launch_args
+    newest = plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81), core=NEWEST)
+    assert newest.drop_high_noise_expert_before_low and "--cache-none" not in newest.launch_args
+    # 0.33's RAM-pressure cache frees the dropped expert once free RAM is below the next one plus a margin
+    headroom_gb = float(newest.launch_args[newest.launch_args.index("--cache-ram") + 1])
+    assert newest.model_weight_bytes / GIB + 1 <= headroom_gb < newest.model_weight_bytes / GIB + 2
     roomy = plan(device_for_gpu("RTX 4090", 117 * GIB), "t2v_a14b", Job(832, 480, 81))
     assert not roomy.drop_high_noise_expert_before_low
     # RAM counts both experts and the text encoder when nothing is dropped
@@ -129,12 +148,15 @@ def test_cpu_plan_says_cpu_and_why():
     assert "CPU" in result.summary() and any("no GPU" in reason for reason in result.reasons)
 
 
-def test_reserve_for_a_colocated_llm_server():
-    result = plan(device_for_gpu("RTX 4090", 64 * GIB), "ti2v_5b", Job(1280, 704, 121), Overrides(reserve_vram_bytes=10 * GIB))
+@pytest.mark.parametrize("core, hand_back", [(OLDEST, True), (NEWEST, False)], ids=["0.3.64", "0.33.0"])
+def test_reserve_for_a_colocated_llm_server(core, hand_back):
+    result = plan(device_for_gpu("RTX 4090", 64 * GIB), "ti2v_5b", Job(1280, 704, 121),
+                  Overrides(reserve_vram_bytes=10 * GIB), core=core)
     assert result.reserve_vram_bytes == 10 * GIB
     assert result.predicted_peak_vram_bytes <= result.total_vram_bytes - 10 * GIB
-    assert "--disable-smart-memory" in result.launch_args
     assert result.launch_args[result.launch_args.index("--reserve-vram") + 1] == "10"
+    # 0.3.64 hands VRAM back between runs; on 0.33 --reserve-vram is comfy-aimdo's headroom, held at all times
+    assert ("--disable-smart-memory" in result.launch_args) == hand_back, result.launch_args
 
 
 def test_vram_held_by_another_process_is_reserved():
@@ -149,9 +171,11 @@ def test_plan_as_dict_is_json_and_summary_is_short():
     for key in ("weight_dtype", "text_encoder_device", "resident_model_bytes", "streamed_model_bytes",
                 "drop_high_noise_expert_before_low", "vae_decode_budget_bytes", "attention_backend",
                 "reserve_vram_bytes", "predicted_peak_vram_bytes", "predicted_peak_ram_bytes", "launch_args",
-                "launch_env", "reasons", "tier"):
+                "launch_env", "reasons", "tier", "core_version", "memory_manager", "pinned_ram_bytes"):
         assert key in data
     assert data["tier"] == "PROSUMER_24GB"
+    assert data["core_version"] == "0.33.0" and data["memory_manager"] == "dynamic_vram"
+    assert data["memory_manager_label"] == "dynamic VRAM (comfy-aimdo)"
     assert 3 <= len(result.summary().splitlines()) <= 8
 
 
@@ -273,3 +297,92 @@ def test_same_inputs_same_plan(variant, card, ram_gb, n):
     assert first == second
     if first is not None:
         assert isinstance(first, Plan) and first.as_dict() == second.as_dict()
+
+
+# --- the core planned for -----------------------------------------------------------
+
+CORES = [OLDEST, NEWEST]
+TIER_JOBS = [("ti2v_5b", Job(1280, 704, 121)), ("t2v_a14b", Job(832, 480, 81)), ("i2v_a14b", Job(1280, 720, 81))]
+TIER_MATRIX = [(core, tier, ram, variant, job) for core in CORES for tier in GPU_TIERS for ram in (32, 64)
+               for variant, job in TIER_JOBS]
+
+
+def _flags(launch_args):
+    return [item for item in launch_args if item.startswith("--")]
+
+
+@pytest.mark.parametrize("core, tier, ram_gb, variant, job", TIER_MATRIX,
+                         ids=[f"{c.version_text}-{t}-{r}GB-{v}" for c, t, r, v, _ in TIER_MATRIX])
+def test_every_flag_exists_on_the_core_planned_for(core, tier, ram_gb, variant, job):
+    try:
+        result = plan(device_for_tier(tier, ram_gb * GIB), variant, job, core=core)
+    except PlanDoesNotFitError:
+        return
+    assert result.core_version == core.version_text
+    unknown = [flag for flag in _flags(result.launch_args) if flag not in core.flags]
+    assert not unknown, f"ComfyUI {core.version_text} defines no {unknown} (emitted {result.launch_args})"
+    if core.dynamic_vram:
+        assert result.memory_manager == "dynamic_vram"
+        fighting = set(_flags(result.launch_args)) & {"--lowvram", "--novram", "--highvram", "--gpu-only"}
+        assert not fighting, f"{fighting} is a no-op or switches dynamic VRAM off on {core.version_text}"
+        assert "--async-offload" not in result.launch_args  # default-on there: changes nothing
+    else:
+        assert result.memory_manager == "partial_loading"
+    assert len(_flags(result.launch_args)) == len(set(_flags(result.launch_args)))
+
+
+@pytest.mark.parametrize("core", CORES, ids=lambda c: c.version_text)
+def test_cpu_plan_is_the_same_flag_on_both_cores(core):
+    result = plan(cpu_device(64 * GIB), "ti2v_5b", Job(640, 352, 17), core=core)
+    assert result.launch_args == ("--cpu",) and result.memory_manager == "cpu"
+
+
+def test_no_core_means_the_newest_supported_one():
+    device = device_for_gpu("RTX 4090", 64 * GIB)
+    assumed, given = plan(device, "ti2v_5b", Job(1280, 704, 121)), plan(device, "ti2v_5b", Job(1280, 704, 121), core=NEWEST)
+    assert assumed.core_version == "0.33.0" and "assumed" in assumed.core_source
+    assert (assumed.launch_args, assumed.memory_manager) == (given.launch_args, given.memory_manager)
+
+
+def test_a_version_between_known_cores_plans_like_the_older_one():
+    between = core_from_version("0.20.0")
+    device = device_for_gpu("RTX 3070", 64 * GIB)
+    result = plan(device, "t2v_a14b", Job(832, 480, 81), core=between)
+    assert result.launch_args == plan(device, "t2v_a14b", Job(832, 480, 81), core=OLDEST).launch_args
+    assert result.core_version == "0.20.0" and "nearest older tested one" in result.reasons[0]
+
+
+def test_running_core_without_dynamic_vram_gets_partial_loading_but_still_no_lowvram():
+    from dataclasses import replace as replace_field
+
+    running = replace_field(NEWEST, source="running process", dynamic_vram_active=False)
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81), core=running)
+    assert result.memory_manager == "partial_loading"
+    assert "ComfyUI partial loading" in result.summary()
+    assert not set(result.launch_args) & {"--lowvram", "--novram", "--highvram", "--gpu-only", "--async-offload"}
+    active = replace_field(NEWEST, source="running process", dynamic_vram_active=True)
+    assert plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(832, 480, 81),
+                core=active).memory_manager == "dynamic_vram"
+
+
+def test_torch_older_than_2_8_falls_back_to_partial_loading_on_0_33():
+    old_torch = DeviceInfo(kind="cuda", name="NVIDIA RTX 4090", total_vram_bytes=24 * GIB, free_vram_bytes=24 * GIB,
+                           compute_capability=(8, 9), total_ram_bytes=64 * GIB, torch_version="2.7.1+cu126")
+    result = plan(old_torch, "t2v_a14b", Job(1280, 720, 81), core=NEWEST)
+    assert result.memory_manager == "partial_loading"
+    assert any("older than 2.8" in reason for reason in result.reasons)
+
+
+@pytest.mark.parametrize("core", CORES, ids=lambda c: c.version_text)
+def test_same_inputs_same_plan_on_each_core(core):
+    device = device_for_tier("CONSUMER_12GB", 32 * GIB)
+    first = plan(device, "i2v_a14b", Job(1280, 720, 81), core=core)
+    second = plan(device_for_tier("CONSUMER_12GB", 32 * GIB), "i2v_a14b", Job(1280, 720, 81),
+                  core=core_from_version(core.version_text))
+    assert first == second and first.as_dict() == second.as_dict()
+
+
+def test_a_core_that_is_not_a_core_object_is_refused():
+    with pytest.raises(InvalidInputError) as caught:
+        plan(device_for_gpu("RTX 4090"), "ti2v_5b", Job(1280, 704, 121), core="0.33.0")
+    assert caught.value.field == "core"

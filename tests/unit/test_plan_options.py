@@ -1,9 +1,11 @@
 """Options -> plan (shared by node, route and CLI) and what a plan changes in a running ComfyUI."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
+from wanfit.core import core_from_version
 from wanfit.errors import InvalidInputError
 from wanfit.plan import cpu_device, device_for_gpu
 from wanfit.plan_options import plan_from_options, plan_from_query
@@ -53,11 +55,12 @@ def test_bad_boolean_in_query():
 
 
 def test_runtime_raises_the_reserve_and_lists_missing_launch_flags():
+    oldest = core_from_version("0.3.64")
     plan = plan_from_options(lambda: device_for_gpu("RTX 3060", gib_to_bytes(64)), "t2v_a14b", 832, 480, 81,
-                             reserve_vram_gb=4)
+                             reserve_vram_gb=4, core=oldest)
     model_management = SimpleNamespace(EXTRA_RESERVED_VRAM=400 * 1024**2)
     args = SimpleNamespace(async_offload=False, lowvram=False, cache_none=False, disable_smart_memory=False, cpu=False)
-    lines = apply_runtime_settings(plan, model_management, args)
+    lines = apply_runtime_settings(plan, model_management, args, oldest)
     assert model_management.EXTRA_RESERVED_VRAM == plan.reserve_vram_bytes >= gib_to_bytes(4)
     assert lines[0].startswith("applied now: VRAM reserve 0.4 GB -> ")
     flags = [flag for flag in plan.launch_args if flag.startswith("--") and flag != "--reserve-vram"]
@@ -66,10 +69,49 @@ def test_runtime_raises_the_reserve_and_lists_missing_launch_flags():
 
 
 def test_runtime_never_lowers_a_reserve_given_at_launch():
-    plan = plan_from_options(rtx_4090, "ti2v_5b", 1280, 704, 121)
+    plan = plan_from_options(rtx_4090, "ti2v_5b", 1280, 704, 121, core=core_from_version("0.3.64"))
     model_management = SimpleNamespace(EXTRA_RESERVED_VRAM=gib_to_bytes(10))
     apply_runtime_settings(plan, model_management, SimpleNamespace())
     assert model_management.EXTRA_RESERVED_VRAM == gib_to_bytes(10)
+
+
+def running_0_33(dynamic_now=True):
+    return replace(core_from_version("0.33.0"), source="running process", dynamic_vram_active=dynamic_now)
+
+
+def test_runtime_on_dynamic_vram_asks_for_the_reserve_at_launch_and_values_with_their_flags():
+    core = running_0_33()
+    plan = plan_from_options(lambda: device_for_gpu("RTX 4090", gib_to_bytes(32)), "t2v_a14b", 832, 480, 81,
+                             reserve_vram_gb=4, core=core)
+    assert plan.memory_manager == "dynamic_vram" and "--cache-ram" in plan.launch_args
+    args = SimpleNamespace(reserve_vram=None, cache_ram=[])
+    lines = apply_runtime_settings(plan, SimpleNamespace(EXTRA_RESERVED_VRAM=0), args, core)
+    headroom = plan.launch_args[plan.launch_args.index("--cache-ram") + 1]
+    # comfy-aimdo takes its headroom from --reserve-vram only at start-up
+    assert lines[-1].startswith(f"needs a restart: start ComfyUI with --reserve-vram 4 --cache-ram {headroom}"), lines
+    started_right = SimpleNamespace(reserve_vram=4.0, cache_ram=[float(headroom)])
+    assert not any("restart" in line for line in apply_runtime_settings(plan, SimpleNamespace(), started_right, core))
+
+
+def test_runtime_restart_list_only_holds_flags_the_running_core_defines():
+    plan = plan_from_options(lambda: device_for_gpu("RTX 3070", gib_to_bytes(64)), "t2v_a14b", 832, 480, 81,
+                             core=core_from_version("0.3.64"))
+    assert "--lowvram" in plan.launch_args
+    core = replace(core_from_version("0.33.0"), flags=frozenset({"--reserve-vram", "--async-offload"}))
+    lines = apply_runtime_settings(plan, SimpleNamespace(), SimpleNamespace(), core)
+    restart = next(line for line in lines if line.startswith("needs a restart"))
+    assert "--lowvram" not in restart and "--async-offload" in restart
+    assert lines[-1] == "not for this ComfyUI (0.33.0): --lowvram"
+
+
+def test_options_plan_for_the_core_given():
+    oldest = plan_from_options(rtx_4090, "t2v_a14b", 1280, 720, 81, core=core_from_version("0.3.64"))
+    newest = plan_from_options(rtx_4090, "t2v_a14b", 1280, 720, 81)
+    assert (oldest.core_version, oldest.memory_manager) == ("0.3.64", "partial_loading")
+    assert (newest.core_version, newest.memory_manager) == ("0.33.0", "dynamic_vram")
+    from_query = plan_from_query({"model": "t2v_a14b", "width": "1280", "height": "720"}, rtx_4090,
+                                 core_from_version("0.3.64"))
+    assert from_query == oldest
 
 
 def test_widget_choices_match_the_modules_that_act_on_them():

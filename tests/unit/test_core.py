@@ -1,0 +1,156 @@
+"""Which ComfyUI core: from a checkout (read, never imported), a version string, the running process."""
+
+from pathlib import Path
+import sys
+from types import ModuleType, SimpleNamespace
+
+import pytest
+
+from wanfit import core as cores
+from wanfit.core import CoreNotSupportedError, core_from_argument, core_from_checkout, core_from_version
+from wanfit.errors import WanFitError
+
+CHECKOUTS = {"0.3.64": Path.home() / "ComfyUI-0.3.64", "0.33.0": Path.home() / "ComfyUI-0.33.0"}
+
+
+def fake_checkout(root, version, cli_args_source, patcher_source=""):
+    (root / "comfy").mkdir(parents=True)
+    (root / "comfyui_version.py").write_text(f'# generated\n__version__ = "{version}"\n')
+    (root / "comfy" / "cli_args.py").write_text(cli_args_source)
+    (root / "comfy" / "model_patcher.py").write_text(patcher_source)
+    return root
+
+
+DYNAMIC_CLI_ARGS = '''
+import argparse
+parser = argparse.ArgumentParser()
+group = parser.add_mutually_exclusive_group()
+group.add_argument("--lowvram", action="store_true")
+parser.add_argument("--reserve-vram", type=float, default=None)
+parser.add_argument("--port", type=int, default=8188)
+def enables_dynamic_vram():
+    return True
+'''
+
+
+@pytest.mark.parametrize("text, version, dynamic", [
+    ("0.3.64", (0, 3, 64), False),
+    ("v0.33.0", (0, 33, 0), True),
+    ("0.33", (0, 33, 0), True),
+])
+def test_known_versions_come_from_the_table(text, version, dynamic):
+    core = core_from_version(text)
+    assert core.version == version and core.dynamic_vram == dynamic and not core.note
+    assert "--reserve-vram" in core.flags and "--cpu" in core.flags
+
+
+def test_table_differences_between_the_cores():
+    oldest, newest = core_from_version("0.3.64"), core_from_version("0.33.0")
+    assert {"--vram-headroom", "--disable-pinned-memory", "--cache-ram", "--disable-dynamic-vram"} <= newest.flags - oldest.flags
+    assert {"--normalvram"} <= oldest.flags - newest.flags
+    assert newest.async_offload_default_on and not oldest.async_offload_default_on
+
+
+@pytest.mark.parametrize("text, planned_as", [("0.10.2", "0.3.64"), ("0.32.9", "0.3.64"), ("0.45.1", "0.33.0")])
+def test_a_version_between_or_after_uses_the_nearest_older_known_core_and_says_so(text, planned_as):
+    core = core_from_version(text)
+    assert core.version_text == text
+    assert core.flags == core_from_version(planned_as).flags
+    assert f"planned with the flags of {planned_as}" in core.note
+
+
+@pytest.mark.parametrize("text", ["0.3.63", "0.2.7", "v0.1"])
+def test_an_older_core_names_the_minimum(text):
+    with pytest.raises(CoreNotSupportedError, match=r"older than the oldest core WanFit supports, 0\.3\.64"):
+        core_from_version(text)
+
+
+def test_garbage_version_is_a_clear_error():
+    with pytest.raises(WanFitError, match="neither a ComfyUI version"):
+        core_from_version("latest")
+
+
+@pytest.mark.parametrize("version", list(CHECKOUTS))
+def test_the_table_matches_each_real_checkout(version):
+    path = CHECKOUTS[version]
+    if not (path / "comfy" / "cli_args.py").is_file():
+        pytest.skip(f"no ComfyUI {version} checkout at {path}")
+    from_disk, from_table = core_from_checkout(path), core_from_version(version)
+    assert from_disk.version == from_table.version
+    assert from_disk.dynamic_vram == from_table.dynamic_vram
+    assert from_disk.flags == from_table.flags, (
+        f"update wanfit/core.py's table: only on disk {sorted(from_disk.flags - from_table.flags)}, "
+        f"only in the table {sorted(from_table.flags - from_disk.flags)}")
+
+
+def test_checkout_is_read_statically(tmp_path):
+    root = fake_checkout(tmp_path / "ComfyUI", "0.40.0", DYNAMIC_CLI_ARGS,
+                         "class ModelPatcher:\n    pass\nclass ModelPatcherDynamic(ModelPatcher):\n    pass\n")
+    core = core_from_checkout(root)
+    assert core.version == (0, 40, 0) and core.dynamic_vram
+    assert core.flags == {"--lowvram", "--reserve-vram", "--port"}
+    assert str(root) in core.source and "ComfyUI 0.40.0" in core.describe()
+    assert "comfy" not in sys.modules or not getattr(sys.modules["comfy"], "__file__", "").startswith(str(root))
+
+
+def test_checkout_without_model_patcher_dynamic_has_no_dynamic_vram(tmp_path):
+    root = fake_checkout(tmp_path / "ComfyUI", "0.3.70", DYNAMIC_CLI_ARGS, "class ModelPatcher:\n    pass\n")
+    assert not core_from_checkout(root).dynamic_vram
+
+
+def test_checkout_older_than_the_minimum_names_it(tmp_path):
+    root = fake_checkout(tmp_path / "old", "0.3.40", DYNAMIC_CLI_ARGS)
+    with pytest.raises(CoreNotSupportedError, match=r"0\.3\.40 .*older than .* 0\.3\.64"):
+        core_from_checkout(root)
+
+
+@pytest.mark.parametrize("make", ["empty", "missing", "no_version"])
+def test_unknown_path_names_the_path(tmp_path, make):
+    root = tmp_path / "not-comfy"
+    if make == "empty":
+        root.mkdir()
+        expected = "is not a ComfyUI checkout"
+    elif make == "missing":
+        expected = "does not exist"
+    else:
+        fake_checkout(root, "unknown", DYNAMIC_CLI_ARGS)
+        expected = "no readable __version__"
+    with pytest.raises(CoreNotSupportedError) as caught:
+        core_from_argument(str(root))
+    assert str(root) in str(caught.value) and expected in str(caught.value)
+
+
+def test_argument_is_a_version_or_a_path(tmp_path):
+    assert core_from_argument("0.33.0").source == "version 0.33.0"
+    root = fake_checkout(tmp_path / "c", "0.3.64", DYNAMIC_CLI_ARGS)
+    assert core_from_argument(str(root)).source == f"checkout {root.resolve()}"
+
+
+def test_running_core_reads_the_live_parser_and_aimdo_state(monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reserve-vram", type=float)
+    parser.add_argument("--disable-dynamic-vram", action="store_true")
+    comfy = ModuleType("comfy")
+    cli_args = ModuleType("comfy.cli_args")
+    cli_args.parser, cli_args.enables_dynamic_vram = parser, lambda: True
+    comfy.cli_args = cli_args
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
+    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__="0.33.0"))
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=True))
+    core = cores.running_core()
+    assert core.version == (0, 33, 0) and core.dynamic_vram and core.dynamic_vram_active
+    assert core.flags == {"--reserve-vram", "--disable-dynamic-vram"}
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=False))
+    assert cores.running_core().dynamic_vram_active is False
+    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__="0.3.12"))
+    with pytest.raises(CoreNotSupportedError, match="0.3.64"):
+        cores.running_core()
+
+
+def test_flags_parser_reads_groups_and_ignores_other_calls():
+    source = ('p.add_argument("--a", "-x")\ng = p.add_mutually_exclusive_group()\ng.add_argument("--b")\n'
+              'other("--c")\np.add_argument(name)\n')
+    assert cores.flags_from_cli_args(source) == {"--a", "--b"}
