@@ -96,6 +96,38 @@ def _has_seed_control(spec):
     return bool(options.get("control_after_generate"))
 
 
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # V3 schema (0.33: SaveVideo's format, with its codec nested inside)
+
+
+def _assign_widget_values(sections, order, values, position, inputs, prefix=""):
+    """Hand the UI's positional widget values to input names, as the front end does.
+
+    A V3 dynamic combo is a widget whose chosen option brings its own widgets, named
+    '<combo>.<input>' in the API prompt (0.33's SaveVideo: format, then format.codec).
+    Returns the position after the last value used.
+    """
+    for section in ("required", "optional"):
+        specs = sections.get(section, {})
+        for input_name in order.get(section, list(specs)):
+            spec = specs[input_name]
+            options = spec[1] if len(spec) > 1 else {}
+            kind = spec[0]
+            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO)
+            if not is_widget or options.get("hidden") or position >= len(values):
+                continue
+            value = values[position]
+            inputs[prefix + input_name] = value
+            position += 1
+            if kind == DYNAMIC_COMBO:
+                chosen = next((option for option in options.get("options", []) if option["key"] == value), None)
+                if chosen is not None:
+                    position = _assign_widget_values(chosen.get("inputs", {}), {}, values, position, inputs,
+                                                     prefix + input_name + ".")
+            elif _has_seed_control(spec) and position < len(values) and values[position] in SEED_CONTROL_VALUES:
+                position += 1
+    return position
+
+
 def ui_to_api(ui_workflow, object_info):
     """Convert a UI-format workflow to API format, as the front end does when it queues it."""
     nodes = {node["id"]: node for node in ui_workflow["nodes"]}
@@ -109,14 +141,8 @@ def ui_to_api(ui_workflow, object_info):
                                 "Fix: install the custom node package that provides it, or update ComfyUI.")
         info = object_info[node["type"]]
         inputs = {}
-        values = list(node.get("widgets_values") or [])
-        position = 0
-        for input_name, spec in _widget_names(info):
-            if position < len(values):
-                inputs[input_name] = values[position]
-                position += 1
-                if _has_seed_control(spec) and position < len(values) and values[position] in SEED_CONTROL_VALUES:
-                    position += 1
+        _assign_widget_values(info["input"], info.get("input_order", {}), list(node.get("widgets_values") or []), 0,
+                              inputs)
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]

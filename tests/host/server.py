@@ -118,7 +118,9 @@ class ComfyServer:
     def custom_node_import_seconds(self, name=PACKAGE_LINK_NAME):
         """The import time ComfyUI printed for a custom node package ('   0.0 seconds: /path/name')."""
         for line in self.log_text().splitlines():
-            match = re.match(r"\s*([\d.]+) seconds( \(IMPORT FAILED\))?: (.+)$", line)
+            # 0.33 prefixes each line with a coloured level tag ("\x1b[32m[INFO]\x1b[0m ...")
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            match = re.search(r"(?:^|\s)([\d.]+) seconds( \(IMPORT FAILED\))?: (.+)$", line)
             if match and Path(match.group(3)).name == name:
                 if match.group(2):
                     raise AssertionError(f"ComfyUI reported IMPORT FAILED for {name}:\n{self.log_tail()}")

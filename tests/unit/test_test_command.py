@@ -1,4 +1,4 @@
-"""The test command fails fast, with directions, when no ComfyUI checkout is found."""
+"""The test command fails fast, with directions, when a supported ComfyUI core is missing."""
 
 import os
 from pathlib import Path
@@ -8,27 +8,51 @@ import time
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_test_command(env_overrides, tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "COMFYUI_PATH"}
+def run_test_command(env_overrides, tmp_path, *args):
+    env = {key: value for key, value in os.environ.items()
+           if key != "COMFYUI_PATH" and not key.startswith("WANFIT_CORE_")}
     env.update(HOME=str(tmp_path), **env_overrides)
     started = time.monotonic()
-    result = subprocess.run(["bash", str(REPO_ROOT / "tests/run.sh")], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(["bash", str(REPO_ROOT / "tests/run.sh"), *args], env=env, capture_output=True,
+                            text=True, timeout=60)
     return result, time.monotonic() - started
 
 
-def test_without_comfyui_the_test_command_fails_fast_and_says_how_to_get_it(tmp_path):
+def fake_core(path, version):
+    (path / "comfy").mkdir(parents=True)
+    (path / "main.py").write_text("")
+    (path / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+    return path
+
+
+def test_without_any_core_the_test_command_fails_fast_and_names_each_missing_core(tmp_path):
     result, seconds = run_test_command({}, tmp_path)
     assert result.returncode == 3, result.stderr
-    assert f"no ComfyUI checkout found at {tmp_path}/ComfyUI" in result.stderr
-    assert "COMFYUI_PATH" in result.stderr and "git clone" in result.stderr
+    assert f"no ComfyUI 0.3.64 checkout found at {tmp_path}/ComfyUI-0.3.64" in result.stderr
+    assert f"no ComfyUI 0.33.0 checkout found at {tmp_path}/ComfyUI-0.33.0" in result.stderr
+    assert "WANFIT_CORE_0_33_0" in result.stderr and "git clone" in result.stderr
     assert seconds < 5, f"took {seconds:.1f} s; it must fail before installing anything"
-    assert not (tmp_path / ".cache").exists(), "nothing may be installed when ComfyUI is missing"
+    assert not (tmp_path / ".cache").exists(), "nothing may be installed when a core is missing"
 
 
-def test_a_wrong_comfyui_path_is_named_in_the_error(tmp_path):
-    not_comfy = tmp_path / "not-comfy"
-    not_comfy.mkdir()
-    result, _ = run_test_command({"COMFYUI_PATH": str(not_comfy)}, tmp_path)
+def test_one_missing_core_is_named_and_the_present_one_is_not(tmp_path):
+    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
+    result, _ = run_test_command({}, tmp_path)
     assert result.returncode == 3
-    assert f"no ComfyUI checkout found at {not_comfy}" in result.stderr
+    assert "no ComfyUI 0.33.0 checkout found" in result.stderr
+    assert "no ComfyUI 0.3.64" not in result.stderr
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_a_checkout_of_another_version_is_refused_with_its_version(tmp_path):
+    wrong = fake_core(tmp_path / "elsewhere", "0.3.60")
+    result, _ = run_test_command({"WANFIT_CORE_0_3_64": str(wrong)}, tmp_path, "--core", "0.3.64")
+    assert result.returncode == 3
+    assert f"{wrong} holds ComfyUI 0.3.60, not 0.3.64" in result.stderr
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_an_unsupported_core_version_is_refused_with_the_supported_list(tmp_path):
+    result, _ = run_test_command({}, tmp_path, "--core", "0.2.0")
+    assert result.returncode == 2
+    assert "supported: 0.3.64 0.33.0" in result.stderr
