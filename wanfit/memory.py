@@ -262,37 +262,94 @@ def transformer_tokens(config, width, height, frames):
     return latent_frames(frames) * (height // side) * (width // side)
 
 
-# Peak live tensors inside one WanAttentionBlock, in units of one hidden state
-# [tokens, dim] at the compute dtype. Read off WanAttentionBlock.forward and
-# comfy/ldm/flux/math.apply_rope1 (inference, no autograd graph):
-# - self-attention while RoPE runs on k: residual x (1) + modulated input (1) +
-#   q (1) + normed k (1) + k upcast to fp32 (2) + fp32 rotated k (2) + its cast (1) = 9.
-#   SDPA (flash / memory-efficient) never materializes the tokens x tokens scores.
-SELF_ATTENTION_PEAK_HIDDEN_UNITS = 9
-# - FFN: x (1) + modulated input (1) + Linear(dim, ffn) output and its GELU
-#   output (2 x ffn_dim/dim units): 2 + 2*ffn_dim/dim (7.4 for A14B, 11.3 for 5B).
-FFN_FIXED_HIDDEN_UNITS = 2
-# RoPE table shared by all blocks: [tokens, head_dim/2, 2, 2] fp32.
-ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN = 8  # (head_dim/2) x 2 x 2 x 4 bytes = 8 x head_dim: 1 KiB for head_dim 128
+# Peak live tensors of one forward pass of ComfyUI's WanModel, in units of one hidden
+# state [tokens, dim] at the compute dtype per batch element, read off each core's
+# comfy/ldm/wan/model.py (inference: no autograd graph keeps anything). Checked against
+# the core's own forward at real sizes by bench/activation_peak.py (meta device, every
+# live storage counted; docs/benchmarks.md, "Activation memory per core (simulated)").
+# SDPA runs as the flash kernel: one output, never the tokens x tokens scores; RMSNorm as
+# the fused kernel: one output.
+#
+# Both cores, inside WanAttentionBlock.forward:
+# - the caller (WanModel.forward_orig: `x = block(x, ...)`) holds the block's input x for
+#   the whole block, so it counts once besides whatever x the block rebinds;
+# - the FFN keeps its up-projection output (ffn_dim wide) alive while GELU writes its own
+#   output: 2 x ffn_dim/dim units (2 x 2.7 for A14B, 2 x 4.67 for TI2V-5B).
+#
+# 0.3.64:
+# - self-attention, while RoPE runs on k (comfy/ldm/flux/math.apply_rope1, eager, fp32):
+#   caller's x (1) + modulated input (1) + rotated q (1) + normed k (1) + k upcast to
+#   fp32 (2) + fp32 rotated k (2) + its cast back (1) = 9.
+# - FFN (nn.Sequential: the up-projection output is dropped once GELU returns):
+#   caller's x (1) + x after cross-attention (1) + modulated input (1) + 2 x ffn/dim.
+# 0.33.0:
+# - block 0 makes `x.contiguous()` of the patch embedding's transposed view while the
+#   caller holds the view's storage: one more unit during block 0's self-attention.
+#   RoPE goes through comfy-kitchen (comfy.quant_ops.ck.apply_rope1). Its CUDA kernel
+#   writes one output, but comfy/quant_ops.py turns the kitchen's CUDA backend off for
+#   torch built below CUDA 13 (2.9.1+cu128 among them), leaving the eager backend with
+#   0.3.64's fp32 arithmetic: 9 + 1 = 10. With the kernel the self-attention stays near 7
+#   and the FFN is the peak; the planner counts the eager case, the larger.
+# - FFN (WanFeedForward -> comfy.ops.linear_input_act(down, up(x), "gelu_tanh")): the
+#   up-projection output is the function's argument, alive until the down-projection
+#   returns, so its output counts too: caller's x (1) + x after cross-attention (1) +
+#   modulated input (1) + down-projection output (1) + 2 x ffn/dim.
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """One core's peak inside a WAN block, in hidden-state units (see above)."""
+
+    core_version: tuple
+    self_attention_units: float  # while RoPE runs on k
+    ffn_fixed_units: float  # besides the two ffn_dim-wide intermediates
+
+
+ACTIVATION_PROFILES = (
+    ActivationProfile((0, 3, 64), self_attention_units=9, ffn_fixed_units=3),
+    ActivationProfile((0, 33, 0), self_attention_units=10, ffn_fixed_units=4),
+)
+NEWEST_ACTIVATION_PROFILE_CORE = ACTIVATION_PROFILES[-1].core_version
+FFN_INTERMEDIATES = 2  # up-projection output + GELU output
+# Tensors that live through the whole pass, besides the blocks' hidden states:
+# the RoPE table [1, tokens, 1, head_dim/2, 2, 2] fp32, one for the whole batch: 8 x head_dim
+# bytes per token (1 KiB for head_dim 128);
+ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN = 8
+# the text context after text_embedding, [batch, 512, dim] (ComfyUI pads umT5 to 512 tokens);
+TEXT_CONTEXT_TOKENS = 512
+# and the latent input copy pad_to_patch_size makes, [batch, in_dim, T, H, W] at the compute dtype.
 # ESTIMATE: caching-allocator rounding and fragmentation between blocks, with
-# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the plan sets it).
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the plan sets it). The live-tensor count
+# above is exact for the core's forward; this factor is what a GPU measurement may change.
 ACTIVATION_OVERHEAD_FACTOR = 1.2
 
 
-def activation_hidden_units(config):
-    return max(SELF_ATTENTION_PEAK_HIDDEN_UNITS, FFN_FIXED_HIDDEN_UNITS + 2 * config.ffn_dim / config.dim)
+def activation_profile(core_version=None):
+    """The profile of the newest known core not newer than core_version (None: the newest);
+    a core older than every profile gets the oldest."""
+    if core_version is None:
+        return ACTIVATION_PROFILES[-1]
+    known = [profile for profile in ACTIVATION_PROFILES if profile.core_version <= tuple(core_version)]
+    return known[-1] if known else ACTIVATION_PROFILES[0]
 
 
-def activation_bytes_per_token(config, compute_bytes=2):
-    hidden = config.dim * compute_bytes * activation_hidden_units(config)
-    rope = config.head_dim * ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN
-    return (hidden + rope) * ACTIVATION_OVERHEAD_FACTOR
+def activation_hidden_units(config, core_version=None):
+    """Peak hidden states live inside a block, per batch element: self-attention or FFN."""
+    profile = activation_profile(core_version)
+    ffn = profile.ffn_fixed_units + FFN_INTERMEDIATES * config.ffn_dim / config.dim
+    return max(profile.self_attention_units, ffn)
 
 
-def transformer_activation_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2):
-    """Peak activation memory of one forward pass; batch_elements is 2x batch when CFG is batched."""
+def transformer_activation_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2, core_version=None):
+    """Peak activation memory of one forward pass; batch_elements is 2x batch when CFG is
+    batched; core_version (e.g. (0, 3, 64)) picks the core's profile, None the newest."""
     tokens = transformer_tokens(config, width, height, frames)
-    return int(math.ceil(tokens * batch_elements * activation_bytes_per_token(config, compute_bytes)))
+    hidden_state_bytes = tokens * config.dim * compute_bytes
+    blocks = hidden_state_bytes * activation_hidden_units(config, core_version) * batch_elements
+    rope_table = tokens * config.head_dim * ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN
+    text_context = TEXT_CONTEXT_TOKENS * config.dim * compute_bytes * batch_elements
+    latent_input = tokens * config.in_dim * math.prod(config.patch_size) * compute_bytes * batch_elements
+    return int(math.ceil((blocks + rope_table + text_context + latent_input) * ACTIVATION_OVERHEAD_FACTOR))
 
 
 # Latent-sized tensors the sampler keeps (noise, x, denoised, cond/uncond outputs,

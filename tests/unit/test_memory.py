@@ -58,7 +58,9 @@ def test_tokens(config, width, height, frames, tokens):
 
 def test_activations_scale_with_tokens_and_batch():
     one = memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 832, 480, 81)
-    assert memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 832, 480, 81, batch_elements=2) == pytest.approx(2 * one, rel=1e-6)
+    # hidden states double with the batch; the RoPE table (under 2% here) is shared by it
+    two = memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 832, 480, 81, batch_elements=2)
+    assert 1.97 * one < two < 2 * one
     assert memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) > 2 * one
     # 720p A14B, one pass: a few GB, not tens (SDPA never materializes the score matrix)
     assert 5 * 2**30 < memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) < 12 * 2**30
