@@ -54,6 +54,11 @@ def release_model(patcher, model_management):
         if model is not None and model.model is base_model:
             loaded.model_unload()
             model_management.current_loaded_models.remove(loaded)
+    if getattr(patcher, "is_dynamic", lambda: False)():
+        # dynamic VRAM (0.33+, comfy-aimdo): weights are pinned in RAM and mapped through a per-device
+        # virtual buffer; both would outlive the parameters' storage otherwise
+        patcher.unpin_all_weights()
+        getattr(base_model, "dynamic_vbars", {}).clear()
     base_model.to("meta")  # parameters become shapes without storage: the RAM goes back
     path = source_path(patcher)
     if path:

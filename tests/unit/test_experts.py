@@ -44,3 +44,29 @@ def test_release_unloads_clones_frees_weights_and_moves_the_generation_on(tmp_pa
     assert base.weight.device.type == "meta"
     assert source_path(patcher) == str(tmp_path / "high.safetensors")
     assert released_generation(str(tmp_path / "high.safetensors")) == before + 1
+
+
+class DynamicPatcher(Patcher):
+    """0.33's ModelPatcherDynamic: weights pinned in RAM, mapped through per-device virtual buffers."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.unpinned = False
+
+    def is_dynamic(self):
+        return True
+
+    def unpin_all_weights(self):
+        self.unpinned = True
+
+
+def test_release_of_a_dynamic_vram_model_unpins_its_ram_and_drops_its_virtual_buffers():
+    base = torch.nn.Linear(8, 8)
+    base.dynamic_vbars = {"cuda:0": object()}
+    patcher = DynamicPatcher(base)
+    management = SimpleNamespace(current_loaded_models=[], soft_empty_cache=lambda: None)
+
+    release_model(patcher, management)
+
+    assert patcher.unpinned and base.dynamic_vbars == {}
+    assert base.weight.device.type == "meta"
