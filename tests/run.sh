@@ -146,19 +146,44 @@ fixtures_root="${WANFIT_FIXTURES_DIR:-$HOME/.cache/wanfit/fixtures}"
 declare -A outcome
 status=0
 
-# pytest exits 5 when it collects nothing; that is a failure here too (a tier that ran no test).
-unit_python="${core_python[${selected_cores[0]}]}"
-echo "=== unit tier (torch only; $("$unit_python" -c 'import torch; print("torch", torch.__version__)')) ==="
-if "$unit_python" -m pytest tests/unit "${pytest_args[@]}"; then outcome[unit]="passed"; else outcome[unit]="FAILED"; status=1; fi
+# Test paths given on the command line go to their own tier (tests/unit/... or tests/host/...);
+# options (-k, -x, ...) go to both. Without paths each tier runs whole.
+options=() unit_paths=() host_paths=()
+for argument in "${pytest_args[@]}"; do
+  case "$argument" in
+    tests/unit*) unit_paths+=("$argument") ;;
+    tests/host*) host_paths+=("$argument") ;;
+    *) options+=("$argument") ;;
+  esac
+done
+if ((${#unit_paths[@]} + ${#host_paths[@]} == 0)); then unit_paths=(tests/unit); host_paths=(tests/host); fi
+
+run_tier() {  # name python args... ; pytest's exit 5 (nothing collected) fails unless a filter was given
+  local name="$1" python="$2"; shift 2
+  local rc=0
+  "$python" -m pytest "$@" || rc=$?
+  if ((rc == 0)); then
+    outcome[$name]="passed"
+  elif ((rc == 5 && ${#pytest_args[@]} > 0)); then
+    outcome[$name]="no test selected"
+  else
+    outcome[$name]="FAILED (pytest exit $rc)"; status=1
+  fi
+}
+
+outcome[unit]="not run (no unit path given)"
+if ((${#unit_paths[@]})); then
+  unit_python="${core_python[${selected_cores[0]}]}"
+  echo "=== unit tier (torch only; $("$unit_python" -c 'import torch; print("torch", torch.__version__)')) ==="
+  run_tier unit "$unit_python" "${unit_paths[@]}" "${options[@]}"
+fi
 
 for version in "${selected_cores[@]}"; do
+  outcome[$version]="not run (no host path given)"
+  ((${#host_paths[@]})) || continue
   echo "=== host tier on ComfyUI $version ($(core_path "$version")) ==="
-  if COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" \
-      "${core_python[$version]}" -m pytest tests/host "${pytest_args[@]}"; then
-    outcome[$version]="passed"
-  else
-    outcome[$version]="FAILED"; status=1
-  fi
+  COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" \
+    run_tier "$version" "${core_python[$version]}" "${host_paths[@]}" "${options[@]}"
 done
 
 echo "=== summary ==="
