@@ -337,8 +337,9 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
     compute_bytes = 4 if on_cpu else 2
     cfg_factor = 2 if job.cfg else 1
     act_batched = memory.transformer_activation_bytes(config, job.width, job.height, job.frames,
-                                                      job.batch * cfg_factor, compute_bytes)
-    act_single = memory.transformer_activation_bytes(config, job.width, job.height, job.frames, job.batch, compute_bytes)
+                                                      job.batch * cfg_factor, compute_bytes, core_version=core.version)
+    act_single = memory.transformer_activation_bytes(config, job.width, job.height, job.frames, job.batch, compute_bytes,
+                                                     core_version=core.version)
     state = memory.sampler_state_bytes(config, job.width, job.height, job.frames, job.batch)
     n = candidate.numbers
     n["model_weight_bytes"] = memory.transformer_weight_bytes(
