@@ -454,18 +454,13 @@ def conditioning():
 
 def wanfit_plan(child, variant, job):
     """wanfit.plan.plan for the card as this process sees it (capped), as the plan node would probe it."""
+    from wanfit.core import running_core
     from wanfit.device import probe_comfyui_device
     from wanfit.plan import Job, plan
 
     width, height, frames, _ = job
-    extra = {}
-    try:  # planners that know the core take the running one (its memory manager, dynamic VRAM on or off)
-        from wanfit.core import running_core
-
-        extra["core"] = running_core()
-    except ImportError:
-        pass
-    return plan(probe_comfyui_device(), variant, Job(width, height, frames, cfg=True), **extra)
+    # the running core: its memory manager, dynamic VRAM on or off
+    return plan(probe_comfyui_device(), variant, Job(width, height, frames, cfg=True), core=running_core())
 
 
 # --- case bodies -------------------------------------------------------------------------
@@ -681,10 +676,7 @@ def run_decode(child, case, result):
     import comfy.sd
     import comfy.utils
 
-    try:
-        from wanfit.decode import decode_comfy_vae
-    except ImportError:
-        from wanfit.vae_decode import decode_comfy_vae
+    from wanfit.decode import decode_comfy_vae
 
     width, height, frames = DECODE_JOBS[child.mode]
     budget = DECODE_BUDGET_BYTES[child.mode]
