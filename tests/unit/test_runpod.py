@@ -4,6 +4,7 @@
 import base64
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 import threading
 
 import pytest
@@ -25,6 +26,13 @@ class FakeRunPod:
     def __init__(self):
         self.jobs = {}
         self.requests = []
+        # misbehaviour on demand: a raw /run or /status answer, a final "output" to return, a redirect of
+        # /status, and extra routes (path -> handler(request_handler)) for hostile s3_url hosts
+        self.raw_run = None
+        self.raw_status = None
+        self.final_output = None
+        self.redirect_status_to = None
+        self.routes = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +61,8 @@ class FakeRunPod:
                 parts = self.path.strip("/").split("/")  # v2/<endpoint>/run | v2/<endpoint>/cancel/<id>
                 if parts[1] != ENDPOINT:
                     return self._reply(404, {"error": "endpoint not found"})
+                if parts[2] == "run" and fake.raw_run is not None:
+                    return self._reply(200, fake.raw_run)
                 if parts[2] == "run":
                     job_id = f"job-{len(fake.jobs) + 1}"
                     fake.jobs[job_id] = {"body": body, "polls": 0, "cancelled": False}
@@ -66,8 +76,18 @@ class FakeRunPod:
                 fake.requests.append(("GET", self.path, None))
                 if self.path == "/s3/video.mp4":  # a presigned URL: no RunPod key
                     return self._reply(200, FAKE_MP4, "video/mp4")
+                if self.path in fake.routes:
+                    return fake.routes[self.path](self)
                 if not self._authorized():
                     return
+                if fake.redirect_status_to:
+                    self.send_response(302)
+                    self.send_header("Location", fake.redirect_status_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if fake.raw_status is not None:
+                    return self._reply(200, fake.raw_status)
                 parts = self.path.strip("/").split("/")  # v2/<endpoint>/status/<id>
                 job = fake.jobs[parts[3]]
                 job["polls"] += 1
@@ -85,6 +105,8 @@ class FakeRunPod:
     def final_status(self, job_id, body):
         prompt = json.dumps(body["input"]["workflow"])
         done = {"id": job_id, "status": "COMPLETED", "delayTime": 10, "executionTime": 4567}
+        if self.final_output is not None:
+            return {**done, "output": self.final_output}
         if "fail" in prompt:  # worker-comfyui's handler returned {"error": ..., "details": [...]}
             return {"id": job_id, "status": "FAILED", "error": "Job processing failed",
                     "output": {"details": [WORKER_FAILURE]}}
@@ -272,3 +294,186 @@ def image(tmp_path):
     path = tmp_path / "start.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"pixels" * 10)
     return path
+
+
+# --- hostile RunPod answers: the key stays home, files stay in --out, no traceback ---------------------
+
+class Recorder:
+    """A server on another origin (127.0.0.2 is loopback on Linux) that records what it is sent."""
+
+    def __init__(self, host="127.0.0.2"):
+        self.headers = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                recorder.headers.append(dict(self.headers))
+                payload = json.dumps({"id": "job-1", "status": "COMPLETED", "output": {}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def other_origin():
+    recorder = Recorder()
+    yield recorder
+    recorder.close()
+
+
+def test_api_key_never_follows_a_redirect_to_another_origin(workflows, fake_runpod, other_origin, tmp_path, capsys):
+    fake_runpod.redirect_status_to = other_origin.url + f"/v2/{ENDPOINT}/status/job-1"
+    code, out, err = run_runpod(capsys, tmp_path / "out")
+    assert all(API_KEY not in json.dumps(headers) for headers in other_origin.headers), other_origin.headers
+    assert other_origin.headers == [], "the redirect is refused, not followed without the key"
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"redirected (HTTP 302) to {other_origin.url}/v2/" in err and "carries the API key" in err
+    assert "Fix: check RUNPOD_API_BASE" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_redirect_on_the_same_origin_is_followed(workflows, fake_runpod, tmp_path, capsys):
+    fake_runpod.routes["/moved"] = lambda handler: handler._reply(
+        200, fake_runpod.final_status("job-1", fake_runpod.jobs["job-1"]["body"]))
+    fake_runpod.redirect_status_to = fake_runpod.base.replace("/v2", "/moved")
+    code, _, err = run_runpod(capsys, tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "wanfit_00001_.mp4").read_bytes() == FAKE_MP4
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("file:///etc/passwd", "only https:// URLs are fetched, not file://"),
+    ("ftp://127.0.0.1/video.mp4", "only https:// URLs are fetched, not ftp://"),
+    ("http://example.invalid/video.mp4", "plain http is only allowed to this machine"),
+    ("/etc/passwd", "only https:// URLs are fetched, not a URL without a scheme"),
+])
+def test_s3_url_outside_https_is_refused(workflows, fake_runpod, tmp_path, capsys, url, reason):
+    fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url", "data": url}]}
+    code, out, err = run_runpod(capsys, tmp_path / "out")
+    assert code == 1 and out == ""
+    assert f"which WanFit does not fetch: {reason}" in err and "Nothing was saved" in err, err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "../escape.mp4", "/etc/cron.d/x.mp4", "..\\..\\x.mp4",
+                                  "a\x00b.mp4", "dir/"])
+def test_output_names_always_land_inside_out(workflows, fake_runpod, tmp_path, capsys, monkeypatch, name):
+    fake_runpod.final_output = {"images": [{"filename": name, "type": "base64",
+                                            "data": base64.b64encode(FAKE_MP4).decode()}]}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for out_dir in ("out", "."):  # "." is the default --out
+        code, out, err = run_runpod(capsys, out_dir)
+        assert code == 0, err
+        [saved] = [Path(line) for line in out.splitlines()]
+        assert saved.resolve().parent == (tmp_path / out_dir).resolve(), saved
+        assert saved.read_bytes() == FAKE_MP4 and "\x00" not in saved.name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [saved.name]
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name + "_")] == []
+
+
+MALFORMED = [
+    ("data null", {"output": {"images": [{"filename": "a.mp4", "type": "base64", "data": None}]}},
+     "output.images[0].data is null, expected a base64 string"),
+    ("data numeric", {"output": {"images": [{"filename": "a.mp4", "type": "base64", "data": 12}]}},
+     "output.images[0].data is 12, expected a base64 string"),
+    ("image entry a list", {"output": {"images": [["a.mp4", "base64", "QQ=="]]}},
+     "output.images[0] is list, expected an object"),
+    ("filename numeric", {"output": {"images": [{"filename": 7, "type": "base64", "data": "QQ=="}]}},
+     "output.images[0].filename is int, expected a file name"),
+    ("unknown type", {"output": {"images": [{"filename": "a.mp4", "type": "ftp", "data": "QQ=="}]}},
+     'output.images[0].type is "ftp", expected "base64" or "s3_url"'),
+    ("status a list", [1, 2], "with JSON that is list, not an object"),
+    ("status not json", b"<html>502 Bad Gateway</html>", "with something that is not JSON"),
+    ("errors a number", {"output": {"images": [{"filename": "a.mp4", "type": "base64", "data": "QQ=="}],
+                                    "errors": 5}}, None),
+]
+
+
+@pytest.mark.parametrize("case, answer, expected", MALFORMED, ids=[row[0] for row in MALFORMED])
+def test_malformed_answers_give_one_clear_line(workflows, fake_runpod, tmp_path, capsys, case, answer, expected):
+    if isinstance(answer, dict):
+        fake_runpod.final_output = answer["output"]
+    else:
+        fake_runpod.raw_status = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+    code, out, err = run_runpod(capsys, tmp_path / "out")
+    if expected is None:
+        assert code == 0 and "RunPod worker warning: 5" in err
+        return
+    assert code == 1 and out == "", err
+    assert expected in err, err
+    assert "Traceback" not in err and err.count("wanfit run: ") == 1
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_run_answer_that_is_a_list(workflows, fake_runpod, tmp_path, capsys):
+    fake_runpod.raw_run = json.dumps([{"id": "job-1"}]).encode()
+    code, _, err = run_runpod(capsys, tmp_path)
+    assert code == 1 and "/run with JSON that is list, not an object" in err
+
+
+def endless(handler, announced=None):
+    handler.send_response(200)
+    if announced is not None:
+        handler.send_header("Content-Length", str(announced))
+    handler.end_headers()
+    sent = 0
+    try:
+        while sent < 64 * 1024**2:  # the test fails long before this if nothing stops the client
+            handler.wfile.write(b"\0" * 65536)
+            sent += 65536
+    except OSError:
+        pass
+    handler.server.sent_bytes = sent
+
+
+def test_s3_output_is_capped_and_leaves_nothing(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runpod, "MAX_OUTPUT_BYTES", 1024**2)
+    fake_runpod.routes["/s3/endless"] = endless
+    fake_runpod.routes["/s3/huge"] = lambda handler: endless(handler, announced=10**12)
+    for route, phrase in (("/s3/endless", "it sent more than the 1048576-byte limit"),
+                          ("/s3/huge", "it announced 1000000000000 bytes, more than the 1048576-byte limit")):
+        fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url",
+                                                "data": fake_runpod.base.replace("/v2", route)}]}
+        code, out, err = run_runpod(capsys, tmp_path / "out")
+        assert code == 1 and out == ""
+        assert f"cannot download the job's output from {fake_runpod.base.replace('/v2', route)}: {phrase}" in err
+        assert list((tmp_path / "out").iterdir()) == []
+    assert fake_runpod.server.sent_bytes < 24 * 1024**2, "the client stopped reading near the cap"
+
+
+def test_s3_output_that_stalls_ends_with_the_timeout(workflows, fake_runpod, tmp_path, capsys):
+    import time
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000000")
+        handler.end_headers()
+        try:
+            for _ in range(100):
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    fake_runpod.routes["/s3/slow"] = trickle
+    fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url",
+                                            "data": fake_runpod.base.replace("/v2", "/s3/slow")}]}
+    started = time.monotonic()
+    code, _, err = run_runpod(capsys, tmp_path / "out", "a fox", "--timeout", "1.5")
+    assert code == 1 and time.monotonic() - started < 5
+    assert "the time limit ran out" in err and "pass a larger --timeout" in err
+    assert list((tmp_path / "out").iterdir()) == []
