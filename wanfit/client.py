@@ -3,6 +3,7 @@
 Standard library only, so the CLI and the tests use it in any interpreter.
 """
 
+import http.client
 import json
 import mimetypes
 import os
@@ -14,6 +15,12 @@ import uuid
 from pathlib import Path
 
 from .errors import WanFitError
+from .transfer import TransferDeadline, TransferLimit, read_body, safe_file_name, stream_to_file
+
+MAX_JSON_BYTES = 256 * 1024**2  # /object_info of a big install is tens of MB; /history entries far less
+MAX_DOWNLOAD_BYTES = 16 * 1024**3  # one /view file (a long 1080p video is hundreds of MB)
+REQUEST_TOTAL_S = 600  # one JSON answer, however slowly it trickles in
+ERROR_BODY_BYTES = 64 * 1024
 
 
 class ComfyServerError(WanFitError):
@@ -30,13 +37,17 @@ class PromptRejectedError(WanFitError):
     def __init__(self, response):
         self.response = response
         error = response.get("error", {}) if isinstance(response, dict) else {}
-        lines = [f"ComfyUI rejected the workflow: {error.get('message', response)}"]
+        error = error if isinstance(error, dict) else {"message": error}
+        lines = [f"ComfyUI rejected the workflow: {_short(error.get('message', response))}"]
         if error.get("details"):
-            lines.append(f"  {error['details']}")
-        for node_id, node_error in (response.get("node_errors") or {}).items():
-            for item in node_error.get("errors", []):
-                lines.append(f"  node {node_id} ({node_error.get('class_type')}): {item.get('message')}: "
-                             f"{item.get('details')}")
+            lines.append(f"  {_short(error['details'])}")
+        node_errors = response.get("node_errors") if isinstance(response, dict) else None
+        for node_id, node_error in (node_errors if isinstance(node_errors, dict) else {}).items():
+            items = node_error.get("errors") if isinstance(node_error, dict) else None
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict):
+                    lines.append(f"  node {_short(node_id, 40)} ({_short(node_error.get('class_type'), 80)}): "
+                                 f"{_short(item.get('message'))}: {_short(item.get('details'))}")
         super().__init__("\n".join(lines))
 
 
@@ -47,39 +58,90 @@ class PromptFailedError(WanFitError):
         self.prompt_id = prompt_id
         self.history_entry = history_entry
         self.execution_error = {}
-        for kind, data in history_entry.get("status", {}).get("messages", []):
-            if kind == "execution_error":
-                self.execution_error = data
-        message = (f"prompt {prompt_id} failed in node {self.execution_error.get('node_id')} "
-                   f"({self.execution_error.get('node_type')}): {self.execution_error.get('exception_type')}: "
-                   f"{self.execution_error.get('exception_message', '').strip()}")
+        status = history_entry.get("status") if isinstance(history_entry.get("status"), dict) else {}
+        messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+        for message in messages:
+            if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error" and \
+                    isinstance(message[1], dict):
+                self.execution_error = message[1]
+        error = self.execution_error
+        message = (f"prompt {prompt_id} failed in node {_short(error.get('node_id'), 40)} "
+                   f"({_short(error.get('node_type'), 80)}): {_short(error.get('exception_type'), 200)}: "
+                   f"{_short(str(error.get('exception_message') or '').strip(), 4000)}")
         super().__init__(message)
 
 
 class ComfyClient:
-    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60):
+    """`deadline` (a time.monotonic() value, or None) bounds every request and download, `request_timeout_s`
+    each wait for data; answers are read within MAX_JSON_BYTES, /view files within MAX_DOWNLOAD_BYTES."""
+
+    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60, deadline=None):
         self.server = server.rstrip("/")
         self.request_timeout_s = request_timeout_s
+        self.deadline = deadline
+        self.max_json_bytes = MAX_JSON_BYTES
+        self.max_download_bytes = MAX_DOWNLOAD_BYTES
         self.client_id = uuid.uuid4().hex
+
+    def _deadline(self):
+        own = time.monotonic() + REQUEST_TOTAL_S
+        return own if self.deadline is None else min(own, self.deadline)
+
+    def _wait_s(self):
+        """How long one connect or read may wait: the request timeout, or less when the deadline is near."""
+        if self.deadline is None:
+            return self.request_timeout_s
+        return max(0.01, min(self.request_timeout_s, self.deadline - time.monotonic()))
+
+    def _open(self, method, path, data=None, headers=None):
+        """The open response; ComfyUnreachableError when nothing answers, ComfyServerError when the server
+        accepted the connection but did not answer in time. HTTP errors come back as HTTPError."""
+        request = urllib.request.Request(self.server + path, data=data, method=method, headers=headers or {})
+        wait_s = self._wait_s()
+        try:
+            return urllib.request.urlopen(request, timeout=wait_s)
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            if isinstance(reason, TimeoutError):
+                raise ComfyServerError(f"ComfyUI at {self.server} did not answer {method} {_short(path, 200)} "
+                                       f"within {wait_s:.3g} s. Fix: check that the server is not stuck, or pass "
+                                       f"a larger --timeout.") from None
+            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}{_short(path, 200)}: {error}. "
+                                        "Fix: start ComfyUI or pass the right --server URL.") from error
 
     def _request(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.server + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
         try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
-                return response.status, response.read()
+            with self._open(method, path, data, {"Content-Type": "application/json"} if data else {}) as response:
+                return response.status, read_body(response, self._wait_s(), self._deadline(), self.max_json_bytes)
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}{path}: {error}. "
-                                        "Fix: start ComfyUI or pass the right --server URL.") from error
+            return error.code, error.read(ERROR_BODY_BYTES)
+        except TransferLimit as limit:
+            raise ComfyServerError(f"ComfyUI's answer to {method} {_short(path, 200)} was cut off: "
+                                   f"{_limit_text(limit)}. Fix: check that --server {self.server} is a ComfyUI, "
+                                   f"or pass a larger --timeout.") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise ComfyServerError(f"ComfyUI's answer to {method} {_short(path, 200)} broke off ({error}). Fix: "
+                                   f"check the server's log and run the command again.") from None
 
     def get_json(self, path):
+        """The parsed answer of GET path, which must be a JSON object."""
         status, payload = self._request("GET", path)
         if status != 200:
             raise ComfyServerError(f"GET {path} answered HTTP {status}: {payload[:500].decode(errors='replace')}")
-        return json.loads(payload)
+        try:
+            parsed = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with something that is not JSON "
+                                   f"({error}): {payload[:200].decode(errors='replace')!r}. Fix: check that "
+                                   f"--server {self.server} is a ComfyUI.") from None
+        if not isinstance(parsed, dict):
+            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with JSON that is "
+                                   f"{type(parsed).__name__}, not an object: {payload[:200].decode(errors='replace')!r}"
+                                   f". Fix: check that --server {self.server} is a ComfyUI.")
+        return parsed
 
     def post_json(self, path, body):
         status, payload = self._request("POST", path, body)
@@ -92,12 +154,30 @@ class ComfyClient:
 
     def queue_prompt(self, workflow):
         status, response = self.post_json("/prompt", {"prompt": workflow, "client_id": self.client_id})
-        if status != 200 or "prompt_id" not in response:
-            raise PromptRejectedError(response)
-        return response["prompt_id"]
+        if status == 200 and isinstance(response, dict) and isinstance(response.get("prompt_id"), (str, int)) \
+                and not isinstance(response.get("prompt_id"), bool):
+            return str(response["prompt_id"])
+        if status == 200:
+            raise ComfyServerError(f"ComfyUI answered POST /prompt without a prompt_id: "
+                                   f"{_short(json.dumps(response), 300)}. Fix: check that --server {self.server} "
+                                   f"is a ComfyUI.")
+        raise PromptRejectedError(response)
 
     def history(self, prompt_id):
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        """The prompt's /history entry (an object), or None while the server has none."""
+        entry = self.get_json(f"/history/{urllib.parse.quote(str(prompt_id))}").get(prompt_id)
+        if entry is not None and not isinstance(entry, dict):
+            raise ComfyServerError(f"ComfyUI's /history/{prompt_id} holds {type(entry).__name__}, not an object. "
+                                   f"Fix: check that --server {self.server} is a ComfyUI.")
+        if entry is not None and not isinstance(entry.get("status", {}), dict):
+            raise ComfyServerError(f"ComfyUI's /history/{prompt_id} has a \"status\" that is "
+                                   f"{type(entry['status']).__name__}, not an object. Fix: check that --server "
+                                   f"{self.server} is a ComfyUI.")
+        if entry is not None and not isinstance(entry.get("outputs", {}), dict):
+            raise ComfyServerError(f"ComfyUI's /history/{prompt_id} has \"outputs\" that are "
+                                   f"{type(entry['outputs']).__name__}, not an object. Fix: check that --server "
+                                   f"{self.server} is a ComfyUI.")
+        return entry
 
     def wait_for(self, prompt_id, timeout_s=600, poll_s=0.25):
         """Block until the prompt finished; return its /history entry or raise PromptFailedError."""
@@ -118,24 +198,41 @@ class ComfyClient:
     def output_files(history_entry, node_id=None):
         """Every file a node reported in its UI output (images, videos, latents...)."""
         files = []
-        for output_node, output in history_entry.get("outputs", {}).items():
+        outputs = history_entry.get("outputs")
+        for output_node, output in (outputs if isinstance(outputs, dict) else {}).items():
             if node_id is not None and str(output_node) != str(node_id):
                 continue
-            for value in output.values():
+            for value in (output if isinstance(output, dict) else {}).values():
                 if isinstance(value, list):
-                    files += [item for item in value if isinstance(item, dict) and "filename" in item]
+                    files += [item for item in value if is_file_ref(item)]
         return files
 
     def download(self, file_ref, destination_dir, filename=None):
-        """Fetch a file from /view into destination_dir (as `filename`, default the server's name),
-        never leaving a half-written file under the final name."""
-        query = urllib.parse.urlencode({"filename": file_ref["filename"], "subfolder": file_ref.get("subfolder", ""),
-                                        "type": file_ref.get("type", "output")})
-        status, payload = self._request("GET", f"/view?{query}")
-        if status != 200:
-            raise ComfyServerError(f"/view of {file_ref['filename']} answered HTTP {status}")
-        destination = Path(destination_dir) / (filename or Path(file_ref["filename"]).name)
-        return write_atomically(destination, payload)
+        """Stream a file from /view into destination_dir (as `filename`, default the server's name, reduced
+        to one plain name inside the folder), within the size cap, the read timeout and the deadline;
+        a failed or cut-off transfer leaves nothing under the final name."""
+        if not is_file_ref(file_ref):
+            raise ComfyServerError(f"ComfyUI listed an output that is not a file reference: "
+                                   f"{_short(json.dumps(file_ref, default=str), 200)}. Fix: check that --server "
+                                   f"{self.server} is a ComfyUI.")
+        server_name = file_ref["filename"]
+        query = urllib.parse.urlencode({"filename": server_name, "subfolder": str(file_ref.get("subfolder") or ""),
+                                        "type": str(file_ref.get("type") or "output")})
+        destination = Path(destination_dir) / safe_file_name(filename or server_name, "comfyui_output")
+        shown = _short(server_name, 120)
+        try:
+            with self._open("GET", f"/view?{query}") as response:
+                return stream_to_file(response, destination, self._wait_s(), self.deadline, self.max_download_bytes)
+        except urllib.error.HTTPError as error:
+            raise ComfyServerError(f"/view of {shown} answered HTTP {error.code}. Fix: check the server's "
+                                   f"output folder and log.") from None
+        except TransferLimit as limit:
+            raise ComfyServerError(f"download of {shown} from {self.server}/view stopped: {_limit_text(limit)}. "
+                                   f"Nothing was saved as {destination}. Fix: check the server, or pass a larger "
+                                   f"--timeout.") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise ComfyServerError(f"download of {shown} from {self.server}/view broke off ({error}). Nothing "
+                                   f"was saved as {destination}. Fix: run the command again.") from None
 
     def upload_image(self, path, subfolder="", overwrite=True, image_type="input"):
         """POST a local image to /upload/image (multipart, as the front end does); return the value a
@@ -146,14 +243,27 @@ class ComfyClient:
         request = urllib.request.Request(self.server + "/upload/image", data=body, method="POST",
                                          headers={"Content-Type": content_type})
         try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
-                uploaded = json.loads(response.read())
+            with urllib.request.urlopen(request, timeout=self._wait_s()) as response:
+                payload = read_body(response, self._wait_s(), self._deadline(), self.max_json_bytes)
         except urllib.error.HTTPError as error:
             raise ComfyServerError(f"/upload/image refused {path.name}: HTTP {error.code} "
-                                   f"{error.read()[:300].decode(errors='replace')}") from error
+                                   f"{error.read(300).decode(errors='replace')}") from error
+        except TransferLimit as limit:
+            raise ComfyServerError(f"ComfyUI's answer to the upload of {path.name} was cut off: "
+                                   f"{_limit_text(limit)}. Fix: pass a larger --timeout.") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}/upload/image: {error}. "
                                         "Fix: start ComfyUI or pass the right --server URL.") from error
+        try:
+            uploaded = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            uploaded = None
+        if not isinstance(uploaded, dict) or not isinstance(uploaded.get("name"), str) or \
+                not isinstance(uploaded.get("subfolder") or "", str):
+            raise ComfyServerError(f"ComfyUI answered the upload of {path.name} with "
+                                   f"{payload[:200].decode(errors='replace')!r}, expected "
+                                   f'{{"name": ..., "subfolder": ...}}. Fix: check that --server {self.server} '
+                                   f"is a ComfyUI.")
         return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
 
     def websocket_url(self):
@@ -189,6 +299,24 @@ def encode_multipart(fields, files):
                      f"Content-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def is_file_ref(item):
+    """A /history output entry that names a file: {"filename": str, "subfolder"?: str, "type"?: str}."""
+    return isinstance(item, dict) and isinstance(item.get("filename"), str) and \
+        all(isinstance(item.get(key) or "", str) for key in ("subfolder", "type"))
+
+
+def _short(value, limit=1000):
+    """A server-given value as text of bounded length, for messages."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _limit_text(limit):
+    if isinstance(limit, TransferDeadline):
+        return "the time limit (--timeout) ran out"
+    return str(limit)
 
 
 def write_atomically(destination, payload):

@@ -9,15 +9,18 @@ which is what holds the outputs and the node's exception text.
 
 import asyncio
 import json
+import math
 import sys
 import time
 
-from .client import ComfyServerError
+from .client import ComfyServerError, _short
 
 FINAL_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
 IDLE_CHECK_S = 2.0
 POLL_S = 1.0
 QUIET_REPEAT_S = 30.0  # in a log, "still waiting" at most this often
+MAX_PROGRESS_STEPS = 10**9  # a /ws "max" above this is clamped (no sampler has a billion steps)
+MAX_WS_MESSAGE_BYTES = 64 * 1024**2  # a bigger /ws message ends the socket; we poll /history instead
 
 
 class RunTimeoutError(ComfyServerError):
@@ -42,7 +45,8 @@ class ProgressPrinter:
         self.last_repeat_at = None  # when plain mode last printed an unchanged waiting/queued line
 
     def node_name(self, node_id, class_type=None):
-        return f"node {node_id} ({self.node_names.get(str(node_id)) or class_type or '?'})"
+        name = self.node_names.get(str(node_id)) or class_type or "?"
+        return f"node {_short(node_id, 40)} ({_short(name, 80)})"
 
     def __call__(self, kind, data):
         line, keep = self._describe(kind, data or {})
@@ -67,11 +71,17 @@ class ProgressPrinter:
             return "started", True
         if kind == "execution_cached":
             nodes = data.get("nodes") or []
+            if not isinstance(nodes, list):
+                return None, False
             return (f"{len(nodes)} node(s) cached from an earlier run", True) if nodes else (None, False)
         if kind == "executing":
             return (self.node_name(data["node"]), False) if data.get("node") is not None else (None, False)
         if kind == "progress":
-            value, maximum = int(data.get("value", 0)), max(1, int(data.get("max", 1)))
+            value, maximum = _step_count(data.get("value", 0)), _step_count(data.get("max", 1))
+            if value is None or maximum is None:
+                return None, False
+            maximum = min(max(1, maximum), MAX_PROGRESS_STEPS)  # the server's numbers, clamped
+            value = min(max(0, value), maximum)
             node = data.get("node")
             if not self.tty:  # a log gets a line per tenth, not one per step
                 tenth = value * 10 // maximum
@@ -86,9 +96,12 @@ class ProgressPrinter:
             return "interrupted on the server", True
         if kind == "execution_error":
             return (f"{self.node_name(data.get('node_id'), data.get('node_type'))} failed: "
-                    f"{data.get('exception_type')}", True)
+                    f"{_short(data.get('exception_type'), 200)}", True)
         if kind == "runpod":
-            return f"RunPod job {data.get('job_id')}: {data.get('status')}", data.get("changed", True)
+            return (f"RunPod job {_short(data.get('job_id'), 80)}: {_short(data.get('status'), 40)}",
+                    data.get("changed", True))
+        if kind == "malformed":
+            return f"ignoring malformed /ws messages ({data.get('reason')}); the result comes from /history", True
         return None, False
 
     def _emit(self, line, keep):
@@ -108,6 +121,15 @@ class ProgressPrinter:
             self.open_line_length = 0
 
 
+def _step_count(value):
+    """A /ws progress number as an int, or None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(max(-1, min(value, MAX_PROGRESS_STEPS + 1)))
+
+
 class PromptRun:
     """Queue one workflow and follow it to the end. `prompt_id` is set as soon as it is queued,
     so a Ctrl-C handler can take it off the server."""
@@ -117,6 +139,7 @@ class PromptRun:
         self.workflow = workflow
         self.on_event = on_event or (lambda kind, data: None)
         self.prompt_id = None
+        self.reported_malformed = False
 
     def run(self, timeout_s):
         """The prompt's /history entry; PromptRejectedError / PromptFailedError carry the server's text."""
@@ -156,7 +179,8 @@ class PromptRun:
         timeout = aiohttp.ClientTimeout(total=None, connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
-                socket = await session.ws_connect(self.client.websocket_url(), heartbeat=30, max_msg_size=0)
+                socket = await session.ws_connect(self.client.websocket_url(), heartbeat=30,
+                                                  max_msg_size=MAX_WS_MESSAGE_BYTES)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
                 raise WebSocketUnavailable(f"no websocket at {self.client.server}/ws: {error}") from error
             async with socket:
@@ -181,12 +205,24 @@ class PromptRun:
         """Pass one /ws message on; True when it ends our prompt."""
         try:
             message = json.loads(text)
-        except json.JSONDecodeError:
-            return False
-        kind, data = message.get("type"), message.get("data") or {}
-        if not isinstance(data, dict) or data.get("prompt_id", self.prompt_id) != self.prompt_id:
+        except (json.JSONDecodeError, RecursionError):
+            return self._malformed("not JSON")
+        if not isinstance(message, dict):
+            return self._malformed(f"a {type(message).__name__} where an object belongs")
+        kind, data = message.get("type"), message.get("data")
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            return self._malformed(f"\"data\" is a {type(data).__name__}, not an object")
+        if data.get("prompt_id", self.prompt_id) != self.prompt_id:
             return False
         self.on_event(kind, data)
         if kind in FINAL_EVENTS:
             return True
         return kind == "executing" and data.get("node") is None and data.get("prompt_id") == self.prompt_id
+
+    def _malformed(self, reason):
+        """Progress is advisory: a bad /ws message is reported once and skipped, never fatal."""
+        if not self.reported_malformed:
+            self.reported_malformed = True
+            self.on_event("malformed", {"reason": reason})
+        return False

@@ -286,14 +286,19 @@ def test_unused_path_never_overwrites(tmp_path):
 
 class FakeComfyUI:
     """Just enough of ComfyUI's server: /system_stats, /upload/image, /prompt, /ws, /history, /view,
-    /queue, /interrupt. mode "ok" saves a video; mode "fail" raises in node 50 as a node would."""
+    /queue, /interrupt. mode "ok" saves a video; mode "fail" raises in node 50 as a node would.
+    `hostile` misbehaves on purpose: system_stats / history / prompt (a raw body: bytes, or anything JSON),
+    outputs (the history entry's "outputs"), ws (raw texts sent after execution_start), view ("endless",
+    "huge", "stall" or "trickle")."""
 
-    def __init__(self, mode="ok", websocket=True):
+    def __init__(self, mode="ok", websocket=True, **hostile):
         from aiohttp import web
 
         self.web = web
         self.mode = mode
         self.websocket = websocket
+        self.hostile = hostile
+        self.view_sent_bytes = 0
         self.sockets = {}
         self.history = {}
         self.prompts = []
@@ -318,7 +323,13 @@ class FakeComfyUI:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def raw(self, answer):
+        body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        return self.web.Response(body=body, content_type="application/json")
+
     async def system_stats(self, request):
+        if "system_stats" in self.hostile:
+            return self.raw(self.hostile["system_stats"])
         return self.web.json_response({"system": {}, "devices": []})
 
     async def upload(self, request):
@@ -342,6 +353,8 @@ class FakeComfyUI:
         return socket_response
 
     async def prompt(self, request):
+        if "prompt" in self.hostile:
+            return self.raw(self.hostile["prompt"])
         body = await request.json()
         prompt_id = f"p{len(self.prompts) + 1}"
         self.prompts.append(body)
@@ -357,6 +370,9 @@ class FakeComfyUI:
                 await socket_response.send_bytes(b"\x00\x00\x00\x01preview")  # a binary preview frame
 
         await send("execution_start", {"timestamp": 0})
+        for text in self.hostile.get("ws", []):
+            if socket_response is not None and not socket_response.closed:
+                await socket_response.send_str(text)
         await send("execution_cached", {"nodes": ["3", "4"]})
         await send("executing", {"node": "7", "display_node": "7"})
         for value in (1, 2):
@@ -376,16 +392,47 @@ class FakeComfyUI:
             status = {"status_str": "success", "completed": True, "messages": messages}
             outputs = {"10": {"images": [{"filename": "wanfit_00001_.mp4", "subfolder": "video", "type": "output"}],
                               "animated": [True]}}
+            outputs = self.hostile.get("outputs", outputs)
         self.history[prompt_id] = {"prompt": [], "outputs": outputs, "status": status}
         await send("executing", {"node": None})
 
     async def get_history(self, request):
+        if "history" in self.hostile:
+            return self.raw(self.hostile["history"])
         prompt_id = request.match_info["prompt_id"]
         return self.web.json_response({prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
 
     async def view(self, request):
-        assert request.query["filename"] == "wanfit_00001_.mp4" and request.query["subfolder"] == "video"
+        if "view" in self.hostile:
+            return await self.hostile_view(request, self.hostile["view"])
+        if not self.hostile.get("view_any_name"):
+            assert request.query["filename"] == "wanfit_00001_.mp4" and request.query["subfolder"] == "video"
         return self.web.Response(body=FAKE_MP4, content_type="video/mp4")
+
+    async def hostile_view(self, request, how):
+        """/view that never ends, announces 10^12 bytes, stalls after a few bytes, or trickles 1 byte / 0.1 s;
+        each stops when the client hangs up (or after a bound, so a broken client fails the test, not CI)."""
+        response = self.web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        if how == "huge":
+            response.content_length = 10**12
+        await response.prepare(request)
+        try:
+            for _ in range(2000):
+                if how in ("endless", "huge"):
+                    chunk = b"\0" * 65536
+                elif how == "trickle":
+                    chunk = b"x"
+                    await asyncio.sleep(0.1)
+                else:  # stall: a few bytes, then silence (a write of nothing probes the connection)
+                    chunk = FAKE_MP4[:10] if self.view_sent_bytes == 0 else b""
+                    await asyncio.sleep(0.1)
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await response.write(chunk)
+                self.view_sent_bytes += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
 
     async def record_post(self, request):
         self.posts.append((request.path, await request.json()))
@@ -526,14 +573,20 @@ def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_co
 
 
 def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
-    server = fake_comfy()
+    import wanfit.transfer
 
-    def interrupted_write(self, data):
-        with open(self, "wb") as handle:
-            handle.write(data[:10])
+    server = fake_comfy()
+    real_iter_body = wanfit.transfer.iter_body
+
+    def interrupted_body(response, *args, **kwargs):
+        body = real_iter_body(response, *args, **kwargs)
+        if "/view?" not in response.url:
+            yield from body
+            return
+        yield next(body)  # some bytes of the video reach the partial file, then Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "write_bytes", interrupted_write)
+    monkeypatch.setattr(wanfit.transfer, "iter_body", interrupted_body)
     out_dir = tmp_path / "out"
     code, out, _ = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
                            "--out", str(out_dir))
@@ -545,3 +598,130 @@ def test_upload_image_returns_the_name_loadimage_takes(fake_comfy, image):
     server = fake_comfy()
     assert ComfyClient(server.url).upload_image(image) == image.name
     assert server.uploads[0]["bytes"] == image.read_bytes()
+
+
+# --- a hostile or broken ComfyUI: bounded memory and time, nothing under a final name, one clear line -----
+
+def run_hostile(capsys, server, out_dir, *extra):
+    return run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
+                   "--out", str(out_dir), *extra)
+
+
+@pytest.mark.parametrize("how, phrase", [
+    ("endless", "it sent more than the 1048576-byte limit"),
+    ("huge", "it announced 1000000000000 bytes, more than the 1048576-byte limit"),
+])
+def test_view_is_streamed_within_a_size_cap(workflows, fake_comfy, tmp_path, capsys, monkeypatch, how, phrase):
+    import wanfit.client
+
+    monkeypatch.setattr(wanfit.client, "MAX_DOWNLOAD_BYTES", 1024**2)
+    server = fake_comfy(view=how)
+    out_dir = tmp_path / "out"
+    code, out, err = run_hostile(capsys, server, out_dir)
+    assert code == 1 and out == ""
+    assert f"download of wanfit_00001_.mp4 from {server.url}/view stopped: {phrase}" in err, err
+    assert f"Nothing was saved as {out_dir / 'wanfit_00001_.mp4'}" in err
+    assert list(out_dir.iterdir()) == [], "no partial file, nothing under the final name"
+    assert server.view_sent_bytes < 24 * 1024**2, "the client stopped reading near the cap"
+
+
+@pytest.mark.parametrize("how", ["stall", "trickle"])
+def test_timeout_covers_a_stalled_or_trickling_view(workflows, fake_comfy, tmp_path, capsys, how):
+    import time
+
+    server = fake_comfy(view=how)
+    started = time.monotonic()
+    code, out, err = run_hostile(capsys, server, tmp_path / "out", "--timeout", "1.5")
+    assert time.monotonic() - started < 5, "--timeout bounds the download"
+    assert code == 1 and out == ""
+    assert "download of wanfit_00001_.mp4 from" in err and "the time limit (--timeout) ran out" in err, err
+    assert "start ComfyUI" not in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_view_that_stops_answering_is_not_called_unreachable(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ComfyClient, "__init__", _with_request_timeout(ComfyClient.__init__, 0.5))
+    server = fake_comfy(view="stall")
+    code, _, err = run_hostile(capsys, server, tmp_path / "out")
+    assert code == 1 and "stopped: no data for 0.5 s" in err and "start ComfyUI" not in err, err
+
+
+def _with_request_timeout(init, seconds):
+    def patched(self, server, request_timeout_s=60, deadline=None):
+        init(self, server, seconds, deadline)
+    return patched
+
+
+def test_progress_numbers_from_the_server_are_clamped():
+    import io
+
+    from wanfit.progress import ProgressPrinter
+
+    for tty in (True, False):
+        stream = io.StringIO()
+        printer = ProgressPrinter({"7": {"class_type": "KSampler", "inputs": {}}}, stream=stream, tty=tty)
+        for value, maximum in ((1e12, 2), (5e7, 1), (-5, 3), (float("nan"), 3), ("9", 3), (2, 1e300),
+                               (True, 2), (3, float("inf")), ([1], 2)):
+            printer("progress", {"value": value, "max": maximum, "node": "7"})
+        printer("progress", {"value": 1, "max": 2, "node": "x" * 10**6})
+        assert len(stream.getvalue()) < 2000, stream.getvalue()[:300]
+    assert "[####################] 2/2" in stream.getvalue()
+
+
+HOSTILE_ANSWERS = [
+    # (case, hostile server options, exit code, expected text on stderr)
+    ("system_stats not json", {"system_stats": b"<html>hi</html>"}, 1,
+     "ComfyUI answered GET /system_stats with something that is not JSON"),
+    ("history not json", {"history": b"{\"p1\": "}, 1,
+     "ComfyUI answered GET /history/p1 with something that is not JSON"),
+    ("history a list", {"history": [1, 2]}, 1,
+     "ComfyUI answered GET /history/p1 with JSON that is list, not an object"),
+    ("history entry a string", {"history": {"p1": "done"}}, 1, "ComfyUI's /history/p1 holds str, not an object"),
+    ("status a list", {"history": {"p1": {"status": [], "outputs": {}}}}, 1,
+     "ComfyUI's /history/p1 has a \"status\" that is list, not an object"),
+    ("outputs a list", {"history": {"p1": {"status": {"completed": True}, "outputs": []}}}, 1,
+     "ComfyUI's /history/p1 has \"outputs\" that are list, not an object"),
+    ("error messages of odd shapes", {"history": {"p1": {"status": {"completed": False, "status_str": "error",
+                                                                    "messages": [1, ["execution_error", 5], []]}}}},
+     1, "prompt p1 failed in node None (None): None: "),
+    ("images a dict", {"outputs": {"10": {"images": {"filename": "a.mp4"}}}}, 1, "finished but saved no video"),
+    ("filename a number", {"outputs": {"10": {"images": [{"filename": 5, "type": "output"}]}}}, 1,
+     "finished but saved no video"),
+    ("prompt answer a list", {"prompt": [1]}, 1, "ComfyUI answered POST /prompt without a prompt_id: [1]"),
+    ("prompt answer without id", {"prompt": {"prompt_id": None}}, 1,
+     "ComfyUI answered POST /prompt without a prompt_id"),
+    ("ws list", {"ws": ["[1, 2]"]}, 0, "ignoring malformed /ws messages (a list where an object belongs)"),
+    ("ws data a string", {"ws": ['{"type": "progress", "data": "x"}']}, 0,
+     "ignoring malformed /ws messages (\"data\" is a str, not an object)"),
+    ("ws not json", {"ws": ["{{{"]}, 0, "ignoring malformed /ws messages (not JSON)"),
+    ("ws odd progress", {"ws": ['{"type": "progress", "data": {"value": 1e12, "max": 2, "node": "7"}}',
+                                '{"type": "progress", "data": {"value": "x", "max": {}, "node": "7"}}',
+                                '{"type": "execution_cached", "data": {"nodes": 5}}']}, 0, "finished"),
+]
+
+
+@pytest.mark.parametrize("case, hostile, expected_code, expected", HOSTILE_ANSWERS, ids=[r[0] for r in HOSTILE_ANSWERS])
+def test_malformed_answers_give_one_clear_line(workflows, fake_comfy, tmp_path, capsys, case, hostile, expected_code,
+                                              expected):
+    server = fake_comfy(**hostile)
+    code, out, err = run_hostile(capsys, server, tmp_path / "out", "--timeout", "10")
+    assert code == expected_code, f"{case}: exit {code}, stderr: {err}"
+    assert expected in err, f"{case}: expected {expected!r} in: {err}"
+    assert len(err) < 5000
+    if expected_code:
+        assert err.count("wanfit run: ") == 1 and out == ""
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_nul_or_a_path_in_the_file_name_stays_inside_out(workflows, fake_comfy, tmp_path, capsys):
+    for name, saved_as in (("wan\x00fit.mp4", "wan_fit.mp4"), ("../../escape.mp4", "escape.mp4"), (".", None)):
+        server = fake_comfy(outputs={"10": {"images": [{"filename": name, "subfolder": "", "type": "output"}],
+                                            "animated": [True]}})
+        server.hostile["view_any_name"] = True
+        out_dir = tmp_path / "out"
+        code, out, err = run_hostile(capsys, server, out_dir)
+        assert code == 0, err
+        [path] = [Path(line) for line in out.splitlines()]
+        assert path.parent == out_dir and (saved_as is None or path.name == saved_as), path
+        assert path.read_bytes() == FAKE_MP4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "workflows"]

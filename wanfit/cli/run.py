@@ -16,11 +16,13 @@ import json
 from pathlib import Path
 import sys
 import tempfile
+import time
 
-from ..client import ComfyClient, ComfyServerError, ComfyUnreachableError, unused_path
+from ..client import ComfyClient, ComfyServerError, ComfyUnreachableError, is_file_ref, unused_path
 from ..errors import InvalidInputError, WanFitError
 from ..progress import ProgressPrinter, PromptRun
 from ..runpod import RunPodClient, RunPodError
+from ..transfer import safe_file_name
 from ..workflows import fill_workflow, load_input_map, resolve_workflows_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -158,21 +160,26 @@ def video_files(history_entry):
     """The files to download: videos (SaveVideo lists its mp4 under "images" with animated: [true]);
     when a workflow saved no video, its saved images."""
     videos, images = [], []
-    for output in history_entry.get("outputs", {}).values():
-        animated = output.get("animated") or []
-        for index, item in enumerate(output.get("images") or []):
-            if not isinstance(item, dict) or "filename" not in item or item.get("type") == "temp":
+    outputs = history_entry.get("outputs")
+    for output in (outputs if isinstance(outputs, dict) else {}).values():
+        if not isinstance(output, dict):
+            continue
+        animated = output.get("animated") if isinstance(output.get("animated"), list) else []
+        listed = output.get("images") if isinstance(output.get("images"), list) else []
+        for index, item in enumerate(listed):
+            if not is_file_ref(item) or item.get("type") == "temp":
                 continue
-            flagged_animated = index < len(animated) and animated[index]
-            is_video = flagged_animated or Path(item["filename"]).suffix.lower() in VIDEO_EXTENSIONS
+            flagged_animated = index < len(animated) and animated[index] is True
+            is_video = flagged_animated or Path(item["filename"].replace("\0", "")).suffix.lower() in VIDEO_EXTENSIONS
             (videos if is_video else images).append(item)
         for key in ("videos", "gifs"):  # older video nodes (VideoHelperSuite) use these keys
-            videos += [item for item in output.get(key) or [] if isinstance(item, dict) and "filename" in item]
+            listed = output.get(key) if isinstance(output.get(key), list) else []
+            videos += [item for item in listed if is_file_ref(item)]
     return videos or images
 
 
 def run_local(args, workflow, spec, printer):
-    client = ComfyClient(args.server)
+    client = ComfyClient(args.server, deadline=time.monotonic() + args.timeout)  # --timeout covers downloads
     try:
         client.get_json("/system_stats")
     except ComfyUnreachableError as error:
@@ -192,12 +199,14 @@ def run_local(args, workflow, spec, printer):
     if not files:
         raise ComfyServerError(f"prompt {prompt_run.prompt_id} finished but saved no video. Fix: end the "
                                "workflow in SaveVideo (or SaveImage).")
-    return [client.download(item, args.out, filename=unused_path(args.out, Path(item["filename"]).name).name)
+    return [client.download(item, args.out,
+                            filename=unused_path(args.out, safe_file_name(item["filename"], "comfyui_output")).name)
             for item in files]
 
 
 def run_runpod(args, workflow, printer):
     runpod = RunPodClient(args.runpod)
+    runpod.deadline = time.monotonic() + args.timeout  # --timeout covers the job and its downloads
     images = [(Path(args.image).name, args.image)] if args.image else []
     job_id = runpod.submit(workflow, images)
     printer("runpod", {"job_id": job_id, "status": "submitted"})
@@ -208,7 +217,8 @@ def run_runpod(args, workflow, printer):
         raise
     printer.close()
     output = status.get("output") if isinstance(status.get("output"), dict) else {}
-    for warning in output.get("errors") or []:
+    warnings = output.get("errors") or []
+    for warning in warnings if isinstance(warnings, list) else [warnings]:
         print(f"wanfit run: RunPod worker warning: {warning}", file=sys.stderr)
     return runpod.save_outputs(status, args.out)
 
