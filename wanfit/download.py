@@ -8,9 +8,17 @@ Rules (each one answers a real deployment pain):
   (200 instead of 206) makes us start over rather than append a second copy.
 - Size (from the manifest, else from the server's Content-Length / Content-Range) and sha256
   (when the manifest knows it) are checked before the rename.
-- A wrong size or checksum DELETES the `.partial`: its bytes are complete but wrong, so
+- A resumed answer must start where we asked (its Content-Range start equals the offset; a 206 from
+  byte 0 is taken as a fresh start), and the bytes received never exceed the size the manifest or the
+  server announced: a server that sends more is cut off and the bytes of that answer are dropped.
+- A caller-supplied `verify(path)` (the models command passes a safetensors header check of the
+  expected model) must accept the complete file before it takes the final name: an HTML login page
+  served with HTTP 200 never becomes `wan2.2_ti2v_5B_fp16.safetensors`.
+- A wrong size, checksum or header DELETES the `.partial`: its bytes are complete but wrong, so
   resuming it could only ever reproduce the same wrong file. The error says expected vs actual.
 - An interrupted transfer KEEPS the `.partial` for the next run to resume.
+- `timeout_s` bounds inactivity: no byte for that long, or less than `min_bytes_per_s` over that long
+  (a server trickling 1 byte/s), ends the transfer; `total_timeout_s` bounds the whole transfer.
 Standard library only (urllib), so it runs on a bare RunPod image before anything is installed.
 """
 
@@ -18,18 +26,23 @@ import hashlib
 import http.client
 import os
 from pathlib import Path
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
 
 from .errors import WanFitError
-from .units import BYTES_PER_MIB, format_gib
+from .transfer import TransferLimit, TransferTooLarge, iter_body
+from .units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
 
 PARTIAL_SUFFIX = ".partial"
 CHUNK_BYTES = 4 * BYTES_PER_MIB
 PROGRESS_INTERVAL_S = 0.25
 USER_AGENT = "ComfyUI-WanFit-downloader"
+MIN_BYTES_PER_S = 1024  # slower than this over a whole timeout_s window counts as stalled
+TOTAL_TIMEOUT_S = 12 * 3600  # a 28.6 GB expert at 1 MB/s takes 8 h
+MAX_SIZE_BYTES = 64 * BYTES_PER_GIB  # when neither the manifest nor the server says how big the file is
 
 
 class DownloadError(WanFitError):
@@ -89,6 +102,12 @@ def _hash_existing(path, hasher):
             hasher.update(block)
 
 
+def _range_start(response):
+    """The first byte of a 206 answer ('bytes a-b/total' -> a), or None when the header is missing or odd."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", response.headers.get("Content-Range") or "")
+    return int(match.group(1)) if match else None
+
+
 def _total_from_response(response, offset_bytes):
     """Full file size from Content-Range ('bytes a-b/total') or Content-Length, else None."""
     content_range = response.headers.get("Content-Range")
@@ -103,12 +122,15 @@ def _total_from_response(response, offset_bytes):
 
 
 def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None, progress_stream="stderr",
-                  timeout_s=60.0, label=None):
+                  timeout_s=60.0, label=None, verify=None, total_timeout_s=TOTAL_TIMEOUT_S,
+                  min_bytes_per_s=MIN_BYTES_PER_S, max_size_bytes=MAX_SIZE_BYTES):
     """Download `url` to `dest_path` (resuming `<dest>.partial`), verify, and atomically rename.
 
     Returns a dict: path, size_bytes, sha256, resumed_from_bytes. `progress_stream` is a text stream,
-    "stderr" (the default) or None for silence.
+    "stderr" (the default) or None for silence. `verify(partial_path)` returns None when the complete file
+    is acceptable, else a sentence saying what it is instead.
     """
+    deadline = time.monotonic() + total_timeout_s if total_timeout_s else None
     dest_path = Path(dest_path)
     partial = partial_path(dest_path)
     label = label or dest_path.name
@@ -142,12 +164,19 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
                                        f"{'; the partial file is kept and will resume' if offset_bytes else ''}.") from None
     if response is not None:
         with response:
-            if offset_bytes and response.status == 206:
+            range_start = _range_start(response) if response.status == 206 else None
+            if offset_bytes and response.status == 206 and range_start == offset_bytes:
                 resumed_from_bytes = offset_bytes
                 _hash_existing(partial, hasher)
                 mode = "ab"
+            elif offset_bytes and response.status == 206 and range_start != 0:
+                raise DownloadError(dest_path, f"Download of {dest_path.name} failed: asked {url} for the bytes "
+                                               f"from {offset_bytes} on, it answered with Content-Range "
+                                               f"{response.headers.get('Content-Range')!r}. Nothing was appended; "
+                                               f"the partial file is kept at {partial}. Fix: run the command again;"
+                                               f" if it repeats, delete the partial file to start over.")
             else:
-                offset_bytes = 0  # server ignored Range: start over
+                offset_bytes = 0  # server ignored Range (or resent the file from byte 0): start over
                 mode = "wb"
             server_total = _total_from_response(response, offset_bytes)
             total_bytes = total_bytes or server_total
@@ -156,17 +185,32 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
                                         f"{expected_size_bytes}; the size check below decides.\n")
             bar = _Progress(label, total_bytes, stream, offset_bytes)
             done_bytes = offset_bytes
+            # never more than the file has: the manifest's size, else the server's, else a generous cap
+            size_cap_bytes = min(size for size in (expected_size_bytes, server_total, max_size_bytes)
+                                 if size is not None)
             with open(partial, mode) as handle:
                 try:
-                    while True:
-                        block = response.read(CHUNK_BYTES)
-                        if not block:
-                            break
+                    for block in iter_body(response, timeout_s, deadline, size_cap_bytes, min_bytes_per_s,
+                                           start_bytes=offset_bytes, chunk_bytes=CHUNK_BYTES):
                         handle.write(block)
                         hasher.update(block)
                         done_bytes += len(block)
                         bar.update(done_bytes)
-                except (OSError, http.client.HTTPException, ValueError) as error:  # reset, timeout, IncompleteRead
+                except TransferTooLarge as limit:
+                    handle.truncate(offset_bytes)  # drop this answer's bytes, keep what was verified before
+                    if stream is not None:
+                        stream.write("\n")
+                    if not offset_bytes:
+                        handle.close()
+                        partial.unlink(missing_ok=True)
+                    kept = f"; the first {offset_bytes} bytes are kept" if offset_bytes else ""
+                    raise DownloadError(dest_path, f"Download of {dest_path.name} failed: {url} sent more than the "
+                                                   f"file has ({limit}; expected {size_cap_bytes} bytes in all). "
+                                                   f"Its bytes were dropped{kept}. Fix: run the command again; if it "
+                                                   f"repeats, the server is misbehaving or the manifest's size is "
+                                                   f"out of date.") from None
+                except (OSError, http.client.HTTPException, ValueError, TransferLimit) as error:
+                    # reset, stall, too slow, total time limit, IncompleteRead
                     handle.flush()
                     if stream is not None:
                         stream.write("\n")  # end the progress line before the error is printed
@@ -195,6 +239,14 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
                                        f"installed. Fix: run the command again; if it repeats, the file at the URL "
                                        f"changed and WanFit's manifest needs updating.",
                             expected_sha256, actual_sha256)
+    problem = verify(partial) if verify is not None else None
+    if problem:
+        partial.unlink()
+        raise ChecksumError(dest_path, f"Downloaded file is not the expected model: {dest_path.name} from {url}: "
+                                       f"{problem} The download was deleted, not installed. Fix: check the URL in "
+                                       f"a browser (a login or error page is served instead of gated files); if "
+                                       f"it repeats, WanFit's manifest needs updating.", "a valid model header",
+                            problem)
     os.replace(partial, dest_path)
     return {"path": str(dest_path), "size_bytes": actual_size_bytes, "sha256": actual_sha256,
             "resumed_from_bytes": resumed_from_bytes}

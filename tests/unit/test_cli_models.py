@@ -9,7 +9,7 @@ import pytest
 import wanfit.cli.models as cli_models
 from wanfit.cli.models import main
 from wanfit.models import load_manifest
-from tests.unit.test_download import PAYLOAD, FileServer
+from tests.unit.test_download import FileServer
 from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
 
 
@@ -76,13 +76,18 @@ def test_default_models_dir_follows_comfyui_path(monkeypatch, tmp_path):
     assert cli_models.default_models_dir() == tmp_path / "models"
 
 
+def safetensors_bytes(tmp_path, tensors):
+    return write_safetensors(tmp_path / "served.safetensors", tensors).read_bytes()
+
+
 @pytest.fixture
-def local_manifest(monkeypatch):
-    """The real manifest with the Wan 2.1 VAE served from 127.0.0.1."""
-    server = FileServer()
+def local_manifest(monkeypatch, tmp_path):
+    """The real manifest with the Wan 2.1 VAE (a tiny file with its real header) served from 127.0.0.1."""
+    payload = safetensors_bytes(tmp_path, wan_vae(False))
+    server = FileServer(payload)
     manifest = copy.deepcopy(load_manifest())
     entry = next(f for f in manifest["files"] if f["filename"] == "wan_2.1_vae.safetensors")
-    entry.update(url=server.url, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size_bytes=len(PAYLOAD))
+    entry.update(url=server.url, sha256=hashlib.sha256(payload).hexdigest(), size_bytes=len(payload))
     monkeypatch.setattr(cli_models, "load_manifest", lambda: manifest)
     yield server, entry
     server.close()
@@ -98,9 +103,10 @@ def test_download_fetches_resumes_and_verifies(models_dir, local_manifest, capsy
     assert not (models_dir / "vae" / "wan_2.1_vae.safetensors").exists()
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"downloaded: {models_dir / 'vae' / 'wan_2.1_vae.safetensors'} ({len(PAYLOAD)} bytes, sha256 verified)" in out
+    size = len(server.payload)
+    assert f"downloaded: {models_dir / 'vae' / 'wan_2.1_vae.safetensors'} ({size} bytes, sha256 verified)" in out
     assert server.requests[-1] == "bytes=1000-"
-    assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == PAYLOAD
+    assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == server.payload
     assert main(argv) == 0 and "present, skipped: vae/wan_2.1_vae.safetensors" in capsys.readouterr().out
 
 
@@ -125,3 +131,45 @@ def test_manager_json(capsys, tmp_path):
     target = tmp_path / "model-list.json"
     assert main(["--manager-json", str(target)]) == 0
     assert json.loads(target.read_text())["models"] == models
+
+
+LOGIN_PAGE = b"<html><body>Please log in</body></html>"
+
+
+@pytest.mark.parametrize("served, expected", [
+    (LOGIN_PAGE, "it looks like an HTML/XML page (often a login or error page saved instead of the model)"),
+    ("sd15", "it looks like a Stable Diffusion 1.x/2.x/SDXL UNet checkpoint"),
+    ("wan22_vae", "it looks like the Wan 2.2 VAE (z=48, 16x16 spatial), but wan_2.1_vae.safetensors should be"),
+], ids=["html login page", "another model", "the other WAN VAE"])
+def test_download_without_a_reference_hash_needs_the_right_header(models_dir, local_manifest, tmp_path, capsys,
+                                                                   served, expected):
+    server, entry = local_manifest
+    if served == "sd15":
+        served = safetensors_bytes(tmp_path, sd15_unet())
+    elif served == "wan22_vae":
+        served = safetensors_bytes(tmp_path, wan_vae(True))
+    server.payload = served
+    entry.update(sha256=None, size_bytes=None)  # most manifest entries: the header check is the guard
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Downloaded file is not the expected model: wan_2.1_vae.safetensors from http://127.0.0.1:" in err
+    assert expected in err and "The download was deleted, not installed." in err, err
+    assert not list((models_dir / "vae").glob("wan_2.1_vae*")), "nothing under the final name, no partial"
+    assert main(["--models-dir", str(models_dir), "--workflow", "a14b_t2v"]) == 0
+    assert "missing  vae" in capsys.readouterr().out
+
+
+def test_download_reports_a_present_file_that_is_not_the_model(models_dir, local_manifest, capsys):
+    (models_dir / "vae" / "wan_2.1_vae.safetensors").write_bytes(LOGIN_PAGE)  # left by an older downloader
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert "error: present but not the model: Not a safetensors file:" in err and "present, skipped" not in err
+    assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == LOGIN_PAGE, "never overwritten"
+
+
+def test_manifest_sizes_and_hashes_are_well_formed():
+    import re
+
+    for entry in load_manifest()["files"]:
+        assert entry["size_bytes"] is None or (isinstance(entry["size_bytes"], int) and entry["size_bytes"] > 10**6)
+        assert entry["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]), entry["filename"]

@@ -5,6 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import io
 import os
 import threading
+import time
 
 import pytest
 
@@ -16,11 +17,18 @@ PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 class FileServer:
-    """Serves PAYLOAD at /model.safetensors; `drop_after_bytes` cuts the connection mid-body once."""
+    """Serves `payload` at /model.safetensors; `drop_after_bytes` cuts the connection mid-body once.
+    Misbehaviour on demand: `range_answer` "from_zero" (206 with the whole file and an honest Content-Range
+    from byte 0), "lying" (206 with the whole file under the Content-Range asked for), "other_start" (206
+    from a byte other than the one asked for); `trickle_s` (one byte per that many seconds, endless)."""
 
-    def __init__(self):
+    def __init__(self, payload=PAYLOAD):
+        self.payload = payload
         self.drop_after_bytes = None
         self.ignore_range = False
+        self.range_answer = None
+        self.trickle_s = None
+        self.sent_bytes = 0
         self.requests = []  # the Range header of every request (None when absent)
         server = self
 
@@ -38,20 +46,28 @@ class FileServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                payload = server.payload
                 start = 0
+                if server.trickle_s is not None:
+                    return self.trickle()
                 if range_header and not server.ignore_range:
                     start = int(range_header.split("=")[1].split("-")[0])
-                    if start >= len(PAYLOAD):
+                    if start >= len(payload):
                         self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+                        self.send_header("Content-Range", f"bytes */{len(payload)}")
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+                    shown_start = {"from_zero": 0, "other_start": start // 2}.get(server.range_answer, start)
+                    self.send_header("Content-Range", f"bytes {shown_start}-{len(payload) - 1}/{len(payload)}")
+                    if server.range_answer in ("from_zero", "lying"):
+                        start = 0
+                    elif server.range_answer == "other_start":
+                        start = shown_start
                 else:
                     self.send_response(200)
-                body = PAYLOAD[start:]
+                body = payload[start:]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.drop_after_bytes is not None:
@@ -62,6 +78,20 @@ class FileServer:
                     self.connection.shutdown(2)
                     return
                 self.wfile.write(body)
+                server.sent_bytes += len(body)
+
+            def trickle(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.payload)))
+                self.end_headers()
+                try:
+                    for byte in server.payload[:2000]:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        server.sent_bytes += 1
+                        time.sleep(server.trickle_s)
+                except OSError:
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
@@ -158,3 +188,82 @@ def test_http_404_and_unreachable_server(server, tmp_path):
 
 def test_download_errors_are_wanfit_errors():
     assert issubclass(ChecksumError, DownloadError) and issubclass(DownloadError, WanFitError)
+
+
+# --- a misbehaving download host: wrong bytes never take the final name, no hang ----------------------
+
+SMALL = os.urandom(2048)
+
+
+@pytest.fixture
+def small_server():
+    file_server = FileServer(SMALL)
+    yield file_server
+    file_server.close()
+
+
+def test_resume_answered_from_byte_0_is_a_fresh_start_not_an_append(small_server, tmp_path):
+    dest = tmp_path / "model.safetensors"
+    partial_path(dest).write_bytes(SMALL[:1000])
+    small_server.range_answer = "from_zero"
+    result = download_file(small_server.url, dest, progress_stream=None)
+    assert small_server.requests == ["bytes=1000-"]
+    assert result["resumed_from_bytes"] == 0 and result["size_bytes"] == 2048
+    assert dest.read_bytes() == SMALL
+
+
+def test_resume_with_a_lying_content_range_is_cut_off(small_server, tmp_path):
+    # Content-Range says "from byte 1000" but the body is the whole file: 1000 + 2048 > 2048
+    dest = tmp_path / "model.safetensors"
+    partial_path(dest).write_bytes(SMALL[:1000])
+    small_server.range_answer = "lying"
+    with pytest.raises(DownloadError, match=r"sent more than the file has .*expected 2048 bytes in all\)\. Its bytes "
+                                            r"were dropped; the first 1000 bytes are kept"):
+        download_file(small_server.url, dest, progress_stream=None)
+    assert not dest.exists() and partial_path(dest).read_bytes() == SMALL[:1000]
+
+
+def test_resume_from_another_byte_is_refused(small_server, tmp_path):
+    dest = tmp_path / "model.safetensors"
+    partial_path(dest).write_bytes(SMALL[:1000])
+    small_server.range_answer = "other_start"
+    with pytest.raises(DownloadError, match=r"asked .* for the bytes from 1000 on, it answered with Content-Range "
+                                            r"'bytes 500-2047/2048'\. Nothing was appended"):
+        download_file(small_server.url, dest, progress_stream=None)
+    assert not dest.exists() and partial_path(dest).read_bytes() == SMALL[:1000]
+
+
+def test_more_bytes_than_the_manifest_size_are_refused(small_server, tmp_path):
+    dest = tmp_path / "model.safetensors"
+    with pytest.raises(DownloadError, match=r"it announced 2048 bytes, more than the 1000-byte limit"):
+        download_file(small_server.url, dest, expected_size_bytes=1000, progress_stream=None)
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert small_server.sent_bytes <= 2048
+
+
+def test_verify_refuses_the_file_before_it_takes_the_final_name(small_server, tmp_path):
+    dest = tmp_path / "model.safetensors"
+    with pytest.raises(ChecksumError, match=r"Downloaded file is not the expected model: model.safetensors from "
+                                            r".*: an HTML page\. The download was deleted, not installed"):
+        download_file(small_server.url, dest, progress_stream=None, verify=lambda path: "an HTML page.")
+    assert not dest.exists() and not partial_path(dest).exists()
+
+
+def test_a_trickling_server_is_a_stall(small_server, tmp_path):
+    small_server.trickle_s = 0.05  # 20 bytes/s, endless as far as the client can tell
+    dest = tmp_path / "model.safetensors"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"was interrupted at \d+ of 2048 bytes \(only \d+ bytes in 0\.\d s, below "
+                                            r"1024 bytes/s\)\. The partial file is kept"):
+        download_file(small_server.url, dest, progress_stream=None, timeout_s=0.5)
+    assert time.monotonic() - started < 3 and not dest.exists()
+
+
+def test_a_total_time_limit_ends_even_a_fast_enough_transfer(small_server, tmp_path):
+    small_server.trickle_s = 0.01
+    dest = tmp_path / "model.safetensors"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"\(the time limit ran out\)"):
+        download_file(small_server.url, dest, progress_stream=None, timeout_s=5, min_bytes_per_s=1,
+                      total_timeout_s=0.5)
+    assert time.monotonic() - started < 3 and not dest.exists()

@@ -72,6 +72,20 @@ def check_present_file(path, entry):
     return None
 
 
+def header_verifier(entry):
+    """verify(path) for download_file: None when the file's safetensors header is the model `entry` names
+    (models.py's loader check, read from the header alone), else what it is instead."""
+    def verify(path):
+        try:
+            info = detect_variant(path)
+        except WanFitError as error:
+            return str(error)
+        if (info.kind, info.variant) != (entry["kind"], entry["variant"]):
+            return f"it looks like {info.looks_like}, but {entry['filename']} should be {entry['title']}."
+        return None
+    return verify
+
+
 def _size_text(entry):
     if entry.get("size_bytes"):
         return f"{entry['size_bytes'] / 1e9:.2f} GB"
@@ -143,8 +157,14 @@ def _run(args):
     if args.download:
         for filename in _resolve_download_names(args.download, workflow_ids, models_dir, manifest):
             entry = manifest_entry(filename, manifest)
-            if find_model_file(models_dir, entry["folder"], filename):
-                print(f"present, skipped: {entry['folder']}/{filename}")
+            present = find_model_file(models_dir, entry["folder"], filename)
+            if present:
+                problem = check_present_file(present, entry)
+                if problem:  # e.g. an error page saved by an older downloader: say so, never overwrite
+                    print(f"error: present but not the model: {problem}", file=sys.stderr)
+                    failures += 1
+                else:
+                    print(f"present, skipped: {entry['folder']}/{filename}")
                 continue
             if not entry.get("url"):
                 print(f"error: no download URL is recorded for {filename}; copy it into "
@@ -154,7 +174,7 @@ def _run(args):
             try:
                 result = download_file(entry["url"], models_dir / entry["folder"] / filename,
                                        expected_size_bytes=entry.get("size_bytes"),
-                                       expected_sha256=entry.get("sha256"))
+                                       expected_sha256=entry.get("sha256"), verify=header_verifier(entry))
             except DownloadError as error:
                 print(f"error: {error}", file=sys.stderr)
                 failures += 1
