@@ -160,7 +160,7 @@ def iter_body(response, idle_timeout_s, deadline=None, max_bytes=None, min_bytes
         now = time.monotonic()
         if now - window_start >= idle_timeout_s:
             if window_bytes < min_window_bytes:
-                raise TransferStalled(f"only {window_bytes} bytes in {now - window_start:.0f} s, below "
+                raise TransferStalled(f"only {window_bytes} bytes in {now - window_start:.1f} s, below "
                                       f"{min_bytes_per_s} bytes/s")
             window_start, window_bytes = now, 0
 
