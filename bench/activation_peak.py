@@ -3,6 +3,7 @@
     COMFYUI_PATH=~/ComfyUI-0.3.64 python bench/activation_peak.py            # all jobs, batch 1 and 2
     python bench/activation_peak.py --core-path ~/ComfyUI-0.33.0 --json out.json
     python bench/activation_peak.py --validate                               # meta == real CPU run, small size
+    python bench/activation_peak.py --core-path ~/ComfyUI-0.33.0 --lean      # WanFit's lean block forward
 
 How: the core's `WanModel` (comfy/ldm/wan/model.py, built with the core's comfy.ops) is
 built at full size on the `meta` device, so no weight takes memory, and its forward runs at
@@ -21,6 +22,10 @@ On 0.33, RoPE goes through comfy-kitchen (comfy.quant_ops.ck.apply_rope1). On a 
 the kitchen's CUDA kernel (one output of the input's shape and dtype) only with torch built for
 CUDA 13+; below that ComfyUI turns the kitchen's CUDA backend off and its eager backend runs
 (fp32 temporaries, as 0.3.64's own RoPE). --rope picks one; auto = what this torch would get.
+
+`--lean` runs the same forward with WanFit's lean block forward installed (wanfit/lean_forward.py,
+through the core's patches_replace["dit"][("double_block", i)] hook, chunk size auto) and predicts
+with the lean activation model (memory.transformer_activation_bytes(..., lean_forward=True)).
 
 `--validate` runs the same model at a small size twice - on meta, and on the CPU with real
 random weights and real tensors, counting the same way - and checks the two peaks are
@@ -66,6 +71,7 @@ VALIDATION_CONFIGS = (
 )
 VALIDATION_VIDEO = (192, 128, 17)  # width, height, frames -> latent 5 x 16 x 24 -> 5 x 8 x 12 = 480 tokens
 VALIDATION_LATENT = (5, 16, 24)
+VALIDATION_LEAN_CHUNK_TOKENS = 60  # --lean --validate: 8 chunks of the 480 tokens (auto would take them whole)
 
 
 # --- importing the core -------------------------------------------------------
@@ -313,8 +319,9 @@ def build_model(config, device, dtype, operations_name="disable_weight_init"):
     return model
 
 
-def measure_peak(model, config, latent_shape, batch, device, dtype, rope="auto"):
-    """Run one forward pass of the core's WanModel, counting only what the pass creates."""
+def measure_peak(model, config, latent_shape, batch, device, dtype, rope="auto", lean=None, lean_chunk_tokens="auto"):
+    """Run one forward pass of the core's WanModel, counting only what the pass creates.
+    lean: None (the core's own blocks) or the core version whose block the lean forward replays."""
     frames, height, width = latent_shape
     generator = torch.Generator().manual_seed(1)
 
@@ -326,11 +333,16 @@ def measure_peak(model, config, latent_shape, batch, device, dtype, rope="auto")
     x = make(batch, config.in_dim, frames, height, width)
     context = make(batch, TEXT_TOKENS, config.text_dim)
     timestep = torch.full((batch,), 500.0, device=device)
+    options = {}
+    if lean is not None:
+        from wanfit.lean_forward import lean_transformer_options
+
+        options = lean_transformer_options(len(model.blocks), lean, lean_chunk_tokens)
     counter = LiveStorageCounter()
     handles = counter.watch_modules(model)
     try:
         with torch.inference_mode(), rope_kernels(counter, rope) as rope_backend, CudaKernels(counter), counter:
-            out = model(x, timestep, context)
+            out = model(x, timestep, context, transformer_options=options)
             result = {"rope": rope_backend or "eager (core's own)", "peak_bytes": counter.peak_bytes,
                       "allocated_bytes": counter.allocated_bytes, "peak_op": counter.peak_op,
                       "peak_module": counter.peak_module,
@@ -349,16 +361,17 @@ def latent_shape(config, width, height, frames):
     return memory.latent_frames(frames), height // stride, width // stride
 
 
-def run_job(name, config, width, height, frames, batch, version, dtype, operations_name, rope="auto"):
+def run_job(name, config, width, height, frames, batch, version, dtype, operations_name, rope="auto", lean=False):
     model = build_model(config, "meta", dtype, operations_name)
     shape = latent_shape(config, width, height, frames)
-    measured = measure_peak(model, config, shape, batch, "meta", dtype, rope)
+    measured = measure_peak(model, config, shape, batch, "meta", dtype, rope, lean=version if lean else None)
     tokens = memory.transformer_tokens(config, width, height, frames)
     unit_bytes = tokens * config.dim * 2 * batch
     predicted = memory.transformer_activation_bytes(config, width, height, frames, batch_elements=batch,
-                                                    compute_bytes=2, core_version=version)
+                                                    compute_bytes=2, core_version=version, lean_forward=lean)
     return {
         "job": name, "batch": batch, "tokens": tokens, "dim": config.dim, "rope": measured["rope"],
+        "forward": "lean" if lean else "stock",
         "simulated_peak_bytes": measured["peak_bytes"],
         "units": measured["peak_bytes"] / unit_bytes,
         "peak_op": measured["peak_op"], "peak_module": measured["peak_module"],
@@ -369,17 +382,19 @@ def run_job(name, config, width, height, frames, batch, version, dtype, operatio
     }
 
 
-def validate(dtype, operations_name, rope="auto", version=None):
+def validate(dtype, operations_name, rope="auto", version=None, lean=False):
     """The meta simulation against a real CPU run of the same small model: identical peaks."""
     rows = []
     for config in VALIDATION_CONFIGS:
         for batch in (1, 2):
+            lean_core, chunk = (version, VALIDATION_LEAN_CHUNK_TOKENS) if lean else (None, "auto")
             meta = measure_peak(build_model(config, "meta", dtype, operations_name), config, VALIDATION_LATENT, batch,
-                                "meta", dtype, rope)
+                                "meta", dtype, rope, lean=lean_core, lean_chunk_tokens=chunk)
             real = measure_peak(build_model(config, "cpu", dtype, operations_name), config, VALIDATION_LATENT, batch,
-                                "cpu", dtype, rope)
+                                "cpu", dtype, rope, lean=lean_core, lean_chunk_tokens=chunk)
             predicted = memory.transformer_activation_bytes(config, *VALIDATION_VIDEO, batch_elements=batch,
-                                                            compute_bytes=2, core_version=version)
+                                                            compute_bytes=2, core_version=version, lean_forward=lean,
+                                                            chunk_tokens=chunk if lean else None)
             rows.append({"config": config.name, "batch": batch, "rope": meta["rope"],
                          "meta_peak_bytes": meta["peak_bytes"], "real_peak_bytes": real["peak_bytes"],
                          "predicted_bytes": predicted,
@@ -424,6 +439,9 @@ def main(argv=None):
                         help="0.33's comfy-kitchen RoPE: its CUDA kernel (one output) or its eager backend (fp32 "
                              "temporaries); auto = what this torch gets on a GPU (the kernel needs CUDA 13+). "
                              "0.3.64 always runs eager RoPE")
+    parser.add_argument("--lean", action="store_true",
+                        help="install WanFit's lean block forward (wanfit/lean_forward.py, chunks auto) and predict "
+                             "with the lean activation model")
     parser.add_argument("--validate", action="store_true",
                         help="only check meta == real CPU peak at a small size (exit 1 when they differ)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -434,12 +452,13 @@ def main(argv=None):
     core_path = import_core(options.core_path)
     version = core_version(core_path)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
-    card = {"core": version, "core_path": core_path, "torch": torch.__version__, "python": platform.python_version(),
+    card = {"core": version, "core_path": core_path, "forward": "lean" if options.lean else "stock",
+            "torch": torch.__version__, "python": platform.python_version(),
             "device": "CPU simulation on the meta device", "dtype": options.dtype, "ops": options.ops,
             "date": datetime.date.today().isoformat(),
             "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])}
     if options.validate:
-        rows = validate(dtype, options.ops, options.rope, version_tuple(version))
+        rows = validate(dtype, options.ops, options.rope, version_tuple(version), lean=options.lean)
         print(f"ComfyUI {version}, torch {torch.__version__}: meta vs real CPU peak, dim 256, 2 layers, "
               f"latent {VALIDATION_LATENT} ({math.prod(VALIDATION_LATENT) // 4} tokens)")
         for row in rows:
@@ -464,9 +483,10 @@ def main(argv=None):
         config, width, height, frames = JOBS[name]
         for batch in options.batch or (1, 2):
             rows.append(run_job(name, config, width, height, frames, batch, version_tuple(version), dtype, options.ops,
-                                options.rope))
+                                options.rope, lean=options.lean))
     print(f"ComfyUI {version}, torch {torch.__version__}, {options.dtype}, comfy.ops.{options.ops}, "
-          f"RoPE {rows[0]['rope']}; CPU simulation on the meta device\n")
+          f"RoPE {rows[0]['rope']}, {'WanFit lean' if options.lean else 'the core' + chr(39) + 's own'} block forward; "
+          "CPU simulation on the meta device\n")
     print(markdown_table(rows))
     if options.json:
         with open(options.json, "w") as handle:

@@ -31,15 +31,12 @@ import math
 import torch
 
 from .errors import InvalidInputError, WanFitError
+from .memory import LEAN_AUTO_CHUNKS, LEAN_AUTO_MIN_CHUNK_TOKENS, lean_auto_chunk_tokens
 
 log = logging.getLogger("wanfit")
 
 PATCH_NAME = "dit"
 BLOCK_NAME = "double_block"
-# "auto": the sequence in this many chunks, none smaller than AUTO_MIN_CHUNK_TOKENS (a GPU matmul of
-# fewer rows wastes the card) unless the whole sequence is smaller.
-AUTO_CHUNKS = 16
-AUTO_MIN_CHUNK_TOKENS = 1024
 
 
 class LeanForwardError(WanFitError):
@@ -110,7 +107,8 @@ def replay_for(core_version, fingerprint=None):
 
 
 def auto_chunk_tokens(tokens):
-    return min(tokens, max(AUTO_MIN_CHUNK_TOKENS, -(-tokens // AUTO_CHUNKS)))
+    """1/LEAN_AUTO_CHUNKS of the sequence, at least LEAN_AUTO_MIN_CHUNK_TOKENS (wanfit.memory)."""
+    return lean_auto_chunk_tokens(tokens)
 
 
 def validate_chunk_setting(chunk_tokens):
@@ -415,6 +413,7 @@ class LeanBlock:
         self.index = index
         self.replay = replay
         self.chunk_tokens = chunk_tokens
+        self.calls = 0  # blocks run lean (tests and reports read it)
 
     # ModelPatcher.clone() deep-copies model_options on 0.3.64; the patch holds no tensors.
     def __deepcopy__(self, memo):
@@ -431,6 +430,7 @@ class LeanBlock:
                                    "core's forward_orig is not the one the lean forward was checked against.")
         x = lean_block_forward(block, args["img"], args["vec"], args["pe"], args["txt"],
                                args["transformer_options"], self.replay, self.chunk_tokens)
+        self.calls += 1
         return {"img": x}
 
 
@@ -499,7 +499,8 @@ def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None):
     clone = model_patcher.clone()
     for index in range(len(diffusion_model.blocks)):
         clone.set_model_patch_replace(LeanBlock(index, replay, chunk_tokens), PATCH_NAME, BLOCK_NAME, index)
-    chunk_text = ("auto (1/16 of the sequence, at least 1024 tokens)" if chunk_tokens == "auto"
+    chunk_text = (f"auto (1/{LEAN_AUTO_CHUNKS} of the sequence, at least {LEAN_AUTO_MIN_CHUNK_TOKENS} tokens)"
+                  if chunk_tokens == "auto"
                   else f"{chunk_tokens} tokens")
     report = (f"Lean forward on {len(diffusion_model.blocks)} blocks (ComfyUI {_format_version(replay.version)} "
               f"block replayed), chunks {chunk_text}: activations peak at ~5 hidden states instead of "

@@ -333,19 +333,61 @@ def activation_profile(core_version=None):
     return known[-1] if known else ACTIVATION_PROFILES[0]
 
 
-def activation_hidden_units(config, core_version=None):
-    """Peak hidden states live inside a block, per batch element: self-attention or FFN."""
+# WanFit's lean block forward (wanfit/lean_forward.py), the same on both cores (it replays each
+# core's arithmetic, with its own allocation pattern). With f = chunk tokens / tokens:
+# - the self-attention call: caller's x (1) + q (1) + k (1) + v (1) + its output (1) = 5;
+# - while k or v fills: caller's x, q, k (and v) + one chunk's temporaries: the norm, the modulated
+#   input, the Linear and RMSNorm outputs and RoPE's fp32 copy, result and cast back (8 at most);
+# - the FFN: caller's x (1) + the block's own x (1) + one chunk's norm, modulated input and
+#   down-projection (3) and its up-projection and GELU outputs (2 x ffn_dim / dim).
+# At the auto chunk size (1/16 of the sequence) the attention call is the peak: 5 units.
+# Checked by bench/activation_peak.py --lean (docs/benchmarks.md).
+LEAN_ATTENTION_UNITS = 5
+LEAN_FILL_UNITS = 4
+LEAN_FILL_CHUNK_UNITS = 8
+LEAN_FFN_UNITS = 2
+LEAN_FFN_CHUNK_FIXED_UNITS = 3
+# "auto" chunk size: the sequence in this many chunks, none smaller than LEAN_AUTO_MIN_CHUNK_TOKENS (a
+# GPU matmul of fewer rows wastes the card) unless the whole sequence is smaller.
+LEAN_AUTO_CHUNKS = 16
+# Cores whose block wanfit/lean_forward.py replays (its REPLAYS; a unit test keeps the two equal).
+LEAN_FORWARD_CORES = ((0, 3, 64), (0, 33, 0))
+LEAN_AUTO_MIN_CHUNK_TOKENS = 1024
+
+
+def lean_auto_chunk_tokens(tokens):
+    return min(tokens, max(LEAN_AUTO_MIN_CHUNK_TOKENS, -(-tokens // LEAN_AUTO_CHUNKS)))
+
+
+def lean_block_units(config, tokens, chunk_tokens=None):
+    """Peak hidden states inside a lean block (per batch element); chunk_tokens None = auto."""
+    chunk = lean_auto_chunk_tokens(tokens) if chunk_tokens is None else min(chunk_tokens, tokens)
+    fraction = chunk / tokens
+    fill = LEAN_FILL_UNITS + fraction * LEAN_FILL_CHUNK_UNITS
+    ffn = LEAN_FFN_UNITS + fraction * (LEAN_FFN_CHUNK_FIXED_UNITS + FFN_INTERMEDIATES * config.ffn_dim / config.dim)
+    return max(LEAN_ATTENTION_UNITS, fill, ffn)
+
+
+def activation_hidden_units(config, core_version=None, lean_forward=False, tokens=None, chunk_tokens=None):
+    """Peak hidden states live inside a block, per batch element: self-attention or FFN
+    (lean_forward: WanFit's lean block at `tokens`, chunk_tokens None = auto)."""
+    if lean_forward:
+        return lean_block_units(config, tokens, chunk_tokens)
     profile = activation_profile(core_version)
     ffn = profile.ffn_fixed_units + FFN_INTERMEDIATES * config.ffn_dim / config.dim
     return max(profile.self_attention_units, ffn)
 
 
-def transformer_activation_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2, core_version=None):
+def transformer_activation_bytes(config, width, height, frames, batch_elements=1, compute_bytes=2, core_version=None,
+                                 lean_forward=False, chunk_tokens=None):
     """Peak activation memory of one forward pass; batch_elements is 2x batch when CFG is
-    batched; core_version (e.g. (0, 3, 64)) picks the core's profile, None the newest."""
+    batched; core_version (e.g. (0, 3, 64)) picks the core's profile, None the newest;
+    lean_forward: WanFit's lean block forward instead of the core's own blocks, with
+    chunk_tokens per chunk (None = auto)."""
     tokens = transformer_tokens(config, width, height, frames)
     hidden_state_bytes = tokens * config.dim * compute_bytes
-    blocks = hidden_state_bytes * activation_hidden_units(config, core_version) * batch_elements
+    units = activation_hidden_units(config, core_version, lean_forward, tokens, chunk_tokens)
+    blocks = hidden_state_bytes * units * batch_elements
     rope_table = tokens * config.head_dim * ROPE_BYTES_PER_HEAD_DIM_PER_TOKEN
     text_context = TEXT_CONTEXT_TOKENS * config.dim * compute_bytes * batch_elements
     latent_input = tokens * config.in_dim * math.prod(config.patch_size) * compute_bytes * batch_elements

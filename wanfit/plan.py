@@ -198,6 +198,9 @@ class Plan:
     core_source: str = ""  # where that came from (checkout, running process, version string, assumed)
     memory_manager: str = ""  # key of MEMORY_MANAGERS
     pinned_ram_bytes: int = 0  # dynamic VRAM: streamed weights ComfyUI pins in RAM (part of the RAM peak)
+    lean_forward: bool = False  # WanFit Lean Forward on the diffusion model(s): needed for the job to fit
+    lean_chunk_tokens: int = 0  # tokens per chunk the lean forward uses for this job (its "auto"); 0 when off
+    predicted_activation_bytes: int = 0  # one sampling pass's activations (CFG as planned), the forward planned
 
     @property
     def resident_fraction(self):
@@ -235,6 +238,9 @@ class Plan:
                          f"RAM {format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}")
             lines.append(f"Attention {self.attention_backend}; VAE decode budget "
                          f"{format_gib(self.vae_decode_budget_bytes)}{' (tiled)' if self.vae_decode_tiled else ''}")
+        if self.lean_forward:
+            lines.append(f"Lean forward: on (chunks of {self.lean_chunk_tokens} tokens), activations "
+                         f"{format_gib(self.predicted_activation_bytes)}")
         drops = [name for name, flag in (("text encoder after encode", self.drop_text_encoder_after_encode),
                                          ("high-noise expert before low", self.drop_high_noise_expert_before_low)) if flag]
         if drops:
@@ -309,6 +315,7 @@ class _Candidate:
     text_encoder_dtype: str
     retention: str
     text_encoder_device: str = "cpu"
+    lean_forward: bool = False
     failures: list = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
 
@@ -336,10 +343,12 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
     on_cpu = not device.is_gpu
     compute_bytes = 4 if on_cpu else 2
     cfg_factor = 2 if job.cfg else 1
+    lean = candidate.lean_forward
     act_batched = memory.transformer_activation_bytes(config, job.width, job.height, job.frames,
-                                                      job.batch * cfg_factor, compute_bytes, core_version=core.version)
+                                                      job.batch * cfg_factor, compute_bytes, core_version=core.version,
+                                                      lean_forward=lean)
     act_single = memory.transformer_activation_bytes(config, job.width, job.height, job.frames, job.batch, compute_bytes,
-                                                     core_version=core.version)
+                                                     core_version=core.version, lean_forward=lean)
     state = memory.sampler_state_bytes(config, job.width, job.height, job.frames, job.batch)
     n = candidate.numbers
     n["model_weight_bytes"] = memory.transformer_weight_bytes(
@@ -348,7 +357,8 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
 
     if on_cpu:
         candidate.text_encoder_device = "cpu"
-        n.update(resident=0, cfg_batched=job.cfg, vram={}, peak_vram=0, decode_budget=decode_need, tiled=False)
+        n.update(resident=0, cfg_batched=job.cfg, vram={}, peak_vram=0, decode_budget=decode_need, tiled=False,
+                 activation=act_batched if job.cfg else act_single)
         sample_ws, decode_ws = act_batched + state, decode_need
     else:
         usable = device.total_vram_bytes - reserve
@@ -386,6 +396,7 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
             "sample": sample_peak,
             "vae_decode": memory.CUDA_CONTEXT_BYTES + vae_bytes + min(decode_need, decode_budget),
         }
+        n.update(activation=act_batched if cfg_batched else act_single)
         n.update(resident=resident, cfg_batched=cfg_batched, vram=vram, peak_vram=max(vram.values()),
                  decode_budget=decode_budget, tiled=decode_need > decode_budget, usable=usable)
         sample_ws, decode_ws = 0, 0
@@ -416,10 +427,22 @@ def _candidates(device, variant, overrides):
 
 
 def _try_plan(device, variant, job, overrides, ram_bytes, core):
-    """(chosen candidate or None, last candidate tried, reserve)."""
+    """(chosen candidate or None, last candidate tried, reserve). The core's own forward first; WanFit's
+    lean forward (wanfit/lean_forward.py) only where the stock activations make every candidate fail
+    and the core is one whose block it replays."""
+    chosen, last, reserve = _try_forward(device, variant, job, overrides, ram_bytes, core, lean=False)
+    if chosen is None and tuple(core.version) in memory.LEAN_FORWARD_CORES:
+        lean_chosen, lean_last, reserve = _try_forward(device, variant, job, overrides, ram_bytes, core, lean=True)
+        if lean_chosen is not None:
+            return lean_chosen, lean_last, reserve
+    return chosen, last, reserve
+
+
+def _try_forward(device, variant, job, overrides, ram_bytes, core, lean):
     reserve = _reserve_bytes(device, overrides) if device.is_gpu else 0
     last = None
     for candidate in _candidates(device, variant, overrides):
+        candidate.lean_forward = lean
         last = candidate
         if _evaluate(device, variant, job, reserve, ram_bytes, candidate, overrides.text_encoder_device, core,
                      forced_dtype=bool(overrides.weight_dtype)):
@@ -639,6 +662,19 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, cor
         reasons += flag_reasons
         launch_env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if device.kind == "cuda" else {}
     reasons.append(attention_reason)
+    lean_chunk = 0
+    if chosen.lean_forward:
+        config, tokens = variant.transformer, memory.transformer_tokens(variant.transformer, job.width, job.height, job.frames)
+        lean_chunk = memory.lean_auto_chunk_tokens(tokens)
+        batch = job.batch * (2 if n["cfg_batched"] else 1)
+        compute_bytes = 4 if not device.is_gpu else 2
+        stock = memory.transformer_activation_bytes(config, job.width, job.height, job.frames, batch, compute_bytes,
+                                                    core_version=core.version)
+        reasons.append(f"lean forward on (WanFit Lean Forward, chunks of {lean_chunk} tokens): activations "
+                       f"{format_gib(n['activation'])} instead of {format_gib(stock)} with ComfyUI's own blocks "
+                       f"({memory.lean_block_units(config, tokens):.1f} instead of "
+                       f"{memory.activation_hidden_units(config, core.version):.1f} hidden states of {tokens} tokens), "
+                       f"saving {format_gib(stock - n['activation'])}: without it the job does not fit")
     if drop_te:
         reasons.append("RAM is short for keeping every model: free the text encoder after encoding" +
                        (" and the high-noise expert before the low-noise expert loads" if drop_high else "") +
@@ -678,6 +714,9 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, cor
         core_source=core.source,
         memory_manager=manager,
         pinned_ram_bytes=int(pinned),
+        lean_forward=chosen.lean_forward,
+        lean_chunk_tokens=lean_chunk,
+        predicted_activation_bytes=int(n["activation"]),
     )
 
 

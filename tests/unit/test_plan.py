@@ -115,12 +115,38 @@ def test_refusal_on_8gb_with_16gb_ram_says_what_would_fit():
 
 def test_refusal_computes_max_frames_and_smaller_size():
     with pytest.raises(PlanDoesNotFitError) as caught:
-        plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 81))
+        plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 161))
     error = caught.value
     assert error.max_frames is not None and (error.max_frames - 1) % 4 == 0
     assert f"at most {error.max_frames} frames" in str(error)
     assert plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, error.max_frames))
     assert "smaller size" in str(error)
+
+
+@pytest.mark.parametrize("core", ["0.3.64", "0.33.0"])
+@pytest.mark.parametrize("variant", ["t2v_a14b", "i2v_a14b"])
+def test_a14b_720p_fits_8gb_with_the_lean_forward(core, variant):
+    """The core's own blocks need 9-10 hidden states (A14B 720p: 7.9-8.8 GB); the lean forward 5."""
+    job = Job(1280, 720, 81)
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), variant, job, core=core_from_version(core))
+    assert result.lean_forward and result.lean_chunk_tokens == 4725
+    stock = memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81,
+                                                core_version=tuple(int(part) for part in core.split(".")))
+    assert result.predicted_activation_bytes < stock / 1.7
+    assert any(reason.startswith("lean forward on") and "without it the job does not fit" in reason
+               for reason in result.reasons), result.reasons
+    assert "Lean forward: on" in result.summary()
+
+
+def test_the_lean_forward_stays_off_where_the_stock_forward_fits():
+    result = plan(device_for_gpu("RTX 4090", 64 * GIB), "t2v_a14b", Job(832, 480, 81))
+    assert not result.lean_forward and result.lean_chunk_tokens == 0
+    assert not any("lean forward" in reason for reason in result.reasons)
+
+
+def test_the_lean_forward_is_not_planned_for_a_core_it_does_not_replay():
+    with pytest.raises(PlanDoesNotFitError):
+        plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 81), core=core_from_version("0.40.0"))
 
 
 def test_refusal_for_ram_names_the_ram_needed():

@@ -32,7 +32,7 @@ def build_parser():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--no-cfg", action="store_true", help="cfg 1.0 (e.g. a distill LoRA): one pass per step")
     parser.add_argument("--tier", default=None, help="plan for a named tier instead of this GPU: " + ", ".join(GPU_TIERS))
-    parser.add_argument("--system-ram-gb", type=float, default=None,
+    parser.add_argument("--system-ram-gb", "--ram-gb", dest="system_ram_gb", type=float, default=None,
                         help="plan for this much system RAM instead of this machine's (with --tier / GPU_TIER)")
     parser.add_argument("--reserve-vram-gb", type=float, default=None,
                         help="VRAM to leave to other processes (e.g. a local LLM server)")

@@ -1,0 +1,230 @@
+"""WanFit Lean Forward against this core's own WAN blocks, in-process, CPU fp32.
+
+The tiny fixture models (dim 128, 2 blocks, the real key layout) load through ComfyUI's own loader
+(comfy.sd), so the blocks are the core's WanAttentionBlock built with the ops ComfyUI picks; the
+lean clone is made by the package's own entry point (patch_model_lean). Each comparison runs the
+core's forward twice on the same loaded weights: stock (no block replacement) and lean.
+Acceptance: max |lean - stock| <= 1e-5 x max |stock| per forward; a sampling run's latent
+relative L2 <= 1e-5.
+"""
+
+import pytest
+import torch
+
+from tests.comfy_import import import_comfy
+from tests.fixtures.generate import LORAS, fixture_paths
+
+T2V = "wanfit_tiny_t2v_high_noise_14B.safetensors"
+I2V = "wanfit_tiny_i2v_low_noise_14B.safetensors"
+TI2V = "wanfit_tiny_ti2v_5B.safetensors"
+# latent frames x height x width per model: A14B latents are H/8 x W/8 (16 ch; I2V 36 with the image
+# channels), TI2V-5B H/16 x W/16 (48 ch). 3 x 24 x 40 -> 720 tokens for A14B, 3 x 16 x 24 -> 288 for 5B.
+SHAPES = {T2V: (16, 3, 24, 40), I2V: (36, 3, 24, 40), TI2V: (48, 3, 16, 24)}
+CHUNKS = (97, "auto")  # 97: uneven chunks (the last one short); auto: the whole (small) sequence
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def comfy(comfyui, fixtures):
+    import_comfy(comfyui)
+    import comfy.model_management
+    import comfy.sd
+    import comfy.utils
+
+    return comfy
+
+
+def load(comfy, name, fixtures):
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(str(fixtures["diffusion_models"][name]))
+
+
+def forward(patcher, inputs, transformer_options=None, load=True):
+    """The core's WanModel forward on the patcher's loaded weights (weight patches applied)."""
+    import comfy.model_management
+
+    if load:
+        comfy.model_management.load_models_gpu([patcher])
+    diffusion_model = patcher.model.diffusion_model
+    options = dict(patcher.model_options.get("transformer_options", {}))
+    if transformer_options is not None:
+        options = transformer_options
+    with torch.inference_mode():
+        return diffusion_model(*inputs, transformer_options=options).float()
+
+
+def make_inputs(name, batch=2, seed=0, per_frame_timestep=False):
+    channels, frames, height, width = SHAPES[name]
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, frames, height, width, generator=generator)
+    if per_frame_timestep:  # TI2V-5B with an image: the first latent frame at t=0 (model_base.WAN22)
+        t = torch.tensor([[0.0] + [600.0] * (frames - 1)] * batch)
+    else:
+        t = torch.tensor([600.0, 300.0][:batch])
+    context = torch.randn(batch, 512, 4096, generator=generator)
+    return x, t, context
+
+
+def assert_close(lean, stock, where):
+    difference = (lean - stock).abs().max().item()
+    scale = stock.abs().max().item()
+    assert torch.isfinite(lean).all(), f"{where}: lean output not finite"
+    assert difference <= TOLERANCE * scale, (
+        f"{where}: max |lean - stock| = {difference:.3e}, expected <= {TOLERANCE} x max |stock| = {TOLERANCE * scale:.3e}")
+    print(f"{where}: max abs diff / max abs output = {difference / scale:.2e}")
+    return difference / scale
+
+
+@pytest.mark.parametrize("name", [TI2V, T2V, I2V])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_lean_forward_matches_the_cores_blocks(comfy, fixtures, name, chunk):
+    from wanfit.lean_forward import installed_lean_blocks, patch_model_lean
+
+    stock_model = load(comfy, name, fixtures)
+    lean_model, report = patch_model_lean(stock_model, chunk)
+    assert len(installed_lean_blocks(lean_model)) == 2 and not installed_lean_blocks(stock_model), report
+    inputs = make_inputs(name, per_frame_timestep=name == TI2V)
+    stock = forward(stock_model, inputs, transformer_options={})
+    lean = forward(lean_model, inputs)
+    assert [patch.calls for patch in installed_lean_blocks(lean_model).values()] == [1, 1], "the lean blocks did not run"
+    assert_close(lean, stock, f"{name}, chunks {chunk}")
+
+
+@pytest.mark.parametrize("lowvram", [False, True], ids=["lora-merged", "lora-on-the-fly"])
+def test_lean_forward_with_a_lora(comfy, fixtures, lowvram):
+    """A LoRA merged into the weights, and applied on use by weight functions (partial loading:
+    comfy.ops casts each weight through the LoRA patch, which the lean forward does once per block)."""
+    import comfy.model_management
+    import comfy.sd
+    import comfy.utils
+
+    from wanfit.lean_forward import patch_model_lean
+
+    base = load(comfy, T2V, fixtures)
+    lora = comfy.utils.load_torch_file(str(fixtures["loras"][sorted(LORAS)[0]]))
+    with_lora, _ = comfy.sd.load_lora_for_models(base, None, lora, 1.0, 0.0)
+    lean_model, _ = patch_model_lean(with_lora, 97)
+    inputs = make_inputs(T2V)
+    plain = forward(base, inputs, transformer_options={})
+    comfy.model_management.unload_all_models()
+    if lowvram:
+        # a 1-byte budget: no weight is loaded for good; every patched Linear gets a LowVramPatch weight
+        # function and comfy_cast_weights, as partial loading does on a small card
+        with_lora.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)
+        block = with_lora.model.diffusion_model.blocks[0]
+        assert block.self_attn.q.weight_function and block.self_attn.q.comfy_cast_weights
+    stock = forward(with_lora, inputs, transformer_options={}, load=not lowvram)
+    lean = forward(lean_model, inputs, load=not lowvram)
+    if lowvram:
+        with_lora.unpatch_model(device_to=torch.device("cpu"))
+    assert (stock - plain).abs().max() > 1e-3, "the LoRA changed nothing: the test would prove nothing"
+    assert_close(lean, stock, f"LoRA ({'on the fly' if lowvram else 'merged'})")
+
+
+def test_lean_forward_keeps_the_sage_patch_in_the_loop(comfy, fixtures):
+    """The attention goes through transformer_options' override (WanFit Sage Attention), as in the stock block."""
+    from wanfit.attention import find_override, patch_model_attention
+    from wanfit.lean_forward import patch_model_lean
+
+    base = load(comfy, T2V, fixtures)
+    with_sage, _ = patch_model_attention(base, "auto", verify=False)
+    override = find_override(with_sage)
+    lean_model, _ = patch_model_lean(with_sage, 97)
+    inputs = make_inputs(T2V)
+    stock = forward(with_sage, inputs)
+    stock_calls = override.stats.self_attention_calls + override.stats.cross_attention_calls
+    override.stats.reset()
+    lean = forward(lean_model, inputs)
+    lean_calls = override.stats.self_attention_calls + override.stats.cross_attention_calls
+    assert stock_calls == lean_calls == 4, f"attention calls: stock {stock_calls}, lean {lean_calls}; expected 4 each"
+    assert_close(lean, stock, "with WanFit Sage Attention (SDPA fallback on the CPU)")
+
+
+def test_a_sampling_run_gives_the_same_latent(comfy, fixtures):
+    import comfy.model_management
+    import comfy.sample
+
+    from wanfit.lean_forward import patch_model_lean
+
+    stock_model = load(comfy, T2V, fixtures)
+    lean_model, _ = patch_model_lean(stock_model, 97)
+    generator = torch.Generator().manual_seed(3)
+    positive = [[torch.randn(1, 512, 4096, generator=generator), {}]]
+    negative = [[torch.randn(1, 512, 4096, generator=generator), {}]]
+    latent = torch.zeros(1, 16, 3, 24, 40)
+    results = []
+    for model in (stock_model, lean_model, stock_model):
+        noise = comfy.sample.prepare_noise(latent, 42)
+        results.append(comfy.sample.sample(model, noise, 6, 5.0, "euler", "simple", positive, negative, latent,
+                                           disable_pbar=True, seed=42).float())
+        comfy.model_management.unload_all_models()
+    stock, lean, stock_again = results
+    assert torch.equal(stock, stock_again), "two stock runs differ: the comparison would prove nothing"
+    relative_l2 = ((lean - stock).norm() / stock.norm()).item()
+    print(f"sampling run (6 steps, cfg 5): latent relative L2 = {relative_l2:.2e}")
+    assert relative_l2 <= TOLERANCE, f"latent relative L2 {relative_l2:.3e}, expected <= {TOLERANCE}"
+
+
+# --- bad inputs ----------------------------------------------------------------------------
+
+
+def test_a_model_that_is_not_wan_is_refused_by_name(comfy):
+    import comfy.model_patcher
+
+    from wanfit.lean_forward import LeanForwardError, patch_model_lean
+
+    class FluxLikeModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.diffusion_model = torch.nn.Linear(4, 4)
+
+    patcher = comfy.model_patcher.ModelPatcher(FluxLikeModel(), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(LeanForwardError, match="FluxLikeModel.*Linear"):
+        patch_model_lean(patcher)
+
+
+@pytest.mark.parametrize("chunk", [0, -5, 2.5, True, "big"])
+def test_a_chunk_size_below_one_is_refused(comfy, fixtures, chunk):
+    from wanfit.errors import InvalidInputError
+    from wanfit.lean_forward import patch_model_lean
+
+    with pytest.raises(InvalidInputError, match="chunk_tokens"):
+        patch_model_lean(load(comfy, T2V, fixtures), chunk)
+
+
+def test_a_chunk_size_above_the_token_count_is_refused(comfy, fixtures):
+    from wanfit.errors import InvalidInputError
+    from wanfit.lean_forward import patch_model_lean
+
+    lean_model, _ = patch_model_lean(load(comfy, T2V, fixtures), 721)  # this job has 720 tokens
+    with pytest.raises(InvalidInputError, match=r"chunk_tokens=721.*720 tokens"):
+        forward(lean_model, make_inputs(T2V))
+    lean_model, _ = patch_model_lean(load(comfy, T2V, fixtures), 720)  # the whole sequence in one chunk is fine
+    forward(lean_model, make_inputs(T2V))
+
+
+def test_another_block_replacement_is_refused(comfy, fixtures):
+    from wanfit.lean_forward import LeanForwardError, patch_model_lean
+
+    model = load(comfy, T2V, fixtures).clone()
+    model.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
+    with pytest.raises(LeanForwardError, match=r"another block replacement \(\('double_block', 1\)\)"):
+        patch_model_lean(model)
+    lean_model, _ = patch_model_lean(load(comfy, T2V, fixtures))
+    patch_model_lean(lean_model, 97)  # re-applying the lean forward (a new chunk size) is allowed
+
+
+def test_a_core_it_does_not_know_is_refused(comfy, fixtures):
+    from wanfit.lean_forward import LeanForwardError, patch_model_lean
+
+    with pytest.raises(LeanForwardError, match=r"ComfyUI 0\.40\.0.*not been checked"):
+        patch_model_lean(load(comfy, T2V, fixtures), core_version=(0, 40, 0))
+
+
+def test_a_changed_block_is_refused(comfy, fixtures, monkeypatch):
+    from wanfit import lean_forward
+
+    monkeypatch.setattr(lean_forward, "block_source_fingerprint", lambda: "0" * 64)
+    with pytest.raises(lean_forward.LeanForwardError, match="differs from the released"):
+        lean_forward.patch_model_lean(load(comfy, T2V, fixtures))

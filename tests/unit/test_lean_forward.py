@@ -1,0 +1,64 @@
+"""The lean forward's pure parts: chunk sizes, the modulation rows, its activation model."""
+
+import pytest
+import torch
+
+from wanfit import memory
+from wanfit.errors import InvalidInputError
+from wanfit.lean_forward import REPLAYS, _rows, resolve_chunk_tokens, validate_chunk_setting
+
+
+def repeat_e(e, x):  # comfy/ldm/wan/model.py (identical in 0.3.64 and 0.33.0)
+    repeats = 1
+    if e.size(1) > 1:
+        repeats = x.size(1) // e.size(1)
+    if repeats == 1:
+        return e
+    if repeats * e.size(1) == x.size(1):
+        return torch.repeat_interleave(e, repeats, dim=1)
+    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, :x.size(1)]
+
+
+def test_the_planner_and_the_replays_know_the_same_cores():
+    assert tuple(sorted(REPLAYS)) == memory.LEAN_FORWARD_CORES
+
+
+@pytest.mark.parametrize("frames, tokens", [(1, 50), (5, 50), (7, 50), (3, 9), (50, 50)])
+def test_modulation_rows_match_repeat_e_chunk_by_chunk(frames, tokens):
+    e = torch.randn(2, frames, 8)
+    full = repeat_e(e, torch.empty(2, tokens, 8)).expand(2, tokens, 8)
+    for start in range(0, tokens, 6):
+        stop = min(start + 6, tokens)
+        assert torch.equal(_rows(e, tokens, start, stop).expand(2, stop - start, 8), full[:, start:stop])
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "4096", None])
+def test_chunk_settings_below_one_or_not_whole_are_refused(value):
+    with pytest.raises(InvalidInputError, match="chunk_tokens"):
+        validate_chunk_setting(value)
+
+
+def test_chunk_sizes_resolve_against_the_sequence():
+    assert validate_chunk_setting("auto") == "auto" and validate_chunk_setting(1) == 1
+    assert resolve_chunk_tokens("auto", 75_600) == 4725  # 1/16
+    assert resolve_chunk_tokens("auto", 8_192) == 1024  # not below 1024 tokens
+    assert resolve_chunk_tokens("auto", 500) == 500  # a short sequence in one chunk
+    assert resolve_chunk_tokens(500, 500) == 500
+    with pytest.raises(InvalidInputError, match=r"chunk_tokens=501.*500 tokens"):
+        resolve_chunk_tokens(501, 500)
+
+
+@pytest.mark.parametrize("config, width, height, frames", [
+    (memory.T2V_A14B_EXPERT, 1280, 720, 81), (memory.T2V_A14B_EXPERT, 832, 480, 81), (memory.TI2V_5B, 1280, 704, 121)])
+def test_lean_activations_are_5_hidden_states_at_real_sizes(config, width, height, frames):
+    tokens = memory.transformer_tokens(config, width, height, frames)
+    assert memory.lean_block_units(config, tokens) == 5
+    for core in memory.LEAN_FORWARD_CORES:
+        stock = memory.transformer_activation_bytes(config, width, height, frames, core_version=core)
+        lean = memory.transformer_activation_bytes(config, width, height, frames, core_version=core, lean_forward=True)
+        assert lean < stock * 0.6
+
+
+def test_lean_activations_grow_when_chunks_are_the_whole_sequence():
+    config = memory.TI2V_5B
+    assert memory.lean_block_units(config, 1000, 1000) == pytest.approx(2 + 3 + 2 * 14336 / 3072)
