@@ -11,6 +11,7 @@ COMMANDS = {
     "doctor": ("wanfit.cli.doctor", "which attention backend would run here, and how to install sageattention"),
     "run": ("wanfit.cli.run",
             "fill a shipped workflow, submit it to ComfyUI's /prompt, follow progress, download the video"),
+    "worker-start": ("wanfit.cli.worker_start", "RunPod worker start step: flags, models on the volume, then ComfyUI"),
 }
 
 
