@@ -1,4 +1,11 @@
-from ..wanfit.choices import MODEL_VARIANTS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
+from ..wanfit.choices import (MODEL_VARIANTS, PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES,
+                              PLAN_WEIGHT_DTYPES)
+
+
+def _limits(name):
+    """min/max of a numeric input, from the table the plan itself enforces (the route and CLI too)."""
+    low, high = PLAN_INPUT_LIMITS[name]
+    return {"min": low, "max": high}
 
 
 def probe_for_plan():
@@ -37,14 +44,14 @@ class WanFitOffloadPlan:
                 "default": "ti2v_5b",
                 "tooltip": "ti2v_5b: TI2V-5B (one model, Wan 2.2 VAE). t2v_a14b / i2v_a14b: the A14B high/low-noise "
                            "expert pair (Wan 2.1 VAE)."}),
-            "width": ("INT", {"default": 1280, "min": 16, "max": 8192, "step": 16,
+            "width": ("INT", {"default": 1280, **_limits("width"), "step": 16,
                               "tooltip": "Video width in pixels: a multiple of 32 for TI2V-5B, of 16 for A14B."}),
-            "height": ("INT", {"default": 704, "min": 16, "max": 8192, "step": 16,
+            "height": ("INT", {"default": 704, **_limits("height"), "step": 16,
                                "tooltip": "Video height in pixels: a multiple of 32 for TI2V-5B, of 16 for A14B. "
                                           "Official: 704 (5B), 720 or 480 (A14B)."}),
-            "frames": ("INT", {"default": 121, "min": 1, "max": 1025, "step": 4,
+            "frames": ("INT", {"default": 121, **_limits("frames"), "step": 4,
                                "tooltip": "Frame count, 4n+1 (121 for TI2V-5B at 24 fps, 81 for A14B at 16 fps)."}),
-            "batch": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
+            "batch": ("INT", {"default": 1, **_limits("batch"), "tooltip": "Videos generated at once."}),
             "cfg": ("BOOLEAN", {"default": True, "tooltip": "On when cfg > 1 (two passes per step). Off for "
                                                             "cfg 1.0, e.g. with the 4-step lightx2v LoRA."}),
             "mode": (list(PLAN_MODES), {
@@ -52,7 +59,7 @@ class WanFitOffloadPlan:
                 "tooltip": "auto: read this GPU (total and free VRAM, RAM). A tier name plans for that card "
                            "instead, e.g. to size a job for a rented GPU."}),
             "reserve_vram_gb": ("FLOAT", {
-                "default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5,
+                "default": 0.0, **_limits("reserve_vram_gb"), "step": 0.5,
                 "tooltip": "VRAM to leave to other processes (a local LLM server, a second ComfyUI). "
                            "0 = automatic: ComfyUI's default plus whatever other processes hold now."}),
             "weight_dtype": (list(PLAN_WEIGHT_DTYPES), {

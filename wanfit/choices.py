@@ -13,3 +13,9 @@ ATTENTION_MODES = ("auto", "disabled", "sageattn", "qk_int8_pv_fp16_triton", "qk
                    "qk_int8_pv_fp8_cuda", "qk_int8_pv_fp8_cuda_sm90", "sageattn3")
 LOADER_WEIGHT_DTYPES = ("auto", "default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 LOADER_TEXT_ENCODER_DEVICES = ("auto", "default", "cpu")
+
+# Range of each numeric Offload Plan input: the node widgets declare it, and the plan, the
+# GET /wanfit/plan route and the CLI refuse anything outside it (a NaN or 1e308 from a query
+# string, a NaN that passes ComfyUI's min/max check) with an error naming the field.
+PLAN_INPUT_LIMITS = {"width": (16, 8192), "height": (16, 8192), "frames": (1, 1025), "batch": (1, 64),
+                     "reserve_vram_gb": (0.0, 256.0)}

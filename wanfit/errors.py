@@ -14,10 +14,18 @@ class InvalidInputError(WanFitError, ValueError):
     def __init__(self, field, value, expected, fix=""):
         self.field = field
         self.value = value
-        message = f"{field}={value!r} is invalid: expected {expected}."
+        message = f"{field}={_short_repr(value)} is invalid: expected {expected}."
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
+
+
+def _short_repr(value, limit=80):
+    """repr(value), cut in the middle when long: a 5000-digit query value should not become a 5 KB message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text)} characters)"
 
 
 class ComfyUINotFoundError(WanFitError):

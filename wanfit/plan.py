@@ -15,9 +15,11 @@ Launch flags are only ever ones the core's cli_args.py defines and that change s
 
 from dataclasses import asdict, dataclass, field, replace
 import logging
+import math
 
 from . import core as cores
 from . import memory
+from .choices import PLAN_INPUT_LIMITS
 from .device import DeviceInfo
 from .errors import InvalidInputError, WanFitError
 from .units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib, gib
@@ -261,8 +263,12 @@ def _variant(model_variant):
 
 
 def _positive_int(name, value):
+    """A whole number from 1 up to the input's limit; an absurd one (10**300) is refused before any arithmetic."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidInputError(name, value, "a positive whole number")
+    highest = PLAN_INPUT_LIMITS[name][1]
+    if value > highest:
+        raise InvalidInputError(name, value, f"at most {highest}", f"use {highest} or less")
 
 
 def validate_job(job, variant):
@@ -288,6 +294,8 @@ def _validate_overrides(overrides, device):
         raise InvalidInputError("text_encoder_device", overrides.text_encoder_device, "cpu, gpu or unset (auto)")
     reserve = overrides.reserve_vram_bytes
     if reserve is not None:
+        if isinstance(reserve, bool) or not isinstance(reserve, (int, float)) or not math.isfinite(reserve):
+            raise InvalidInputError("reserve_vram_gb", reserve, "a finite number of GB (reserve_vram_bytes: bytes)")
         if reserve < 0:
             raise InvalidInputError("reserve_vram_gb", gib(reserve), "0 or more")
         if device.is_gpu and reserve >= device.total_vram_bytes:

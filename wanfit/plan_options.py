@@ -4,7 +4,9 @@ The node, the `GET /wanfit/plan` route and the CLI share it, so the same inputs 
 same plan and the same error texts wherever they come from.
 """
 
-from .choices import PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
+import math
+
+from .choices import PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
 from .errors import InvalidInputError
 from .plan import GPU_TIERS, MODEL_VARIANTS, Job, Overrides, device_for_tier, plan
 from .units import gib_to_bytes
@@ -32,9 +34,7 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
         raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(WEIGHT_DTYPE_CHOICES))
     if text_encoder_device not in TEXT_ENCODER_DEVICE_CHOICES:
         raise InvalidInputError("text_encoder_device", text_encoder_device, "auto, cpu or gpu")
-    if reserve_vram_gb < 0:
-        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, "0 (automatic) or more GB",
-                                "set the VRAM other processes hold, e.g. 6 for a local LLM server")
+    _check_reserve_vram_gb(reserve_vram_gb)
     default_width, default_height, default_frames = DEFAULT_JOB[model_variant]
     job = Job(width=default_width if width is None else width, height=default_height if height is None else height,
               frames=default_frames if frames is None else frames, batch=batch, cfg=cfg)
@@ -45,6 +45,22 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
                           weight_dtype=None if weight_dtype == "auto" else weight_dtype,
                           text_encoder_device=None if text_encoder_device == "auto" else text_encoder_device)
     return plan(device, model_variant, job, overrides, core=core)
+
+
+def _check_reserve_vram_gb(reserve_vram_gb):
+    """NaN passes ComfyUI's min/max widget check (every comparison with NaN is false) and a query
+    string can say inf or 1e308; turned into bytes, they ended in "cannot convert float NaN to integer"
+    or an OverflowError that named no field."""
+    highest = PLAN_INPUT_LIMITS["reserve_vram_gb"][1]
+    fix = "set the VRAM other processes hold, e.g. 6 for a local LLM server, or 0 for automatic"
+    if isinstance(reserve_vram_gb, bool) or not isinstance(reserve_vram_gb, (int, float)):
+        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, "a number of GB", fix)
+    if not math.isfinite(reserve_vram_gb):
+        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, f"a finite number of GB from 0 to {highest:g}", fix)
+    if reserve_vram_gb < 0:
+        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, "0 (automatic) or more GB", fix)
+    if reserve_vram_gb > highest:
+        raise InvalidInputError("reserve_vram_gb", reserve_vram_gb, f"at most {highest:g} GB", fix)
 
 
 def _parse(params, name, kind, default):

@@ -72,12 +72,29 @@ def test_http_route_on_this_machine_plans_for_the_cpu(client):
     ({"frames": "many"}, "frames", "expected a whole number"),
     ({"mode": "PROSUMER_24GB", "reserve_vram_gb": 30}, "reserve_vram_gb", "reserve_vram_gb"),
     ({"colour": "red"}, "colour", "one of the parameters"),
+    ({"reserve_vram_gb": "nan"}, "reserve_vram_gb", "reserve_vram_gb=nan is invalid: expected a finite number"),
+    ({"reserve_vram_gb": "inf"}, "reserve_vram_gb", "reserve_vram_gb=inf is invalid: expected a finite number"),
+    ({"reserve_vram_gb": "1e308"}, "reserve_vram_gb", "expected at most 256 GB"),
+    ({"width": 10**300}, "width", "expected at most 8192"),
+    ({"frames": 10**300}, "frames", "expected at most 1025"),
+    ({"batch": 10**30}, "batch", "expected at most 64"),
 ])
 def test_http_route_rejects_bad_input_naming_the_field(client, params, field, text):
     status, body = get_plan(client, **params)
     assert status == 400, body
     assert body["field"] == field
     assert text in body["error"]
+
+
+def test_plan_node_refuses_a_reserve_that_is_not_a_number_naming_the_field(client):
+    """NaN passes ComfyUI's own min/max check; it used to fail with "cannot convert float NaN to integer"."""
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(plan_graph(width=64, height=64, frames=5, reserve_vram_gb=float("nan")), timeout_s=60)
+    message = str(failure.value)
+    assert "reserve_vram_gb=nan is invalid: expected a finite number of GB" in message
+    assert "Fix:" in message and "cannot convert" not in message
+    status, plan = get_plan(client, width=64, height=64, frames=5)
+    assert status == 200, plan
 
 
 def test_http_route_refusal_lists_suggestions(client):

@@ -49,6 +49,49 @@ def test_bad_options_name_the_field(kwargs, field):
     assert error.value.field == field and f"{field}=" in str(error.value)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e308, 257.0, "6", True])
+def test_reserve_that_is_not_a_sane_number_names_the_field(value):
+    """NaN passes ComfyUI's min/max widget check; it used to end in "cannot convert float NaN to integer"."""
+    with pytest.raises(InvalidInputError) as error:
+        plan_from_options(rtx_4090, reserve_vram_gb=value)
+    assert error.value.field == "reserve_vram_gb" and "Fix:" in str(error.value)
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"reserve_vram_gb": "nan"}, "reserve_vram_gb"),
+    ({"reserve_vram_gb": "inf"}, "reserve_vram_gb"),
+    ({"reserve_vram_gb": "-inf"}, "reserve_vram_gb"),
+    ({"reserve_vram_gb": "1e308"}, "reserve_vram_gb"),
+    ({"reserve_vram_gb": "1e400"}, "reserve_vram_gb"),
+    ({"width": "1" + "0" * 300}, "width"),
+    ({"height": "8224"}, "height"),
+    ({"frames": "1" + "0" * 300}, "frames"),
+    ({"batch": "10" + "0" * 30}, "batch"),
+    ({"width": "9" * 5000}, "width"),
+])
+def test_absurd_query_numbers_name_the_field_in_a_short_message(params, field):
+    with pytest.raises(InvalidInputError) as error:
+        plan_from_query(params, rtx_4090)
+    assert error.value.field == field and str(error.value).startswith(f"{field}=")
+    assert len(str(error.value)) < 300, str(error.value)
+
+
+@pytest.mark.parametrize("field, step", [("width", 32), ("height", 32), ("frames", 4), ("batch", 1)])
+def test_whole_number_inputs_end_at_the_limit_the_node_declares(field, step):
+    """The widget's max is PLAN_INPUT_LIMITS; the plan accepts it (it may not fit) and refuses one step more."""
+    from wanfit.choices import PLAN_INPUT_LIMITS
+    from wanfit.plan import PlanDoesNotFitError
+
+    highest = PLAN_INPUT_LIMITS[field][1]
+    try:
+        plan_from_options(rtx_4090, "ti2v_5b", **{field: highest})
+    except PlanDoesNotFitError:
+        pass
+    with pytest.raises(InvalidInputError) as error:
+        plan_from_options(rtx_4090, "ti2v_5b", **{field: highest + step})
+    assert error.value.field == field and f"expected at most {highest}" in str(error.value)
+
+
 def test_bad_boolean_in_query():
     with pytest.raises(InvalidInputError, match="cfg='maybe' is invalid: expected true or false"):
         plan_from_query({"cfg": "maybe"}, rtx_4090)
