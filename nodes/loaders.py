@@ -33,10 +33,13 @@ def full_path(folder, name):
     """The file's path, or an error that names the folder it belongs in and where to download it."""
     import folder_paths
 
-    from ..wanfit.models import missing_model_error
+    from ..wanfit.models import missing_model_error, not_a_regular_file_error, special_file_in
 
     path = folder_paths.get_full_path(folder, name)
     if path is None:
+        special = special_file_in(folder_paths.get_folder_paths(folder), name)
+        if special is not None:
+            raise not_a_regular_file_error(special)
         models_dir = getattr(folder_paths, "models_dir", None)
         raise missing_model_error(name, folder, models_dir)
     return path

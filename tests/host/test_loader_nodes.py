@@ -1,6 +1,10 @@
 """WanFit loaders inside real /prompt graphs: same latents as the stock loaders, and clear refusals."""
 
+import json
+import os
 import shutil
+import struct
+import time
 
 import pytest
 import torch
@@ -120,6 +124,61 @@ def test_truncated_file_is_refused(server, fixtures, client):
     text = rejected_text(client, diffusion_loader("truncated_5B.safetensors"))
     assert "Model file is truncated" in text and "truncated_5B.safetensors" in text
     assert "interrupted download or copy" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
+@pytest.mark.parametrize("name, make, says", [
+    ("pipe.safetensors", os.mkfifo if hasattr(os, "mkfifo") else None, "is a FIFO (named pipe)"),
+    ("zero.safetensors", lambda path: os.symlink("/dev/zero", path),
+     "is a symbolic link to /dev/zero, which is a character device"),
+])
+def test_a_fifo_or_device_in_the_models_folder_is_named_for_what_it_is(server, client, name, make, says):
+    """ComfyUI lists such an entry but its get_full_path skips it; it used to be reported as missing."""
+    path = server.scratch_models / "diffusion_models" / name
+    make(path)
+    try:
+        text = rejected_text(client, diffusion_loader(name))
+    finally:
+        path.unlink()
+    assert f"Not a model file: {path} {says}" in text and "Fix:" in text
+    assert "Model file missing" not in text
+    assert client.get_json("/queue")["queue_running"] == []  # the server still answers
+
+
+def write_header(path, raw_header, data_bytes):
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw_header)) + raw_header)
+        handle.truncate(8 + len(raw_header) + data_bytes)
+    return path
+
+
+def test_overlapping_tensors_are_refused_at_prompt_naming_the_file(server, client):
+    """safetensors would refuse it only at load, with "invalid offset for tensor" and no file name."""
+    header = {"patch_embedding.weight": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]},
+              "head.modulation": {"dtype": "F16", "shape": [4], "data_offsets": [4, 12]}}
+    path = write_header(server.scratch_models / "diffusion_models" / "overlap.safetensors",
+                        json.dumps(header).encode(), 12)
+    try:
+        text = rejected_text(client, diffusion_loader("overlap.safetensors"))
+    finally:
+        path.unlink()
+    assert f"Damaged safetensors file: {path}" in text and "overlaps the tensor before it" in text
+
+
+def test_a_huge_header_is_refused_at_prompt_without_stalling_the_server(server, client):
+    """A 99 MB header froze the server for 32 s while it was parsed; the length prefix is enough."""
+    path = write_header(server.scratch_models / "diffusion_models" / "huge_header.safetensors",
+                        b'{"a":', 99_000_000)  # sparse; the prefix says 99 MB of header follow
+    with open(path, "r+b") as handle:
+        handle.write(struct.pack("<Q", 99_000_000))
+    try:
+        started = time.monotonic()
+        text = rejected_text(client, diffusion_loader("huge_header.safetensors"))
+        seconds = time.monotonic() - started
+    finally:
+        path.unlink()
+    assert f"Safetensors header too large: {path}" in text and "Fix:" in text
+    assert seconds < 5, f"/prompt took {seconds:.1f} s to refuse it"
 
 
 def test_an_sd15_checkpoint_is_not_a_wan_model(server, client):

@@ -5,8 +5,12 @@ real), so even 14B-shaped headers cost nothing on disk and no tensors are ever b
 """
 
 import json
+import os
 from pathlib import Path
+import struct
+import threading
 import time
+import tracemalloc
 
 from hypothesis import given, settings, strategies as st
 import pytest
@@ -16,7 +20,7 @@ from wanfit.errors import WanFitError
 from wanfit.models import (ModelFileError, ModelMismatchError, MissingModelError, check_diffusion_model,
                            check_expert_pair, check_text_encoder, check_vae_for_model, detect_variant,
                            load_manifest, manager_model_list, missing_model_error, noise_level_hint,
-                           read_safetensors_header)
+                           read_safetensors_header, special_file_in, WANFIT_MAX_HEADER_BYTES)
 
 @pytest.fixture
 def files(tmp_path):
@@ -176,6 +180,180 @@ def test_any_truncation_is_refused(tmp_path_factory, cut_fraction):
     path.write_bytes(data[: int(cut_fraction * len(data))])
     with pytest.raises(ModelFileError):
         read_safetensors_header(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile and damaged files: refused by the header check, naming the file, reading little
+
+
+def write_raw_header(path, header, data_bytes=None, extra_bytes=0):
+    """A file with exactly this header (a dict, or raw JSON bytes) and a data region of data_bytes
+    (default: what the header's largest end offset says) plus extra_bytes."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    if data_bytes is None:
+        ends = [e["data_offsets"][1] for e in header.values() if isinstance(e, dict) and "data_offsets" in e]
+        data_bytes = max([end for end in ends if isinstance(end, int)], default=0)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + data_bytes + extra_bytes)
+    return path
+
+
+def tensor(dtype, shape, begin, end):
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+def refusal(path):
+    with pytest.raises(ModelFileError) as caught:
+        read_safetensors_header(path)
+    message = str(caught.value)
+    assert str(path) in message and "Fix:" in message, message
+    return message
+
+
+def safetensors_refuses(path):
+    safetensors = pytest.importorskip("safetensors")
+    try:
+        with safetensors.safe_open(str(path), "np"):
+            return False
+    except Exception:  # SafetensorError, and whatever a future version raises instead
+        return True
+
+
+DAMAGED_HEADERS = [
+    # id, header, extra bytes after the data, what the message must say
+    ("overlap", {"a": tensor("F16", [4], 0, 8), "b": tensor("F16", [4], 4, 12)}, 0, "overlaps the tensor before it"),
+    ("backwards", {"a": tensor("F16", [1], 2, 0)}, 2, "runs backwards"),
+    ("gap", {"a": tensor("F16", [1], 0, 2), "b": tensor("F16", [1], 4, 6)}, 0, "leaves a gap before it"),
+    ("same offsets twice", {"a": tensor("F16", [1], 0, 2), "b": tensor("F16", [1], 0, 2)}, 0, "overlaps"),
+    ("size not dtype x shape", {"a": tensor("F16", [3], 0, 4)}, 0, "needs 6 bytes but its data_offsets [0, 4] span 4"),
+    ("unknown dtype", {"a": tensor("F17", [1], 0, 2)}, 0, "dtype 'F17', which safetensors does not know"),
+    ("lower-case dtype", {"a": tensor("f16", [1], 0, 2)}, 0, "dtype 'f16'"),
+    ("trailing bytes", {"a": tensor("F16", [1], 0, 2)}, 5, "5 bytes after the last tensor's data"),
+    ("negative shape", {"a": tensor("F16", [-1], 0, 2)}, 0, "not a list of whole numbers"),
+    ("boolean shape", {"a": tensor("F16", [True], 0, 2)}, 0, "not a list of whole numbers"),
+    ("string offsets", {"a": {"dtype": "F16", "shape": [1], "data_offsets": ["0", "2"]}}, 2, "data_offsets ['0', '2']"),
+    ("three offsets", {"a": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2, 4]}}, 2, "not [begin, end]"),
+    ("entry not an object", {"a": [1, 2]}, 0, "described by list"),
+    ("metadata not strings", {"__metadata__": {"epoch": 3}, "a": tensor("F16", [1], 0, 2)}, 0,
+     "__metadata__ is not a map of strings"),
+]
+
+
+@pytest.mark.parametrize("header, extra_bytes, says", [row[1:] for row in DAMAGED_HEADERS],
+                         ids=[row[0] for row in DAMAGED_HEADERS])
+def test_damaged_header_is_refused_naming_the_file_where_safetensors_would_fail_at_load(tmp_path, header,
+                                                                                         extra_bytes, says):
+    path = write_raw_header(tmp_path / "damaged.safetensors", header, extra_bytes=extra_bytes)
+    message = refusal(path)
+    assert message.startswith(f"Damaged safetensors file: {path} (") and says in message, message
+    assert safetensors_refuses(path), "the check refuses a file that safetensors itself would load"
+
+
+def test_deeply_nested_json_is_refused_without_a_recursion_error(tmp_path):
+    path = write_raw_header(tmp_path / "nested.safetensors", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 0)
+    message = refusal(path)
+    assert message.startswith(f"Not a safetensors file: {path} (") and "nested too deeply" in message
+
+
+@pytest.mark.parametrize("header, data_bytes", [
+    ({"a": tensor("F16", [0], 0, 0), "b": tensor("F16", [1], 0, 2)}, 2),  # empty tensor first, same offset
+    ({"a": tensor("F4", [4], 0, 2), "b": tensor("F8_E8M0", [2], 2, 4), "c": tensor("U64", [], 4, 12)}, 12),
+    ({"__metadata__": {"format": "pt"}, "b": tensor("BF16", [1, 2], 4, 8), "a": tensor("F32", [1], 0, 4)}, 8),
+    ({}, 0),
+])
+def test_unusual_but_valid_headers_pass_as_they_load_in_safetensors(tmp_path, header, data_bytes):
+    path = write_raw_header(tmp_path / "ok.safetensors", header, data_bytes=data_bytes)
+    assert not safetensors_refuses(path)
+    read_safetensors_header(path)
+
+
+def test_every_generated_fixture_passes_the_stricter_check(files):
+    for path in files.values():
+        assert read_safetensors_header(path).tensors
+
+
+def test_a_huge_header_is_refused_before_it_is_read(tmp_path):
+    """A 99 MB header (1.7 M entries) froze the server for 32 s: now at most the 8-byte length is used."""
+    path = tmp_path / "huge_header.safetensors"
+    header_bytes = 99_000_000
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", header_bytes) + b'{"a":')
+        handle.truncate(8 + header_bytes + 2)  # sparse: costs no disk
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        message = refusal(path)
+        seconds = time.perf_counter() - started
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message.startswith(f"Safetensors header too large: {path} declares a 94.4 MiB header")
+    assert f"at most {WANFIT_MAX_HEADER_BYTES // 2**20} MiB" in message
+    assert peak_bytes < 1_000_000, f"read {peak_bytes} bytes into memory, expected only the 8-byte length"
+    assert seconds < 1.0
+
+
+def test_large_trainer_metadata_within_the_cap_is_accepted(tmp_path):
+    """LoRA trainers keep dataset tag counts in __metadata__, a few MB: still a model file."""
+    tags = json.dumps({f"tag_{i}": i for i in range(200_000)})
+    assert len(tags) > 4_000_000
+    path = write_safetensors(tmp_path / "lora.safetensors", wan_lora(), metadata={"ss_tag_frequency": tags})
+    assert read_safetensors_header(path).metadata["ss_tag_frequency"] == tags
+
+
+def call_with_deadline(function, seconds=10):
+    """Run function in a daemon thread: a check that blocks (opening a FIFO) fails the test instead of hanging it."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = function()
+        except Exception as error:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it blocked"
+    return outcome
+
+
+needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
+
+
+@needs_posix
+def test_a_fifo_is_named_as_one_and_never_opened(tmp_path):
+    path = tmp_path / "wan2.2_ti2v_5B_fp16.safetensors"
+    os.mkfifo(path)
+    outcome = call_with_deadline(lambda: read_safetensors_header(path))
+    message = str(outcome["error"])
+    assert isinstance(outcome["error"], ModelFileError)
+    assert message.startswith(f"Not a model file: {path} is a FIFO (named pipe).") and "Fix:" in message
+
+
+@needs_posix
+@pytest.mark.parametrize("target, what", [("/dev/zero", "a symbolic link to /dev/zero, which is a character device"),
+                                          ("missing.safetensors", "which does not exist")])
+def test_a_link_to_a_device_or_nowhere_says_what_it_is(tmp_path, target, what):
+    path = tmp_path / "model.safetensors"
+    os.symlink(target, path)
+    message = refusal(path)
+    assert message.startswith(f"Not a model file: {path} is ") and what in message
+
+
+@needs_posix
+def test_special_entries_are_found_in_the_model_folders_without_leaving_them(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    (first / "good.safetensors").write_bytes(b"x")
+    os.mkfifo(second / "pipe.safetensors")
+    os.mkfifo(tmp_path / "outside.safetensors")
+    folders = [str(first), str(second)]
+    assert special_file_in(folders, "pipe.safetensors") == str(second / "pipe.safetensors")
+    assert special_file_in(folders, "good.safetensors") is None
+    assert special_file_in(folders, "nowhere.safetensors") is None
+    assert special_file_in(folders, "../outside.safetensors") is None
 
 
 # ---------------------------------------------------------------------------------------------
