@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 from pathlib import Path
 import platform

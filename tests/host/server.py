@@ -101,13 +101,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not answer on {self.url} within {timeout_s} s:\n{self.log_tail()}")
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def log_text(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -126,3 +120,14 @@ class ComfyServer:
                     raise AssertionError(f"ComfyUI reported IMPORT FAILED for {name}:\n{self.log_tail()}")
                 return float(match.group(1))
         return None
+
+
+def stop_process(process):
+    """Terminate a server process, killing it if it has not ended within 20 s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 
-from tests.comfy_import import comfyui_path
 from wanfit.core import core_from_checkout
 from wanfit.plan import GPU_TIERS, MODEL_VARIANTS
 
@@ -22,11 +21,8 @@ RAM_GB = (32, 64, 256)  # 32 GB drops models (cache flags), 64/256 GB keep them
 
 
 @pytest.fixture(scope="module")
-def core_path():
-    path = comfyui_path()
-    if path is None:
-        pytest.fail("No ComfyUI checkout at $COMFYUI_PATH or ~/ComfyUI; see README.md, 'Running the tests'.")
-    return path
+def core_path(comfyui):
+    return comfyui
 
 
 def wanfit_plan(*args):

@@ -23,7 +23,7 @@ import pytest
 from tests.fixtures.generate import fixture_dir
 from tests.fixtures.workflows import for_tiny_fixtures
 from tests.host import graphs
-from tests.host.server import PACKAGE_LINK_NAME, REPO_ROOT, free_port
+from tests.host.server import PACKAGE_LINK_NAME, REPO_ROOT, free_port, stop_process
 from tests.host.video import probe_video
 from tests.model_files import write_safetensors
 from wanfit.client import ComfyClient
@@ -198,13 +198,7 @@ class StartedWorker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def expected_plan_flags(comfyui):

@@ -15,7 +15,7 @@ import tracemalloc
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from tests.model_files import DTYPE_BYTES, sd15_unet, t5_encoder, wan_dit, wan_lora, wan_vae, write_safetensors
+from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_lora, wan_vae, write_safetensors
 from wanfit.errors import WanFitError
 from wanfit.models import (ModelFileError, ModelMismatchError, MissingModelError, check_diffusion_model,
                            check_expert_pair, check_text_encoder, check_vae_for_model, detect_variant,

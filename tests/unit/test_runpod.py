@@ -10,7 +10,6 @@ import threading
 import pytest
 
 import wanfit.runpod as runpod
-from wanfit.cli.run import main
 from wanfit.runpod import RunPodClient, RunPodError, job_error_text, output_files
 from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
 
