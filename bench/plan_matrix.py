@@ -54,7 +54,8 @@ def main():
             continue
         drop = "+".join(name for name, flag in (("TE", result.drop_text_encoder_after_encode),
                                                 ("HI", result.drop_high_noise_expert_before_low)) if flag) or "-"
-        print(f"{head} {result.tier} | {result.weight_dtype} | {gib(result.resident_model_bytes):.1f} / "
+        dtype = result.weight_dtype + (" + lean forward" if result.lean_forward else "")
+        print(f"{head} {result.tier} | {dtype} | {gib(result.resident_model_bytes):.1f} / "
               f"{gib(result.model_weight_bytes):.1f} | {result.text_encoder_dtype} {result.text_encoder_device} | "
               f"{'batched' if result.cfg_batched else 'sequential'} | {drop} | "
               f"{gib(result.predicted_peak_vram_bytes):.1f} / {gib(result.usable_vram_bytes):.1f} | "

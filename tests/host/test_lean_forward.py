@@ -228,3 +228,43 @@ def test_a_changed_block_is_refused(comfy, fixtures, monkeypatch):
     monkeypatch.setattr(lean_forward, "block_source_fingerprint", lambda: "0" * 64)
     with pytest.raises(lean_forward.LeanForwardError, match="differs from the released"):
         lean_forward.patch_model_lean(load(comfy, T2V, fixtures))
+
+
+# --- activation memory at real size (bench/activation_peak.py --lean) ---------------------
+
+
+def _bench(comfyui, tmp_path, *options):
+    import json
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    report = tmp_path / "report.json"
+    completed = subprocess.run([sys.executable, str(repo / "bench" / "activation_peak.py"), "--lean", "--rope", "eager",
+                                "--core-path", str(comfyui), "--json", str(report), *options],
+                               cwd=repo, capture_output=True, text=True, timeout=600)
+    assert report.is_file(), f"the bench wrote no report (rc {completed.returncode}):\n{completed.stdout}\n{completed.stderr}"
+    return json.loads(report.read_text()), completed
+
+
+def test_lean_activation_simulation_matches_a_real_cpu_run(comfyui, tmp_path):
+    data, completed = _bench(comfyui, tmp_path, "--validate")
+    for row in data["validation"]:
+        where = f"lean, {row['config']}, batch {row['batch']}"
+        assert row["meta_peak_bytes"] == row["real_peak_bytes"], f"{where}: meta and real CPU peaks differ"
+        assert row["output_finite"] and row["meta_live_after_bytes"] == row["real_live_after_bytes"] == 0, where
+        assert 1.0 <= row["predicted_over_simulated"] <= 1.30, f"{where}: {row['predicted_over_simulated']:.3f}"
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_lean_activations_at_real_size_stay_within_5_5_hidden_states(comfyui, tmp_path):
+    """A14B 1280x720x81 and 832x480x81, TI2V-5B 1280x704x121, batch 1 and 2 (issue 16's acceptance)."""
+    data, _ = _bench(comfyui, tmp_path)
+    rows = data["rows"]
+    assert len(rows) == 6 and all(row["forward"] == "lean" for row in rows)
+    for row in rows:
+        where = f"{row['job']}, batch {row['batch']}"
+        assert row["units"] <= 5.5, f"{where}: {row['units']:.2f} hidden states, expected <= 5.5"
+        assert 1.05 <= row["predicted_over_simulated"] <= 1.30, (
+            f"{where}: planner predicted / simulated = {row['predicted_over_simulated']:.3f}, expected 1.05-1.30")
