@@ -2,8 +2,13 @@ from ..wanfit.units import BYTES_PER_MIB, format_gib
 
 
 def auto_budget_bytes(vae, plan, model_management):
-    """Free memory on the VAE's device minus the plan's reserve (the plan's own budget when it is smaller)."""
-    free = model_management.get_free_memory(vae.device)
+    """Free memory on the VAE's device minus the plan's reserve (the plan's own budget when it is smaller).
+
+    Free memory as the core's VAE.decode counts it: from 0.33 the patcher's get_free_memory, which adds
+    what dynamic VRAM (comfy-aimdo) can evict from other models' weights on demand; 0.3.64 has only
+    model_management.get_free_memory."""
+    patcher_free = getattr(getattr(vae, "patcher", None), "get_free_memory", None)
+    free = patcher_free(vae.device) if patcher_free is not None else model_management.get_free_memory(vae.device)
     reserve = getattr(plan, "reserve_vram_bytes", 0) if plan is not None and vae.device.type != "cpu" else 0
     budget = free - reserve
     planned = getattr(plan, "vae_decode_budget_bytes", None) if plan is not None else None

@@ -1,11 +1,14 @@
 """The tiled WAN VAE decode against the untiled one, on small decoders with WAN's exact structure.
 
 No ComfyUI here: MiniWanVAE re-creates comfy/ldm/wan/vae.py (Wan 2.1) and vae2_2.py (Wan 2.2)
-decoders layer for layer (causal convs with the 2-frame cache, RMS norm over channels,
-nearest-exact 2x upsample, temporal upsample with the 'Rep' first chunk, Wan 2.2's DupUp3D
-shortcut and 2x2 unpatchify), narrow enough to decode in milliseconds.
+decoders of ComfyUI 0.3.64 layer for layer (causal convs with the 2-frame cache, RMS norm over
+channels, nearest-exact 2x upsample, temporal upsample with the 'Rep' first chunk, Wan 2.2's DupUp3D
+shortcut and 2x2 unpatchify), narrow enough to decode in milliseconds; as_core_0_33 gives the same
+weights 0.33.0's structure (its CausalConv3d, Wan 2.1's pairwise caches and run_up).
 """
 
+import copy
+import functools
 import math
 
 import pytest
@@ -15,10 +18,11 @@ import torch.nn.functional as F
 
 from wanfit import decode, tiling
 from wanfit.decode import api as decode_api, cpu_convs, fused_layers, layout as decode_layout
-from wanfit.decode import plan as decode_plan, tiles as decode_tiles
+from wanfit.decode import core_protocol, plan as decode_plan, tiles as decode_tiles
 from wanfit.errors import InvalidInputError
 
 CACHE_T = 2
+CORE_0_3_64 = core_protocol.PROTOCOLS["0.3.64"]
 
 
 # ---------------------------------------------------------------- a WAN decoder, small
@@ -106,7 +110,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x, feat_cache=None, feat_idx=[0]):
         old_x = x
         for layer in self.residual:
-            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CausalConv3d) else layer(x)
+            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CAUSAL_CONVS) else layer(x)
         return x + self.shortcut(old_x)
 
 
@@ -196,7 +200,7 @@ class Decoder(nn.Module):
         for layer in self.upsamples:
             x = layer(x, feat_cache, feat_idx, first_chunk) if self.wan22 else layer(x, feat_cache, feat_idx)
         for layer in self.head:
-            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CausalConv3d) else layer(x)
+            x = _cache_step(layer, x, feat_cache, feat_idx) if isinstance(layer, CAUSAL_CONVS) else layer(x)
         return x
 
 
@@ -219,7 +223,7 @@ class MiniWanVAE(nn.Module):
 
     def decode(self, z):
         x = self.conv2(z)
-        cache = [None] * sum(1 for m in self.decoder.modules() if isinstance(m, CausalConv3d))
+        cache = [None] * sum(1 for m in self.decoder.modules() if isinstance(m, CAUSAL_CONVS))
         out = []
         for i in range(z.shape[2]):
             out.append(self.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=(i == 0)))
@@ -228,6 +232,137 @@ class MiniWanVAE(nn.Module):
             b, c, f, h, w = out.shape
             out = out.reshape(b, 3, 2, 2, f, h, w).permute(0, 1, 4, 5, 3, 6, 2).reshape(b, 3, f, h * 2, w * 2)
         return out
+
+
+# ---------------------------------------------------------------- the same decoders as ComfyUI 0.33.0 holds them
+
+class CausalConv3d033(nn.Conv3d):
+    """0.33.0's CausalConv3d: only the time padding in _padding, the conv pads space; one uncached
+    frame takes the truncated-kernel fast path (comfy.ops autopad="causal_zero")."""
+
+    def forward(self, x, cache_x=None, cache_list=None, cache_idx=None):
+        if cache_list is not None:
+            cache_x = cache_list[cache_idx]
+            cache_list[cache_idx] = None
+        if cache_x is None and x.shape[2] == 1:
+            return F.conv3d(x, self.weight[:, :, -1:], self.bias, self.stride, self.padding, self.dilation)
+        if self._padding > 0:
+            needed = self._padding - (0 if cache_x is None else cache_x.shape[2])
+            parts = [torch.zeros_like(x[:, :, :1]).expand(-1, -1, max(needed, 0), -1, -1), cache_x, x]
+            x = torch.cat([part for part in parts if part is not None and part.shape[2] > 0], dim=2)
+        return nn.Conv3d.forward(self, x)
+
+
+CAUSAL_CONVS = (CausalConv3d, CausalConv3d033)
+
+
+class ResidualBlock033(ResidualBlock):
+    """0.33.0's vae.py ResidualBlock: its cache is the chunk's last two frames, nothing put in front."""
+
+    def forward(self, x, feat_cache=None, feat_idx=[0], final=False):
+        old_x = x
+        for layer in self.residual:
+            if isinstance(layer, CAUSAL_CONVS) and feat_cache is not None:
+                idx = feat_idx[0]
+                cache_x = x[:, :, -CACHE_T:]
+                x = layer(x, cache_list=feat_cache, cache_idx=idx)
+                feat_cache[idx] = cache_x
+                feat_idx[0] += 1
+            else:
+                x = layer(x)
+        return x + self.shortcut(old_x)
+
+
+class Resample033(Resample):
+    """0.33.0's vae.py Resample (upsampling): the time conv caches the chunk's last two frames as they are."""
+
+    def forward(self, x, feat_cache=None, feat_idx=[0], final=False):
+        b, c, t, h, w = x.size()
+        if self.mode == "upsample3d" and feat_cache is not None:
+            idx = feat_idx[0]
+            if feat_cache[idx] is None:
+                feat_cache[idx] = "Rep"
+                feat_idx[0] += 1
+            else:
+                cache_x = x[:, :, -CACHE_T:]
+                x = self.time_conv(x) if feat_cache[idx] == "Rep" else self.time_conv(x, feat_cache[idx])
+                feat_cache[idx] = cache_x
+                feat_idx[0] += 1
+                x = x.reshape(b, 2, c, t, h, w)
+                x = torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
+        t = x.shape[2]
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, x.shape[3], x.shape[4])
+        x = self.resample(x)
+        return x.reshape(b, t, *x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class Decoder033(Decoder):
+    """0.33.0's vae.py Decoder3d: after a temporal upsample, the rest runs on pairs of frames (run_up)."""
+
+    def run_up(self, layer_idx, x, feat_cache, feat_idx, out_chunks):
+        if layer_idx >= len(self.upsamples):
+            for layer in self.head:
+                if isinstance(layer, CAUSAL_CONVS) and feat_cache is not None:
+                    cache_x = x[:, :, -CACHE_T:]
+                    x = layer(x, feat_cache[feat_idx[0]])
+                    feat_cache[feat_idx[0]] = cache_x
+                    feat_idx[0] += 1
+                else:
+                    x = layer(x)
+            out_chunks.append(x)
+            return
+        layer = self.upsamples[layer_idx]
+        x = layer(x, feat_cache, feat_idx) if feat_cache is not None else layer(x)
+        if isinstance(layer, Resample) and layer.mode == "upsample3d" and x.shape[2] > 2:
+            for frame in range(0, x.shape[2], 2):
+                self.run_up(layer_idx + 1, x[:, :, frame:frame + 2], feat_cache, feat_idx.copy(), out_chunks)
+            return
+        self.run_up(layer_idx + 1, x, feat_cache, feat_idx, out_chunks)
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        if feat_cache is not None:
+            cache_x = x[:, :, -CACHE_T:]
+            x = self.conv1(x, feat_cache[feat_idx[0]])
+            feat_cache[feat_idx[0]] = cache_x
+            feat_idx[0] += 1
+        else:
+            x = self.conv1(x)
+        for layer in self.middle:
+            x = layer(x, feat_cache, feat_idx) if isinstance(layer, ResidualBlock) and feat_cache is not None else layer(x)
+        out_chunks = []
+        self.run_up(0, x, feat_cache, feat_idx, out_chunks)
+        return out_chunks
+
+
+class MiniWanVAE033(MiniWanVAE):
+    """0.33.0's vae.py WanVAE.decode: latent frame 0, then two latent frames per call."""
+
+    def decode(self, z):
+        x = self.conv2(z)
+        iter_ = 1 + z.shape[2] // 2
+        cache = None if iter_ == 1 else [None] * sum(1 for m in self.decoder.modules() if isinstance(m, CAUSAL_CONVS))
+        out = []
+        for i in range(iter_):
+            chunk = x[:, :, :1] if i == 0 else x[:, :, 1 + 2 * (i - 1):1 + 2 * i]
+            out += self.decoder(chunk, feat_cache=cache, feat_idx=[0])
+        return torch.cat(out, 2)
+
+
+def as_core_0_33(module):
+    """The same weights in ComfyUI 0.33.0's structure: its CausalConv3d everywhere; for Wan 2.1 also the
+    pairwise caches and run_up (vae2_2.py's own blocks kept 0.3.64's caching)."""
+    module = copy.deepcopy(module)
+    for sub in module.modules():
+        if isinstance(sub, CausalConv3d):
+            left, _, top, _, front, _ = sub._padding
+            sub.__class__ = CausalConv3d033
+            sub._padding, sub.padding = front, (0, top, left)
+        elif not module.wan22 and type(sub) in (ResidualBlock, Resample):
+            sub.__class__ = ResidualBlock033 if type(sub) is ResidualBlock else Resample033
+    if not module.wan22:
+        module.decoder.__class__ = Decoder033
+        module.__class__ = MiniWanVAE033
+    return module
 
 
 @pytest.fixture(scope="module", params=["wan2.1", "wan2.2"])
@@ -687,7 +822,8 @@ def test_fused_residual_block_and_head_match_the_modules_and_their_caches(mini):
     block = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and not isinstance(m.shortcut, nn.Identity))
     same = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and isinstance(m.shortcut, nn.Identity))
     generator = torch.Generator().manual_seed(7)
-    for layer, run in ((block, fused_layers._run_layer), (same, fused_layers._run_layer), (decoder.head, fused_layers._run_head)):
+    run_layer = functools.partial(fused_layers._run_layer, protocol=CORE_0_3_64)
+    for layer, run in ((block, run_layer), (same, run_layer), (decoder.head, fused_layers._run_head)):
         channels = layer.residual[0].gamma.shape[0] if hasattr(layer, "residual") else layer[0].gamma.shape[0]
         ours, theirs = [None] * 4, [None] * 4
         # a first chunk of one frame (no cache yet), then one frame, then two frames, as the decoder feeds them
@@ -768,7 +904,7 @@ def test_fused_upsample_matches_the_module_and_its_cache(mode, halve):
         idx_ours, idx_theirs = [0], [0]
         with torch.inference_mode():
             expected = layer(x, theirs, idx_theirs)
-            got = fused_layers._run_layer(layer, x.clone(), ours, idx_ours)
+            got = fused_layers._run_layer(layer, x.clone(), ours, idx_ours, CORE_0_3_64)
         assert idx_ours == idx_theirs
         assert got.shape == expected.shape, f"{mode}: {tuple(got.shape)} vs {tuple(expected.shape)}"
         assert (got - expected).abs().max().item() < 1e-5
@@ -801,7 +937,7 @@ def test_fused_upsample_never_builds_the_upsampled_input():
         theirs = LargestTensor.largest
         LargestTensor.largest = 0
         with LargestTensor():
-            out = fused_layers._run_layer(layer, x, [None], [0])
+            out = fused_layers._run_layer(layer, x, [None], [0], CORE_0_3_64)
         ours = LargestTensor.largest
     assert theirs == 32 * 20 * 24  # the upsampled input
     assert ours == out.numel() == 16 * 20 * 24
@@ -870,3 +1006,45 @@ def test_conv_weights_are_channels_last_only_during_a_cpu_decode(mini):
     assert during == (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
     assert conv.weight.is_contiguous() and torch.equal(conv.weight.detach(), before)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+# ---------------------------------------------------------------- one replay per ComfyUI core
+
+def test_the_core_protocol_is_read_from_the_decoder_structure(mini):
+    kind, module, _, _ = mini
+    assert core_protocol.protocol_of(module) == CORE_0_3_64
+    newer = core_protocol.protocol_of(as_core_0_33(module))
+    assert newer.core == "0.33.0" and newer.conv_pads_space
+    # 0.33.0 changed Wan 2.1's caches (pairs of frames); vae2_2.py kept the two-frame protocol
+    assert newer.layers_keep_two_frames == (kind == "wan2.2")
+
+
+@pytest.mark.parametrize("cut", [0, 2])
+def test_tiled_decode_equals_the_0_33_decoders_own(mini, cut):
+    """0.33.0's decoders, fed 1 then 2 latent frames per call and (Wan 2.1) pairs after each temporal
+    upsample, give the untiled video; the tiles stream single frames through the same layers."""
+    kind, module, latent, _ = mini
+    newer = as_core_0_33(module).eval()
+    longer, reference_0_3_64 = _four_latent_frames(module, latent, 5)
+    with torch.inference_mode():
+        reference = newer.decode(longer)
+    assert (reference - reference_0_3_64).abs().max().item() < 1e-5, "the two cores' decoders disagree"
+    budget = _budget_for_tiles_at_cut(newer, longer, cut, 4)
+    plans = []
+    out = decode.decode_latent(newer, longer, budget, allow_untiled=False, stem_cuts=(cut,), on_plan=plans.append)
+    assert plans[0].tile_count > 1 and plans[0].stem_cut == cut
+    diff = (out - reference).abs().max().item()
+    assert diff < 1e-5, f"{kind} on the 0.33.0 structure, {plans[0].describe()}: max abs diff {diff}"
+
+
+def test_a_decoder_of_an_unknown_core_is_refused_with_the_fix(mini):
+    kind, module, latent, _ = mini
+    unknown = as_core_0_33(module)
+    for sub in unknown.modules():
+        if isinstance(sub, CAUSAL_CONVS):
+            sub._padding = [sub._padding]  # neither 0.3.64's tuple nor 0.33.0's int
+    with pytest.raises(core_protocol.UnsupportedCoreError) as refused:
+        decode.decode_latent(unknown, latent, 2**40, allow_untiled=False)
+    message = str(refused.value)
+    assert "ComfyUI unknown" in message and "0.3.64" in message and "0.33.0" in message, message
+    assert "Fix:" in message and "VAE Decode" in message, message

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core_protocol import padding_added_by_forward
+
 
 def conv_uses_native(conv, x, padded=False):
     """CPU: run this conv call on PyTorch's native im2col path rather than oneDNN?
@@ -34,9 +36,8 @@ def _native_for_shape(conv, shape, padded=True):
 def _output_positions(conv, shape, padded):
     """Output pixels (x frames x batch) of a conv call: what the im2col buffer scales with."""
     sizes = list(shape[2:])
-    causal = getattr(conv, "_padding", None)
-    if causal is not None and not padded:  # (w, w, h, h, t front, t back): forward() pads before the conv
-        pairs = [causal[i:i + 2] for i in range(0, len(causal), 2)][::-1][-len(sizes):]
+    if hasattr(conv, "_padding") and not padded:  # a causal conv: its forward() pads before the conv
+        pairs = padding_added_by_forward(conv)[-len(sizes):]
         sizes = [size + sum(pair) for size, pair in zip(sizes, pairs)]
     positions = shape[0]
     for size, kernel, stride, padding, dilation in zip(sizes, conv.kernel_size, conv.stride, conv.padding,

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core_protocol import call_layer, padding_in_buffer
 from .cpu_convs import _conv2d, _conv_input_memory_format, _conv_unpadded
 from .layout import _fusable, _is_resample, _is_resblock, _upsample_fusable
 
@@ -43,7 +44,7 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     i = idx[0]
     old = cache[i]
     batch, channels, frames, height, width = x.shape
-    left, right, top, bottom, front, _ = conv._padding
+    left, right, top, bottom, front = padding_in_buffer(conv)  # the rest of the padding: the conv's own
     old_frames = old.shape[2] if (old is not None and front > 0) else 0
     pad_t = front - old_frames
     shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
@@ -114,17 +115,17 @@ def scratch_arena():
 _scratch = threading.local()  # .arena: {"flat": tensor} while scratch_arena is open
 
 
-def _run_layer(layer, x, cache, idx):
+def _run_layer(layer, x, cache, idx, protocol):
     """A decoder layer; WAN's ResidualBlock and upsamples through the fused paths (_padded_conv_input,
-    _run_upsample)."""
+    _run_upsample), any other through its own forward under the core's cache protocol (core_protocol)."""
     if _is_resample(layer) and _upsample_fusable(layer):
         return _run_upsample(layer, x, cache, idx)
     if not _is_resblock(layer):
-        return layer(x, cache, idx)
+        return call_layer(protocol, layer, x, cache, idx)
     parts = list(layer.residual)
     dropout_free = len(parts) == 7 and isinstance(parts[5], nn.Dropout) and (parts[5].p == 0 or not layer.training)
     if not (dropout_free and _fusable(parts[0:3]) and _fusable(parts[3:5] + parts[6:7])):
-        return layer(x, cache, idx)
+        return call_layer(protocol, layer, x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
     buf = None  # done with it: the second conv's input may take its place

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from .. import tiling
 from ..errors import WanFitError
+from .core_protocol import protocol_of
 
 
 def _vae_kind(module):
@@ -76,6 +77,7 @@ class _Layout:
     def __init__(self, module, activation_factor=None, cut=0):
         decoder = module.decoder
         self.module = module
+        self.protocol = protocol_of(module)  # the running core's padding and cache conventions
         self.kind = _vae_kind(module)
         self.patch = _patch_size(module)
         self.z_dim = module.conv2.in_channels

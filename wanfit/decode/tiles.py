@@ -11,6 +11,7 @@ import torch
 
 from .. import tiling
 from ..errors import WanFitError
+from .core_protocol import call_layer
 from .fused_layers import _cached_conv, _run_head, _run_layer, _unpatchify, scratch_arena
 from .layout import _is_resblock
 
@@ -30,7 +31,7 @@ def _run_stem(layout, x_all, t, cache):
     idx = [0]
     x = _cached_conv(decoder.conv1, x_all[:, :, t:t + 1], cache, idx)
     for layer in decoder.middle:
-        x = layer(x, cache, idx) if _is_resblock(layer) else layer(x)
+        x = call_layer(layout.protocol, layer, x, cache, idx) if _is_resblock(layer) else layer(x)
     x, block_input = _run_stem_steps(layout, x, None, 0, cache, idx, t == 0)
     return x, block_input, idx[0]
 
@@ -47,7 +48,7 @@ def _run_stem_steps(layout, x, block_input, first_step, cache, idx, first_chunk)
                 x = x + layer.avg_shortcut(block_input, first_chunk)
             block_input = None
         else:
-            x = _run_layer(layer, x, cache, idx)
+            x = _run_layer(layer, x, cache, idx, layout.protocol)
         if n in layout.stem_split_after and x.shape[2] > 1 and n + 1 < len(steps):
             start_idx = idx[0]
             outs = []
@@ -99,7 +100,10 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
             spec = layout.layers[i]
             ry, rx = row.layer_regions[i], col.layer_regions[i]
             if kind == "module":
-                x = layer(x, cache, idx, first_chunk) if hasattr(layer, "avg_shortcut") else _run_layer(layer, x, cache, idx)
+                if hasattr(layer, "avg_shortcut"):
+                    x = call_layer(layout.protocol, layer, x, cache, idx, first_chunk)
+                else:
+                    x = _run_layer(layer, x, cache, idx, layout.protocol)
             elif kind == "head":
                 x = _run_head(layer, x, cache, idx)
             elif kind == "unpatchify":
