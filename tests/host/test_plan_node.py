@@ -40,7 +40,7 @@ def test_plan_node_for_a_named_tier(client):
 
 def test_plan_node_refuses_what_cannot_fit_and_says_what_would(client):
     with pytest.raises(PromptFailedError) as failure:
-        client.run(plan_graph(model_variant="t2v_a14b", width=1280, height=720, frames=81, mode="CONSUMER_8GB"))
+        client.run(plan_graph(model_variant="t2v_a14b", width=1280, height=720, frames=161, mode="CONSUMER_8GB"))
     message = str(failure.value)
     assert "PlanDoesNotFitError" in message and "does not fit on" in message
     assert "What would fit: fewer frames: at most" in message
@@ -98,9 +98,9 @@ def test_plan_node_refuses_a_reserve_that_is_not_a_number_naming_the_field(clien
 
 
 def test_http_route_refusal_lists_suggestions(client):
-    status, body = get_plan(client, model_variant="t2v_a14b", width=1280, height=720, frames=81, mode="CONSUMER_8GB")
+    status, body = get_plan(client, model_variant="t2v_a14b", width=1280, height=720, frames=161, mode="CONSUMER_8GB")
     assert status == 422
-    assert body["max_frames"] is not None and body["max_frames"] < 81
+    assert body["max_frames"] is not None and body["max_frames"] < 161
     assert any("fewer frames" in suggestion for suggestion in body["suggestions"])
 
 
