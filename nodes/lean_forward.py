@@ -1,18 +1,32 @@
 """WanFit Lean Forward: the WAN model with a lean block forward (wanfit/lean_forward.py)."""
 
+MODES = ("auto", "on", "off")
+MODE_TOOLTIP = ("auto: follow the connected WanFit Offload Plan: lean blocks when the plan needs them for the job "
+                "to fit, ComfyUI's own blocks (the model passes through unchanged) when they fit; without a plan, "
+                "lean blocks. on: always lean blocks (same result, less activation memory). off: ComfyUI's own "
+                "blocks, the model passes through unchanged (to compare, or to rule this node out).")
+
+
+def _planned(plan, key):
+    if plan is None:
+        return None
+    return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
+
 
 class WanFitLeanForward:
     DESCRIPTION = ("Runs this WAN model's transformer blocks over token chunks: the same result as ComfyUI's own "
                    "blocks (checked on each supported core), with about 5 hidden states of activation memory instead "
-                   "of 9-13.5, so bigger videos fit a small card. Returns a patched clone; the input model is "
-                   "untouched, so each A14B expert is patched on its own. Works with WanFit Sage Attention, LoRAs and "
-                   "fp8 weights; refuses a model that already carries another block-replacing patch.")
+                   "of 9-13.5, so bigger videos fit a small card. With mode auto and a plan connected it patches only "
+                   "when the plan needs it. Returns a patched clone; the input model is untouched, so each A14B expert "
+                   "is patched on its own. Works with WanFit Sage Attention, LoRAs and fp8 weights; refuses a model "
+                   "that already carries another block-replacing patch.")
     CATEGORY = "WanFit"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "STRING")
     RETURN_NAMES = ("model", "report")
-    OUTPUT_TOOLTIPS = ("A clone of the model whose blocks run lean.",
-                       "What was installed and the activation memory it saves.")
+    OUTPUT_TOOLTIPS = ("A clone of the model whose blocks run lean, or the input model unchanged when the lean "
+                       "forward is off (mode off, or auto with a plan that fits without it).",
+                       "What was installed and the activation memory it saves, or why nothing was.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -20,31 +34,39 @@ class WanFitLeanForward:
             "required": {
                 "model": ("MODEL", {"tooltip": "The WAN 2.2 diffusion model (TI2V-5B, or one A14B expert). Apply "
                                                "the lean forward to both experts of an A14B pair."}),
+                "mode": (list(MODES), {"default": "auto", "tooltip": MODE_TOOLTIP}),
                 "chunk_tokens": ("INT", {
                     "default": 0, "min": 0, "max": 1_000_000, "step": 256,
-                    "tooltip": "Tokens per chunk. 0 = auto (1/16 of the sequence, at least 1024 tokens): the "
-                               "memory saving with GPU-sized matmuls. Smaller saves a little more memory during "
-                               "the FFN and costs speed; it must not exceed the job's token count.",
+                    "tooltip": "Tokens per chunk. 0 = auto (the plan's chunk size, else 1/16 of the sequence, at "
+                               "least 1024 tokens): the memory saving with GPU-sized matmuls. Smaller saves a "
+                               "little more memory during the FFN and costs speed; it must not exceed the job's "
+                               "token count.",
                 }),
             },
             "optional": {
-                "plan": ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: its chunk size applies when "
+                "plan": ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: with mode auto it decides "
+                                                    "whether the lean forward runs; its chunk size applies when "
                                                     "chunk_tokens is 0 (auto)."}),
             },
         }
 
-    def patch(self, model, chunk_tokens, plan=None):
+    def patch(self, model, mode="auto", chunk_tokens=0, plan=None):
+        from ..wanfit.errors import InvalidInputError
         from ..wanfit.lean_forward import patch_model_lean
 
-        def planned(key):
-            if plan is None:
-                return None
-            return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
-
-        chunk = chunk_tokens if chunk_tokens > 0 else (planned("lean_chunk_tokens") or "auto")
+        if mode not in MODES:
+            raise InvalidInputError("mode", mode, " / ".join(MODES), "pick one of the listed modes")
+        if mode == "off":
+            report = "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
+            return {"ui": {"text": [report]}, "result": (model, report)}
+        if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
+            report = ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the model passes "
+                      "through unchanged; mode on forces the lean forward)")
+            return {"ui": {"text": [report]}, "result": (model, report)}
+        chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
         patched, report = patch_model_lean(model, chunk)
-        if plan is not None and not planned("lean_forward"):
-            report += " (the plan fits without it: this node is optional for this job)"
+        if mode == "auto" and plan is not None:
+            report += " (the plan needs it for this job to fit)"
         return {"ui": {"text": [report]}, "result": (patched, report)}
 
 

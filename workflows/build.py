@@ -59,6 +59,12 @@ def sage(model_ref):
                 nan_check_calls=8, plan=["10", 0])
 
 
+def lean(model_ref):
+    """WanFit Lean Forward, following the plan: lean blocks only where the job needs them to fit; otherwise
+    the model passes through unchanged."""
+    return node("WanFitLeanForward", model=model_ref, mode="auto", chunk_tokens=0, plan=["10", 0])
+
+
 def output_nodes(workflow, samples_ref, vae_ref, fps, name):
     workflow["50"] = node("SaveLatent", samples=samples_ref, filename_prefix=f"latents/wanfit_{name}")
     workflow["60"] = node("WanFitVAEDecode", samples=samples_ref, vae=vae_ref, budget_mb=0, overlap=0,
@@ -77,7 +83,8 @@ def ti2v_5b(name, image):
         "12": node("WanFitLoadTextEncoder", clip_name=UMT5, device="auto", plan=["10", 0]),
         "13": node("WanFitLoadVAE", vae_name=FILES["ti2v_5b"]["vae"], model=["11", 0], plan=["10", 0]),
         "14": sage(["11", 0]),
-        "15": node("ModelSamplingSD3", model=["14", 0], shift=shift),
+        "24": lean(["14", 0]),
+        "15": node("ModelSamplingSD3", model=["24", 0], shift=shift),
         "20": node("CLIPTextEncode", text=PROMPT_I2V if image else PROMPT_T2V, clip=["12", 0]),
         "21": node("CLIPTextEncode", text=NEGATIVE, clip=["12", 0]),
         "30": node("Wan22ImageToVideoLatent", vae=["13", 0], width=width, height=height, length=frames, batch_size=1),
@@ -131,8 +138,11 @@ def a14b(name, task, lightx2v):
         high_ref, low_ref = ["16", 0], ["17", 0]
     w["14"] = sage(high_ref)
     w["15"] = sage(low_ref)
-    w["18"] = node("ModelSamplingSD3", model=["14", 0], shift=shift)
-    w["19"] = node("ModelSamplingSD3", model=["15", 0], shift=shift)
+    # one lean forward per expert: the low-noise one patches the model the switch node loads
+    w["24"] = lean(["14", 0])
+    w["25"] = lean(["15", 0])
+    w["18"] = node("ModelSamplingSD3", model=["24", 0], shift=shift)
+    w["19"] = node("ModelSamplingSD3", model=["25", 0], shift=shift)
     if task == "t2v":
         w["30"] = node("EmptyHunyuanLatentVideo", width=width, height=height, length=frames, batch_size=1)
         positive, negative, latent = ["20", 0], ["21", 0], ["30", 0]
@@ -216,7 +226,8 @@ def model_entry(filename, manifest):
 def note_text(name, workflow, manifest, spec):
     lines = [f"## {TITLES[name]}", "",
              "Built with WanFit: an offload plan sized for this GPU, checked loaders, sage attention with an SDPA "
-             "fallback, the latent saved before a VRAM-aware tiled decode.", "", "**Model files**"]
+             "fallback, the lean block forward where the plan needs it, the latent saved before a VRAM-aware "
+             "tiled decode.", "", "**Model files**"]
     for node_id in sorted(workflow, key=int):
         for input_name in LOADER_INPUTS.get(workflow[node_id]["class_type"], []):
             entry = model_entry(workflow[node_id]["inputs"][input_name], manifest)

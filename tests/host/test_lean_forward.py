@@ -122,6 +122,54 @@ def test_lean_forward_with_a_lora(comfy, fixtures, lowvram):
     assert_close(lean, stock, f"LoRA ({'on the fly' if lowvram else 'merged'})")
 
 
+def write_fp8_scaled(source, destination):
+    """The fixture in the layout of the official *_fp8_scaled.safetensors files: every Linear weight
+    (2-D, "<layer>.weight") stored as float8_e4m3fn divided by a per-layer float32 "<layer>.scale_weight"
+    (max |w| / 448), and an empty "scaled_fp8" marker tensor, by which ComfyUI detects the format
+    (0.3.64: comfy/model_detection.py -> scaled fp8 ops; 0.33: comfy.utils.convert_old_quants ->
+    mixed-precision ops with a float8 layout)."""
+    from safetensors.torch import load_file, save_file
+
+    state_dict = load_file(str(source))
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(".weight") and tensor.ndim == 2:
+            weight = tensor.float()
+            scale = weight.abs().max().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
+            out[key] = (weight / scale).to(torch.float8_e4m3fn)
+            out[key[: -len(".weight")] + ".scale_weight"] = scale.reshape(())
+        else:
+            out[key] = tensor
+    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    save_file(out, str(destination))
+    return destination
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_lean_forward_is_exact_on_fp8_scaled_weights(comfy, fixtures, tmp_path, chunk):
+    """fp8 weights are cast to the compute dtype on use (float32 on the CPU), scaled per layer as the
+    core's op does; the lean forward casts each once per block and must give the core's result."""
+    from wanfit.lean_forward import _linear_path, installed_lean_blocks, patch_model_lean
+
+    path = write_fp8_scaled(fixtures["diffusion_models"][T2V], tmp_path / "wanfit_tiny_t2v_fp8_scaled.safetensors")
+    stock_model = comfy.sd.load_diffusion_model(str(path))
+    q = stock_model.model.diffusion_model.blocks[0].self_attn.q
+    stored = getattr(q.weight, "_qdata", q.weight)  # 0.33 keeps a QuantizedTensor around the fp8 data
+    assert stored.dtype == torch.float8_e4m3fn, f"the fp8_scaled file did not load as fp8 weights: {stored.dtype}"
+    plain = load(comfy, T2V, fixtures)
+    lean_model, report = patch_model_lean(stock_model, chunk)
+    inputs = make_inputs(T2V)
+    reference = forward(plain, inputs, transformer_options={})
+    stock = forward(stock_model, inputs, transformer_options={})
+    lean = forward(lean_model, inputs)
+    assert [patch.calls for patch in installed_lean_blocks(lean_model).values()] == [1, 1], report
+    relative_to_fp16 = ((stock - reference).norm() / reference.norm()).item()
+    assert 0 < relative_to_fp16 < 0.2, f"fp8 vs fp16 weights: relative L2 {relative_to_fp16:.3e} (fp8 not in use?)"
+    print(f"fp8_scaled ({type(q).__qualname__}, lean path {_linear_path(q)}): fp8 vs fp16 relative L2 "
+          f"{relative_to_fp16:.2e}")
+    assert_close(lean, stock, f"fp8_scaled, chunks {chunk}")
+
+
 def test_lean_forward_keeps_the_sage_patch_in_the_loop(comfy, fixtures):
     """The attention goes through transformer_options' override (WanFit Sage Attention), as in the stock block."""
     from wanfit.attention import find_override, patch_model_attention
@@ -164,6 +212,67 @@ def test_a_sampling_run_gives_the_same_latent(comfy, fixtures):
     relative_l2 = ((lean - stock).norm() / stock.norm()).item()
     print(f"sampling run (6 steps, cfg 5): latent relative L2 = {relative_l2:.2e}")
     assert relative_l2 <= TOLERANCE, f"latent relative L2 {relative_l2:.3e}, expected <= {TOLERANCE}"
+
+
+# --- the node's modes, through /prompt ----------------------------------------------------
+
+
+def node_modes_graph():
+    """One tiny A14B expert through four WanFit Lean Forward nodes, each sampled once (1 step, cfg 1).
+    Plan "8gb": A14B 1280x720x81 on an 8 GB card, which fits only with the lean forward; plan "here": a
+    64x64x5 job on this CPU machine, which fits with the core's own blocks."""
+    from tests.host import graphs
+
+    def plan(mode, width, height, frames):
+        return {"class_type": "WanFitOffloadPlan", "inputs": {
+            "model_variant": "t2v_a14b", "width": width, "height": height, "frames": frames, "batch": 1, "cfg": False,
+            "mode": mode, "reserve_vram_gb": 0.0, "weight_dtype": "auto", "text_encoder_device": "auto"}}
+
+    graph = {
+        "1": plan("CONSUMER_8GB", 1280, 720, 81),
+        "2": plan("auto", 64, 64, 5),
+        "3": {"class_type": "UNETLoader", "inputs": {"unet_name": graphs.T2V_HIGH, "weight_dtype": "default"}},
+        "4": graphs.text_encode("a lighthouse in a storm", 7),
+        "5": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                  "batch_size": 1}},
+    }
+    # 64x64x5 is 32 tokens: chunk_tokens 16 overrides the 8 GB plan's chunk size (sized for 75,600 tokens)
+    lean_nodes = {"11": ("auto", 16, "1"), "12": ("auto", 0, "2"), "13": ("auto", 16, None), "14": ("off", 0, "1"),
+                  "15": ("on", 16, "2")}
+    for node_id, (mode, chunk, plan_id) in lean_nodes.items():
+        inputs = {"model": ["3", 0], "mode": mode, "chunk_tokens": chunk}
+        if plan_id:
+            inputs["plan"] = [plan_id, 0]
+        graph[node_id] = {"class_type": "WanFitLeanForward", "inputs": inputs}
+        sampler_id, save_id = str(int(node_id) + 10), str(int(node_id) + 20)
+        graph[sampler_id] = {"class_type": "KSampler", "inputs": {
+            "model": [node_id, 0], "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["5", 0], "seed": 3,
+            "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+        graph[save_id] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler_id, 0],
+                                                                 "filename_prefix": f"latents/lean_mode_{node_id}"}}
+    return graph
+
+
+def test_the_node_follows_the_plan_in_auto_mode_and_obeys_on_and_off(client, tmp_path):
+    from tests.host.latents import load_saved_latent
+
+    client.free()
+    entry = client.run(node_modes_graph(), timeout_s=300)
+    outputs = entry["outputs"]
+    assert "Lean forward: on" in outputs["1"]["text"][0], "the 8 GB plan should need the lean forward"
+    assert "Lean forward: on" not in outputs["2"]["text"][0], "this machine's tiny job should fit without it"
+    expected = {"11": "Lean forward on 2 blocks", "12": "Lean forward not needed", "13": "Lean forward on 2 blocks",
+                "14": "Lean forward off", "15": "Lean forward on 2 blocks"}
+    for node_id, start in expected.items():
+        report = outputs[node_id]["text"][0]
+        assert report.startswith(start), f"lean node {node_id}: expected a report starting {start!r}, got {report!r}"
+    assert "16 tokens" in outputs["11"]["text"][0] and "the plan needs it" in outputs["11"]["text"][0]
+    latents = {node_id: load_saved_latent(client, entry, str(int(node_id) + 20), tmp_path / node_id).float()
+               for node_id in expected}
+    stock = latents["14"]
+    for node_id, latent in latents.items():
+        difference = (latent - stock).abs().max().item()
+        assert difference <= TOLERANCE * stock.abs().max().item(), f"lean node {node_id}: max |diff| {difference:.3e}"
 
 
 # --- bad inputs ----------------------------------------------------------------------------

@@ -163,6 +163,36 @@ def test_a_saved_latent_decodes_again_to_the_same_video(client, server, tmp_path
         assert (frame_first == frame_again).all(), f"re-decoded frame {n} differs from the first decode"
 
 
+def test_the_lean_forward_gives_the_same_frames_as_the_cores_own_blocks(client, server, tmp_path):
+    """Issue 16's acceptance on a shipped workflow: its WanFit Lean Forward nodes (one per A14B expert;
+    this one also carries the lightx2v LoRAs and the I2V conditioning) set to off, then on; the decoded
+    frames, saved losslessly, differ by at most 1/255."""
+    import numpy as np
+
+    name = "a14b_i2v_lightx2v"
+    frames = {}
+    for mode in ("off", "on"):
+        workflow, spec = for_tiny_fixtures(name, server.work_dir / "input", filename_prefix=f"video/test_lean_{mode}")
+        lean_nodes = [node_id for node_id, node in workflow.items() if node["class_type"] == "WanFitLeanForward"]
+        assert len(lean_nodes) == 2, f"{name}: expected a lean forward node per expert, found {lean_nodes}"
+        for node_id in lean_nodes:
+            workflow[node_id]["inputs"]["mode"] = mode
+        png = _save_decoded_frames_as_png(workflow, f"test_lean_{mode}")
+        client.free()
+        entry = client.run(workflow, timeout_s=600)
+        for node_id in lean_nodes:
+            report = entry["outputs"][node_id]["text"][0]
+            expected = "Lean forward on 2 blocks" if mode == "on" else "Lean forward off"
+            assert report.startswith(expected), f"node {node_id} ({mode}): {report}"
+        frames[mode] = np.stack(_png_frames(client, entry, png, tmp_path / mode)).astype(np.int16)
+    client.free()
+    assert frames["off"].shape == frames["on"].shape == (5, 64, 64, 3), (frames["off"].shape, frames["on"].shape)
+    assert frames["off"].std() > 1, "flat frames: the comparison would prove nothing"
+    largest = int(np.abs(frames["on"] - frames["off"]).max())
+    print(f"{name}: lean vs stock, largest decoded-frame difference {largest}/255")
+    assert largest <= 1, f"lean vs stock frames differ by up to {largest}/255, expected <= 1/255"
+
+
 def test_a14b_hand_over_releases_the_high_noise_expert_and_the_next_run_reloads_it(client, server, tmp_path):
     """On this 24 GB machine the plan drops the high-noise expert before the low-noise one loads."""
     for run, seed in enumerate((11, 12)):
