@@ -18,6 +18,8 @@ its own try/except, so one failure is recorded and the run goes on):
     dynamic-VRAM cores --vram-headroom so comfy-aimdo keeps the rest free);
   - s/step with WanFit's attention patcher in "auto" mode (sageattention when it imports and
     verifies) against ComfyUI's own attention (PyTorch SDPA);
+  - WanFit's lean block forward (the "lean" arm: SDPA attention, lean blocks) against ComfyUI's own
+    blocks (the "sdpa" arm): peak VRAM and s/step, for TI2V-5B and one T2V-A14B expert;
   - WanFit's budgeted VAE decode at a small budget against the core's own VAE decode;
   - on cores with dynamic VRAM (0.33+): the same sampling with --disable-dynamic-vram;
   - ComfyUI's template graph (UNETLoader + KSampler + VAEDecode, as video_wan2_2_5B_ti2v.json) against
@@ -121,13 +123,16 @@ def build_cases(mode, dynamic_core):
     off["name"] += "_dynamic_vram_off"
     if not dynamic_core:
         off["not_applicable"] = "n/a: this core has no dynamic VRAM (comfy-aimdo arrived after 0.3.64)"
+    lean_a14b = sample("t2v_a14b", 24, ["sdpa", "lean"])
+    lean_a14b["name"] += "_lean_vs_stock"
     cases = [{"name": "env", "kind": "env"}, {"name": "prepare_models", "kind": "prepare"},
-             sample("ti2v_5b", 24, ["sdpa", "auto"]),
+             sample("ti2v_5b", 24, ["sdpa", "auto", "lean"]),
              *({"name": f"graph_{graph}_ti2v_5b_cap24", "kind": "graph", "graph": graph, "cap_gb": 24}
                for graph in ("comfyui_template", "wanfit")),
              off,
              sample("t2v_a14b", 24, ["auto"]),
              {"name": "decode_wan22_cap24", "kind": "decode", "cap_gb": 24},
+             lean_a14b,
              sample("ti2v_5b", 32, ["sdpa", "auto"]),
              sample("t2v_a14b", 32, ["auto"])]
     for case in cases:
@@ -565,6 +570,7 @@ def run_sample(child, case, result):
     import torch
     import comfy.sample
     from wanfit.attention import find_override, patch_model_attention
+    from wanfit.lean_forward import patch_model_lean
 
     variant = case["variant"]
     job = JOBS[child.mode][variant]
@@ -630,8 +636,10 @@ def run_sample(child, case, result):
             continue
 
         def sample(arm=arm):
-            patched, report = patch_model_attention(model, "disabled" if arm == "sdpa" else "auto")
+            patched, report = patch_model_attention(model, "auto" if arm == "auto" else "disabled")
             info[f"{arm}_attention_report"] = report
+            if arm == "lean":  # the core's attention, WanFit's lean blocks: against the "sdpa" arm
+                patched, info["lean_report"] = patch_model_lean(patched, "auto")
             stamps = []
             with PeakMeter(child) as meter:
                 started = time.perf_counter()
@@ -668,6 +676,15 @@ def run_sample(child, case, result):
             metrics["sage_speedup_over_sdpa"] = na("sageattention did not run (see auto_attention_report)")
         elif isinstance(auto, dict) and isinstance(sdpa, dict):
             metrics["sage_speedup_over_sdpa"] = ratio(sdpa.get("s_per_step"), auto.get("s_per_step"))
+    if isinstance(metrics.get("sdpa"), dict) and isinstance(metrics.get("lean"), dict):
+        lean, stock = metrics["lean"], metrics["sdpa"]
+        metrics["lean_over_stock_s_per_step"] = ratio(lean.get("s_per_step"), stock.get("s_per_step"))
+        if child.cpu:
+            metrics["lean_over_stock_peak_torch"] = na("n/a on CPU: no device memory statistics")
+        else:
+            metrics["lean_over_stock_peak_torch"] = ratio(lean.get("peak_torch_allocated_gib"),
+                                                          stock.get("peak_torch_allocated_gib"),
+                                                          na("a peak is missing (OOM or no statistics)"))
 
 
 def run_decode(child, case, result):
@@ -976,6 +993,10 @@ def summarise(report):
         summary["dynamic_vram_off_over_on_peak_device"] = ratio(
             metric(off.get("name", ""), "sdpa", "peak_device_used_gib"),
             metric("sample_ti2v_5b_cap24", "sdpa", "peak_device_used_gib"))
+    for case in ("sample_ti2v_5b_cap24", "sample_t2v_a14b_cap24_lean_vs_stock"):
+        label = case.replace("sample_", "").replace("_lean_vs_stock", "")
+        for key in ("lean_over_stock_s_per_step", "lean_over_stock_peak_torch"):
+            summary[f"{label}_{key}"] = metric(case, key)
     template = metric("graph_comfyui_template_ti2v_5b_cap24", "run", "s_per_step")
     wanfit = metric("graph_wanfit_ti2v_5b_cap24", "run", "s_per_step")
     summary["graph_template_over_wanfit_s_per_step"] = ratio(template, wanfit)

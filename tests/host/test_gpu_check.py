@@ -19,11 +19,14 @@ SCRIPT = REPO_ROOT / "bench" / "gpu_check.py"
 EXPECTED = {
     "env": [("cpu_threads",)],
     "prepare_models": [("seconds",), ("ti2v_5b_builder_keys",), ("wan22_vae_builder_keys",)],
-    "sample_ti2v_5b_cap24": [("sdpa", "s_per_step"), ("auto", "s_per_step")],
+    "sample_ti2v_5b_cap24": [("sdpa", "s_per_step"), ("auto", "s_per_step"), ("lean", "s_per_step"),
+                             ("lean_over_stock_s_per_step",)],
     "graph_comfyui_template_ti2v_5b_cap24": [("run", "s_per_step"), ("run", "prompt_seconds")],
     "graph_wanfit_ti2v_5b_cap24": [("run", "s_per_step"), ("run", "prompt_seconds")],
     "sample_ti2v_5b_cap24_dynamic_vram_off": [("sdpa", "s_per_step")],
     "sample_t2v_a14b_cap24": [("auto", "s_per_step")],
+    "sample_t2v_a14b_cap24_lean_vs_stock": [("sdpa", "s_per_step"), ("lean", "s_per_step"),
+                                            ("lean_over_stock_s_per_step",)],
     "decode_wan22_cap24": [("comfy", "seconds"), ("wanfit", "seconds"), ("wanfit_time_over_comfy",)],
     "sample_ti2v_5b_cap32": [("sdpa", "s_per_step"), ("auto", "s_per_step")],
     "sample_t2v_a14b_cap32": [("auto", "s_per_step")],
@@ -74,13 +77,15 @@ def test_cpu_tiny_runs_every_case_with_numbers_or_reasons(comfyui, fixtures, tmp
             value = _get(case["metrics"], path)
             assert isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0, \
                 f"{name}: metrics {'.'.join(path)} = {value!r}, a measured number expected"
-        for arm in ("sdpa", "auto", "run", "comfy", "wanfit"):
+        for arm in ("sdpa", "auto", "lean", "run", "comfy", "wanfit"):
             if isinstance(case["metrics"].get(arm), dict):
                 assert case["metrics"][arm]["oom"] is False, f"{name} {arm} ran out of memory on the CPU"
     # what only a GPU can show says so
     sample = report["cases"]["sample_ti2v_5b_cap24"]["metrics"]
     assert sample["sdpa"]["peak_torch_allocated_gib"].startswith("n/a on CPU")
     assert sample["sage_speedup_over_sdpa"].startswith("n/a on CPU")
+    assert sample["lean_over_stock_peak_torch"].startswith("n/a on CPU")
+    assert report["cases"]["sample_t2v_a14b_cap24_lean_vs_stock"]["info"]["lean_report"].startswith("Lean forward on")
 
     table = (out / "gpu_check.md").read_text()
     assert f"ComfyUI {version}" in table, table[:500]
