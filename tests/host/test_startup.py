@@ -1,12 +1,9 @@
-"""ComfyUI imports WanFit cleanly and quickly."""
-
-IMPORT_TIME_LIMIT_S = 0.1
+"""ComfyUI imports WanFit cleanly (that the import stays light is tests/unit/test_package_import.py)."""
 
 
-def test_wanfit_imports_without_error_and_fast(server, object_info):
-    seconds = server.custom_node_import_seconds()
+def test_wanfit_imports_without_error(server, object_info):
+    seconds = server.custom_node_import_seconds()  # raises when ComfyUI reports IMPORT FAILED
     assert seconds is not None, f"ComfyUI printed no import time for ComfyUI-WanFit:\n{server.log_tail()}"
-    assert seconds <= IMPORT_TIME_LIMIT_S, f"WanFit import took {seconds} s (limit {IMPORT_TIME_LIMIT_S} s)"
     assert "WanFitDeviceInfo" in object_info
     assert "WanFitTestTextEncode" in object_info, "the test-only nodes were not loaded"
 
