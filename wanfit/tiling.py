@@ -21,7 +21,7 @@ import math
 # (conv temporaries, the residual kept alive, the padded conv input of 3 frames) + that layer's conv
 # transient. Fitted per VAE by bench/vae_decode_memory.py (CPU, fp32, ComfyUI v0.3.64, one tile at
 # 256x256 / 192x192, lean CPU heap, frames streamed, the fused norm/SiLU/padded-input path and fused
-# upsample, CPU workspace subtracted: 5.89 for Wan 2.1, 7.88 for Wan 2.2, session 5); the values
+# upsample, CPU workspace subtracted: 5.89 for Wan 2.1, 7.88 for Wan 2.2, 2026-11-30); the values
 # below carry a ~6% margin. See docs/benchmarks.md.
 DEFAULT_ACTIVATION_FACTOR = 10.0
 ACTIVATION_FACTOR = {"wan2.1": 6.25, "wan2.2": 8.4}
