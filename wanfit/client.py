@@ -6,7 +6,6 @@ Standard library only, so the CLI and the tests use it in any interpreter.
 import http.client
 import json
 import mimetypes
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -317,21 +316,6 @@ def _limit_text(limit):
     if isinstance(limit, TransferDeadline):
         return "the time limit (--timeout) ran out"
     return str(limit)
-
-
-def write_atomically(destination, payload):
-    """Write bytes as <name>.partial, then rename: an interrupted write never leaves a file under the
-    final name, and the partial file is removed on any failure (Ctrl-C included)."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".partial")
-    try:
-        partial.write_bytes(payload)
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return destination
 
 
 def unused_path(directory, filename):

@@ -13,6 +13,7 @@ Every server here (a ComfyUI, RunPod, a download host, an S3 bucket) can be wron
 Standard library only (urllib), like the rest of the client side.
 """
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
@@ -170,14 +171,35 @@ def read_body(response, idle_timeout_s, deadline=None, max_bytes=None):
     return b"".join(iter_body(response, idle_timeout_s, deadline, max_bytes))
 
 
-def stream_to_file(response, destination, idle_timeout_s, deadline=None, max_bytes=None):
-    """Write the body to `<destination>.partial`, then rename it to `destination`. On any failure (a limit,
-    a reset, Ctrl-C) the partial file is removed, so nothing incomplete ever sits under the final name."""
+@contextlib.contextmanager
+def partial_then_rename(destination):
+    """Yield `<destination>.partial` to write; rename it to `destination` when the block ends cleanly. On
+    any failure (a limit, a reset, Ctrl-C) the partial file is removed, so nothing incomplete ever sits
+    under the final name."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
-    written = 0
     try:
+        yield partial
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(destination, payload):
+    """Bytes (or text, as UTF-8) under `destination`, whole or not at all."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    with partial_then_rename(destination) as partial:
+        partial.write_bytes(payload)
+    return Path(destination)
+
+
+def stream_to_file(response, destination, idle_timeout_s, deadline=None, max_bytes=None):
+    """Write the body under `destination`, whole or not at all (see partial_then_rename)."""
+    written = 0
+    with partial_then_rename(destination) as partial:
         with open(partial, "wb") as handle:
             for block in iter_body(response, idle_timeout_s, deadline, max_bytes):
                 handle.write(block)
@@ -185,11 +207,7 @@ def stream_to_file(response, destination, idle_timeout_s, deadline=None, max_byt
         length = announced_length(response)
         if length is not None and written < length:
             raise TransferStalled(f"the connection closed after {written} of {length} bytes")
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return destination
+    return Path(destination)
 
 
 def safe_file_name(name, fallback):

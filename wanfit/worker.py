@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 from .errors import WanFitError
+from .transfer import write_atomically
 from .units import BYTES_PER_GIB, format_gib
 
 log = logging.getLogger("wanfit")
@@ -264,15 +265,6 @@ def extra_model_paths_yaml(volume):
         paths = [f"models/{folder}"] + ([f"models/{LEGACY_FOLDERS[folder]}"] if folder in LEGACY_FOLDERS else [])
         lines.append(f"  {folder}: {_yaml_string(chr(10).join(paths))}")
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
 
 
 def comfyui_args(plan_args, yaml_path, volume):

@@ -15,7 +15,8 @@ import pytest
 import wanfit.cli.run as cli_run
 from wanfit.__main__ import COMMANDS
 from wanfit.cli.run import main
-from wanfit.client import ComfyClient, encode_multipart, unused_path, write_atomically
+from wanfit.client import ComfyClient, encode_multipart, unused_path
+from wanfit.transfer import write_atomically
 from wanfit.workflows import fill_workflow
 
 FAKE_MP4 = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8

@@ -19,7 +19,8 @@ import shlex
 import sys
 
 from ..errors import WanFitError
-from ..worker import DEFAULT_COMFYUI, DEFAULT_VOLUME, WorkerStartError, patch_start_script, prepare, write_atomically
+from ..transfer import write_atomically
+from ..worker import DEFAULT_COMFYUI, DEFAULT_VOLUME, WorkerStartError, patch_start_script, prepare
 
 PREFIX = "wanfit worker-start: "
 
