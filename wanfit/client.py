@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 from .errors import WanFitError
-from .transfer import TransferDeadline, TransferLimit, read_body, safe_file_name, stream_to_file
+from .transfer import (TransferDeadline, TransferLimit, parse_json_object, read_body, safe_file_name,
+                       stream_to_file)
 
 MAX_JSON_BYTES = 256 * 1024**2  # /object_info of a big install is tens of MB; /history entries far less
 MAX_DOWNLOAD_BYTES = 16 * 1024**3  # one /view file (a long 1080p video is hundreds of MB)
@@ -130,16 +131,10 @@ class ComfyClient:
         status, payload = self._request("GET", path)
         if status != 200:
             raise ComfyServerError(f"GET {path} answered HTTP {status}: {payload[:500].decode(errors='replace')}")
-        try:
-            parsed = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with something that is not JSON "
-                                   f"({error}): {payload[:200].decode(errors='replace')!r}. Fix: check that "
-                                   f"--server {self.server} is a ComfyUI.") from None
-        if not isinstance(parsed, dict):
-            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with JSON that is "
-                                   f"{type(parsed).__name__}, not an object: {payload[:200].decode(errors='replace')!r}"
-                                   f". Fix: check that --server {self.server} is a ComfyUI.")
+        parsed, problem = parse_json_object(payload)
+        if problem:
+            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with {problem}. Fix: check that "
+                                   f"--server {self.server} is a ComfyUI.")
         return parsed
 
     def post_json(self, path, body):

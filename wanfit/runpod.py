@@ -33,8 +33,8 @@ import urllib.request
 
 from .client import unused_path
 from .errors import WanFitError
-from .transfer import (RedirectRefused, TransferLimit, fetchable_opener, fetchable_url_problem, read_body,
-                       safe_file_name, same_origin_opener, stream_to_file, write_atomically)
+from .transfer import (RedirectRefused, TransferLimit, fetchable_opener, fetchable_url_problem, parse_json_object,
+                       read_body, safe_file_name, same_origin_opener, stream_to_file, write_atomically)
 
 DEFAULT_API_BASE = "https://api.runpod.ai/v2"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -212,15 +212,10 @@ class RunPodClient:
         except (OSError, http.client.HTTPException) as error:
             raise RunPodJobError(f"RunPod's answer to {method} {url} broke off ({error}). Fix: run the command "
                                  f"again.") from None
-        try:
-            parsed = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RunPodJobError(f"RunPod answered {method} {url} with something that is not JSON ({error}): "
-                                 f"{payload[:200].decode(errors='replace')!r}") from None
-        if not isinstance(parsed, dict):
-            raise RunPodJobError(f"RunPod answered {method} {url} with JSON that is {type(parsed).__name__}, not "
-                                 f"an object: {payload[:200].decode(errors='replace')!r}. Fix: check "
-                                 f"RUNPOD_API_BASE and the endpoint id.")
+        parsed, problem = parse_json_object(payload)
+        if problem:
+            raise RunPodJobError(f"RunPod answered {method} {url} with {problem}. Fix: check RUNPOD_API_BASE and "
+                                 f"the endpoint id.")
         return parsed
 
     def submit(self, workflow, images=()):

@@ -15,6 +15,7 @@ Standard library only (urllib), like the rest of the client side.
 
 import contextlib
 import ipaddress
+import json
 import os
 from pathlib import Path
 import time
@@ -208,6 +209,18 @@ def stream_to_file(response, destination, idle_timeout_s, deadline=None, max_byt
         if length is not None and written < length:
             raise TransferStalled(f"the connection closed after {written} of {length} bytes")
     return Path(destination)
+
+
+def parse_json_object(payload):
+    """-> (the parsed JSON object, None), or (None, what is wrong with the payload, quoting its start)."""
+    try:
+        parsed = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return None, f"something that is not JSON ({error}): {payload[:200].decode(errors='replace')!r}"
+    if not isinstance(parsed, dict):
+        return None, (f"JSON that is {type(parsed).__name__}, not an object: "
+                      f"{payload[:200].decode(errors='replace')!r}")
+    return parsed, None
 
 
 def safe_file_name(name, fallback):
