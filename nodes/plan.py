@@ -28,14 +28,22 @@ class WanFitOffloadPlan:
                    "the VRAM to leave to other processes, with predicted peak VRAM/RAM and the reasons, for the "
                    "ComfyUI it runs in (its version, launch flags and memory manager: dynamic VRAM or partial "
                    "loading). Refuses, saying what would fit, when nothing does. Connect the plan to the WanFit "
-                   "loaders, Sage Attention and VAE Decode.")
+                   "loaders, Sage Attention and VAE Decode, and its width, height, frames and batch to the latent "
+                   "node, so the size is set in one place. In the editor the node shows, before Run, whether the "
+                   "job fits this machine.")
     CATEGORY = "WanFit"
     FUNCTION = "make_plan"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("WANFIT_PLAN", "STRING")
-    RETURN_NAMES = ("plan", "summary")
+    # Not an output node: it runs only as part of a graph that uses it, so a loader that fails validation
+    # stops the whole prompt with its own message instead of the plan running alone around it.
+    OUTPUT_NODE = False
+    RETURN_TYPES = ("WANFIT_PLAN", "STRING", "INT", "INT", "INT", "INT")
+    RETURN_NAMES = ("plan", "summary", "width", "height", "frames", "batch")
     OUTPUT_TOOLTIPS = ("The plan, for WanFit loaders, Sage Attention and VAE Decode.",
-                       "The plan as text: tier, predicted VRAM/RAM, choices and reasons.")
+                       "The plan as text: tier, predicted VRAM/RAM, choices and reasons.",
+                       "The planned video width, for the latent node's width.",
+                       "The planned video height, for the latent node's height.",
+                       "The planned frame count, for the latent node's length.",
+                       "The planned batch, for the latent node's batch_size.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -86,7 +94,7 @@ class WanFitOffloadPlan:
             lines += apply_runtime_settings(result, comfy.model_management, comfy.cli_args.args, core)
         summary = "\n".join(lines)
         ui = {"text": [summary], "wanfit_plan": [result.as_dict()]}
-        return {"ui": ui, "result": (result, summary)}
+        return {"ui": ui, "result": (result, summary, width, height, frames, batch)}
 
 
 NODE_CLASS_MAPPINGS = {"WanFitOffloadPlan": WanFitOffloadPlan}

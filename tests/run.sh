@@ -2,9 +2,11 @@
 # The test command (README "Running the tests"; .ci/run runs exactly this).
 # Finds each supported ComfyUI core, prepares one cached virtual environment per core outside
 # the repository (ComfyUI's requirements, the torch set that core needs, ours), then runs the
-# unit tier once and the host tier (a real ComfyUI server on 127.0.0.1) against every core.
+# unit tier once, and against every core the host tier (a real ComfyUI server on 127.0.0.1) and
+# the browser tier (that server's own front end in headless Chromium: Debian's chromium package,
+# installed here when missing, driven by Playwright; screenshots in artifacts/browser/<core>).
 #
-#   bash tests/run.sh                     # unit tier + host tier on 0.3.64 and on 0.33.0
+#   bash tests/run.sh                     # unit tier + host and browser tiers on 0.3.64 and on 0.33.0
 #   bash tests/run.sh --core 0.33.0 -k plan   # one core; extra arguments go to pytest
 #   bash tests/run.sh --setup-only        # prepare the environments and stop
 #
@@ -146,17 +148,35 @@ fixtures_root="${WANFIT_FIXTURES_DIR:-$HOME/.cache/wanfit/fixtures}"
 declare -A outcome
 status=0
 
-# Test paths given on the command line go to their own tier (tests/unit/... or tests/host/...);
-# options (-k, -x, ...) go to both. Without paths each tier runs whole.
-options=() unit_paths=() host_paths=()
+# Test paths given on the command line go to their own tier (tests/unit/..., tests/host/...,
+# tests/browser/...); options (-k, -x, ...) go to every tier. Without paths each tier runs whole.
+options=() unit_paths=() host_paths=() browser_paths=()
 for argument in "${pytest_args[@]}"; do
   case "$argument" in
     tests/unit*) unit_paths+=("$argument") ;;
     tests/host*) host_paths+=("$argument") ;;
+    tests/browser*) browser_paths+=("$argument") ;;
     *) options+=("$argument") ;;
   esac
 done
-if ((${#unit_paths[@]} + ${#host_paths[@]} == 0)); then unit_paths=(tests/unit); host_paths=(tests/host); fi
+if ((${#unit_paths[@]} + ${#host_paths[@]} + ${#browser_paths[@]} == 0)); then
+  unit_paths=(tests/unit); host_paths=(tests/host); browser_paths=(tests/browser)
+fi
+
+chromium="${WANFIT_CHROMIUM:-/usr/bin/chromium}"
+if ((${#browser_paths[@]})) && [[ ! -x "$chromium" ]]; then
+  # Debian's Chromium; never a test tool's own browser download (the network here is the registries).
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get > /dev/null; then
+    echo "installing Debian's chromium for the browser tier (log: /tmp/wanfit-apt-chromium.log)" >&2
+    { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; } \
+      > /tmp/wanfit-apt-chromium.log 2>&1 || true
+  fi
+  if [[ ! -x "$chromium" ]]; then
+    echo "error: the browser tier needs Chromium at $chromium" >&2
+    echo "Fix: sudo apt-get install chromium (Debian/Ubuntu), or set WANFIT_CHROMIUM to a Chromium binary." >&2
+    exit 4
+  fi
+fi
 
 run_tier() {  # name python args... ; pytest's exit 5 (nothing collected) fails unless a filter was given
   local name="$1" python="$2"; shift 2
@@ -180,15 +200,23 @@ fi
 
 for version in "${selected_cores[@]}"; do
   outcome[$version]="not run (no host path given)"
-  ((${#host_paths[@]})) || continue
-  echo "=== host tier on ComfyUI $version ($(core_path "$version")) ==="
-  COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" \
-    run_tier "$version" "${core_python[$version]}" "${host_paths[@]}" "${options[@]}"
+  outcome[browser $version]="not run (no browser path given)"
+  if ((${#host_paths[@]})); then
+    echo "=== host tier on ComfyUI $version ($(core_path "$version")) ==="
+    COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" \
+      run_tier "$version" "${core_python[$version]}" "${host_paths[@]}" "${options[@]}"
+  fi
+  if ((${#browser_paths[@]})); then
+    echo "=== browser tier on ComfyUI $version (headless $("$chromium" --version 2>/dev/null || echo Chromium)) ==="
+    COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" WANFIT_CHROMIUM="$chromium" \
+      run_tier "browser $version" "${core_python[$version]}" "${browser_paths[@]}" "${options[@]}"
+  fi
 done
 
 echo "=== summary ==="
 echo "unit tier: ${outcome[unit]}"
 for version in "${selected_cores[@]}"; do
   echo "host tier on ComfyUI $version: ${outcome[$version]}"
+  echo "browser tier on ComfyUI $version: ${outcome[browser $version]} (screenshots: $repo_root/artifacts/browser/$version)"
 done
 exit "$status"

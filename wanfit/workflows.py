@@ -151,9 +151,13 @@ def ui_to_api(ui_workflow, object_info):
     return api
 
 
-def api_to_ui(api_workflow, object_info, positions=None, properties=None, notes=(), groups=()):
-    """Lay an API workflow out as a UI workflow (used to build the shipped UI files)."""
+def api_to_ui(api_workflow, object_info, positions=None, properties=None, notes=(), groups=(), sizes=None,
+              view=None):
+    """Lay an API workflow out as a UI workflow (used to build the shipped UI files).
+
+    notes: (markdown, (x, y)[, (width, height)]); view: the initial {"scale", "offset"}."""
     positions = positions or {}
+    sizes = sizes or {}
     properties = properties or {}
     ui_nodes, ui_links = [], []
     outgoing = {}
@@ -199,7 +203,8 @@ def api_to_ui(api_workflow, object_info, positions=None, properties=None, notes=
         node_properties = {"Node name for S&R": node["class_type"]}
         node_properties.update(properties.get(node_id, {}))
         x, y = positions.get(node_id, (40 + 340 * (order % 5), 60 + 260 * (order // 5)))
-        ui_nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [x, y], "size": [320, 160],
+        ui_nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [x, y],
+                         "size": list(sizes.get(node_id, (320, 160))),
                          "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                          "properties": node_properties, "widgets_values": widgets_values})
     # fill link target slots and types now that input slot indexes are known
@@ -209,12 +214,14 @@ def api_to_ui(api_workflow, object_info, positions=None, properties=None, notes=
         link[5] = node_outputs[link[1]][link[2]]["type"]
         link[4] = slot_index[(link[3], link[4])]
     next_id = max(int(node_id) for node_id in api_workflow) + 1
-    for offset, (text, (x, y)) in enumerate(notes):
-        ui_nodes.append({"id": next_id + offset, "type": "MarkdownNote", "pos": [x, y], "size": [420, 300],
+    for offset, (text, (x, y), *size) in enumerate(notes):
+        ui_nodes.append({"id": next_id + offset, "type": "MarkdownNote", "pos": [x, y],
+                         "size": list(size[0]) if size else [420, 300],
                          "flags": {}, "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [],
                          "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": max(node["id"] for node in ui_nodes), "last_link_id": link_id, "nodes": ui_nodes,
-            "links": ui_links, "groups": list(groups), "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
+            "links": ui_links, "groups": list(groups), "config": {},
+            "extra": {"ds": dict(view) if view else {"scale": 0.7, "offset": [0, 0]}},
             "version": 0.4}
 
 

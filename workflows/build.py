@@ -2,8 +2,9 @@
 
 Writes workflows/api/<name>.json (for /prompt), workflows/api/inputs.json (which node input
 is the prompt, size, frames...), workflows/ui/<name>.json (for the graph editor) and copies
-the UI files to example_workflows/ (ComfyUI's template browser). The UI layout needs the
-server's /object_info: run with a ComfyUI that has WanFit installed,
+the UI files to example_workflows/<template name>.json (ComfyUI's template browser; the
+thumbnails beside them are screenshots the browser tests make, see tests/browser). The UI
+layout needs the server's /object_info: run with a ComfyUI that has WanFit installed,
 
     python workflows/build.py --server http://127.0.0.1:8188
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from wanfit import __version__  # noqa: E402
 from wanfit.models import load_manifest  # noqa: E402
 from wanfit.workflows import api_to_ui  # noqa: E402
+from workflows.layout import NOTE_SIZE, lay_out  # noqa: E402
 
 NEGATIVE = ("vivid colors, overexposed, static, blurry details, subtitles, style, artwork, painting, still image, "
             "overall gray, worst quality, low quality, JPEG artifacts, ugly, deformed, extra fingers, poorly drawn "
@@ -47,6 +49,11 @@ EXAMPLE_IMAGE = "example.png"
 
 def node(class_type, **inputs):
     return {"class_type": class_type, "inputs": inputs}
+
+
+def planned_size():
+    """The latent node's size inputs, taken from the plan node's outputs: the size is set once, on the plan."""
+    return {"width": ["10", 2], "height": ["10", 3], "length": ["10", 4], "batch_size": ["10", 5]}
 
 
 def plan_node(variant, width, height, frames, cfg):
@@ -87,13 +94,13 @@ def ti2v_5b(name, image):
         "15": node("ModelSamplingSD3", model=["24", 0], shift=shift),
         "20": node("CLIPTextEncode", text=PROMPT_I2V if image else PROMPT_T2V, clip=["12", 0]),
         "21": node("CLIPTextEncode", text=NEGATIVE, clip=["12", 0]),
-        "30": node("Wan22ImageToVideoLatent", vae=["13", 0], width=width, height=height, length=frames, batch_size=1),
+        "30": node("Wan22ImageToVideoLatent", vae=["13", 0], **planned_size()),
         "40": node("KSampler", model=["15", 0], positive=["20", 0], negative=["21", 0], latent_image=["30", 0],
                    seed=42, steps=steps, cfg=cfg, sampler_name="uni_pc", scheduler="simple", denoise=1.0),
         "41": node("WanFitAttentionReport", model=["15", 0], samples=["40", 0], reset_counts=True),
     }
-    fields = {"prompt": [["20", "text"]], "negative": [["21", "text"]], "width": [["10", "width"], ["30", "width"]],
-              "height": [["10", "height"], ["30", "height"]], "frames": [["10", "frames"], ["30", "length"]],
+    fields = {"prompt": [["20", "text"]], "negative": [["21", "text"]], "width": [["10", "width"]],
+              "height": [["10", "height"]], "frames": [["10", "frames"]],
               "steps": [["40", "steps"]], "seed": [["40", "seed"]], "cfg": [["40", "cfg"]], "fps": [["70", "fps"]],
               "filename_prefix": [["71", "filename_prefix"]]}
     if image:
@@ -101,7 +108,13 @@ def ti2v_5b(name, image):
         w["30"]["inputs"]["start_image"] = ["31", 0]
         fields["image"] = [["31", "image"]]
     output_nodes(w, ["41", 0], ["13", 0], fps, name)
-    return w, fields, {"size_multiple": 32, "needs_image": image, "fps": fps, "video_node": "71",
+    groups = [("Models and plan", "models", ["10", "11", "12", "13"]),
+              ("Model: sage attention, lean forward, sampling shift", "models", ["14", "24", "15"]),
+              ("Prompt" + (", start image" if image else "") + " and latent", "prompt",
+               ["20", "21"] + (["31"] if image else []) + ["30"], "below"),
+              ("Sampling", "sampling", ["40", "41"]),
+              ("Save the latent, decode, save the video", "decode", ["50", "60", "70", "71"])]
+    return w, fields, groups, {"size_multiple": 32, "needs_image": image, "fps": fps, "video_node": "71",
                        "latent_node": "50", "model_variant": "ti2v_5b"}
 
 
@@ -144,15 +157,13 @@ def a14b(name, task, lightx2v):
     w["18"] = node("ModelSamplingSD3", model=["24", 0], shift=shift)
     w["19"] = node("ModelSamplingSD3", model=["25", 0], shift=shift)
     if task == "t2v":
-        w["30"] = node("EmptyHunyuanLatentVideo", width=width, height=height, length=frames, batch_size=1)
+        w["30"] = node("EmptyHunyuanLatentVideo", **planned_size())
         positive, negative, latent = ["20", 0], ["21", 0], ["30", 0]
-        size_nodes = [["30", "width"]], [["30", "height"]], [["30", "length"]]
     else:
         w["31"] = node("LoadImage", image=EXAMPLE_IMAGE)
-        w["30"] = node("WanImageToVideo", positive=["20", 0], negative=["21", 0], vae=["13", 0], width=width,
-                       height=height, length=frames, batch_size=1, start_image=["31", 0])
+        w["30"] = node("WanImageToVideo", positive=["20", 0], negative=["21", 0], vae=["13", 0], **planned_size(),
+                       start_image=["31", 0])
         positive, negative, latent = ["30", 0], ["30", 1], ["30", 2]
-        size_nodes = [["30", "width"]], [["30", "height"]], [["30", "length"]]
     w["35"] = node("WanFitExpertSwitchStep", model=["18", 0], steps=steps, boundary=boundary, scheduler="simple")
     common = dict(steps=steps, sampler_name="euler", scheduler="simple", positive=positive, negative=negative)
     w["40"] = node("KSamplerAdvanced", model=["18", 0], add_noise="enable", noise_seed=42, cfg=cfg_high,
@@ -163,15 +174,21 @@ def a14b(name, task, lightx2v):
                    return_with_leftover_noise="disable", **common)
     w["43"] = node("WanFitAttentionReport", model=["19", 0], samples=["42", 0], reset_counts=True)
     fields = {"prompt": [["20", "text"]], "negative": [["21", "text"]],
-              "width": [["10", "width"]] + size_nodes[0], "height": [["10", "height"]] + size_nodes[1],
-              "frames": [["10", "frames"]] + size_nodes[2],
+              "width": [["10", "width"]], "height": [["10", "height"]], "frames": [["10", "frames"]],
               "steps": [["35", "steps"], ["40", "steps"], ["42", "steps"]],
               "seed": [["40", "noise_seed"], ["42", "noise_seed"]], "cfg": [["40", "cfg"], ["42", "cfg"]],
               "fps": [["70", "fps"]], "filename_prefix": [["71", "filename_prefix"]]}
     if task == "i2v":
         fields["image"] = [["31", "image"]]
     output_nodes(w, ["43", 0], ["13", 0], fps, name)
-    return w, fields, {"size_multiple": 16, "needs_image": task == "i2v", "fps": fps, "video_node": "71",
+    loras = lightx2v
+    groups = [("Models and plan", "models", ["10", "11", "12", "13"]),
+              ("Prompt" + (", start image" if task == "i2v" else "") + " and latent", "prompt",
+               ["20", "21"] + (["31"] if task == "i2v" else []) + ["30"], "below"),
+              ("High-noise expert: first steps", "high", (["16"] if loras else []) + ["14", "24", "18", "35", "40"]),
+              ("Low-noise expert: last steps", "low", ["44"] + (["17"] if loras else []) + ["15", "25", "19", "42", "43"]),
+              ("Save the latent, decode, save the video", "decode", ["50", "60", "70", "71"])]
+    return w, fields, groups, {"size_multiple": 16, "needs_image": task == "i2v", "fps": fps, "video_node": "71",
                        "latent_node": "50", "model_variant": variant}
 
 
@@ -187,7 +204,9 @@ def decode_saved_latent(name):
     }
     fields = {"latent": [["10", "latent"]], "vae": [["13", "vae_name"]], "fps": [["70", "fps"]],
               "filename_prefix": [["71", "filename_prefix"]]}
-    return w, fields, {"size_multiple": 16, "needs_image": False, "fps": 24, "video_node": "71",
+    groups = [("Saved latent and its VAE", "models", ["10", "13"]),
+              ("Decode and save the video", "decode", ["60", "70", "71"])]
+    return w, fields, groups, {"size_multiple": 16, "needs_image": False, "fps": 24, "video_node": "71",
                        "latent_node": None, "model_variant": None}
 
 
@@ -209,6 +228,19 @@ TITLES = {
     "a14b_t2v_lightx2v": "WAN 2.2 A14B text-to-video, 4-step lightx2v LoRA (WanFit)",
     "a14b_i2v_lightx2v": "WAN 2.2 A14B image-to-video, 4-step lightx2v LoRA (WanFit)",
     "decode_saved_latent": "Decode a saved WAN latent again, without sampling (WanFit)",
+}
+
+# The template browser shows a template's file name as its title (and, in front end 1.27, as its
+# description): neither front end reads a title or description from a custom node's files. The
+# names say what each workflow does and needs; the number keeps them in order when sorted by name.
+TEMPLATE_NAMES = {
+    "ti2v_5b_t2v": "1 TI2V-5B text to video, 8 GB GPU, 16 GB RAM",
+    "ti2v_5b_i2v": "2 TI2V-5B image to video, 8 GB GPU, 16 GB RAM",
+    "a14b_t2v": "3 A14B text to video, 8 GB GPU, 32 GB RAM, 40 steps",
+    "a14b_i2v": "4 A14B image to video, 8 GB GPU, 32 GB RAM, 40 steps",
+    "a14b_t2v_lightx2v": "5 A14B text to video in 4 steps, 8 GB GPU, 32 GB RAM",
+    "a14b_i2v_lightx2v": "6 A14B image to video in 4 steps, 8 GB GPU, 32 GB RAM",
+    "decode_saved_latent": "7 Decode a saved latent again, no sampling, any GPU",
 }
 
 LOADER_INPUTS = {"WanFitLoadDiffusionModel": ["model_name"], "WanFitLoadA14BExperts": ["high_noise_model", "low_noise_model"],
@@ -242,25 +274,6 @@ def note_text(name, workflow, manifest, spec):
     return "\n".join(lines)
 
 
-def thumbnail(name, path):
-    """A title card for ComfyUI's template browser (example_workflows/<name>.jpg)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (512, 288), (24, 28, 40))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([0, 0, 511, 36], fill=(90, 60, 160))
-    draw.text((14, 12), "WanFit", fill=(255, 255, 255))
-    words, lines = TITLES[name].replace(" (WanFit)", "").split(), [""]
-    for word in words:
-        lines[-1] = (lines[-1] + " " + word).strip() if len(lines[-1]) + len(word) < 40 else lines[-1]
-        if word not in lines[-1].split():
-            lines.append(word)
-    for index, line in enumerate(lines):
-        draw.text((24, 90 + 26 * index), line, fill=(235, 235, 245))
-    draw.text((24, 250), name, fill=(160, 170, 200))
-    image.save(path, quality=90)
-
-
 def build(object_info, out_root=ROOT):
     manifest = load_manifest()
     api_dir, ui_dir, example_dir = out_root / "workflows/api", out_root / "workflows/ui", out_root / "example_workflows"
@@ -268,7 +281,7 @@ def build(object_info, out_root=ROOT):
         directory.mkdir(parents=True, exist_ok=True)
     input_map = {}
     for name, make in WORKFLOWS.items():
-        workflow, fields, spec = make()
+        workflow, fields, groups, spec = make()
         input_map[name] = {"title": TITLES[name], "fields": fields, **spec}
         (api_dir / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
         properties = {}
@@ -281,13 +294,15 @@ def build(object_info, out_root=ROOT):
             if files:
                 entry["models"] = files
             properties[node_id] = entry
-        notes = [(note_text(name, workflow, manifest, spec), (-480, 60))]
-        ui = api_to_ui(workflow, object_info, properties=properties, notes=notes)
+        placed = lay_out(workflow, groups)
+        notes = [(note_text(name, workflow, manifest, spec), placed.note_position, NOTE_SIZE)]
+        ui = api_to_ui(workflow, object_info, positions=placed.positions, sizes=placed.sizes, properties=properties,
+                       notes=notes, groups=placed.groups, view=placed.view)
         ui["extra"]["wanfit"] = {"workflow": name, "title": TITLES[name]}
         text = json.dumps(ui, indent=2) + "\n"
         (ui_dir / f"{name}.json").write_text(text)
-        (example_dir / f"{name}.json").write_text(text)
-        thumbnail(name, example_dir / f"{name}.jpg")
+        # the thumbnail beside it (<template name>.jpg) is a screenshot of the graph, made by tests/browser
+        (example_dir / f"{TEMPLATE_NAMES[name]}.json").write_text(text)
     (api_dir / "inputs.json").write_text(json.dumps(input_map, indent=2) + "\n")
     return input_map
 

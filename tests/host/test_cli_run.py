@@ -36,7 +36,8 @@ def failing_graph():
     return {"3": graphs.text_encode("a fox", 1),
             "50": {"class_type": "WanFitOffloadPlan", "inputs": {
                 "model_variant": "ti2v_5b", "width": 64, "height": 64, "frames": 8, "batch": 1, "cfg": True,
-                "mode": "auto", "reserve_vram_gb": 0.0, "weight_dtype": "auto", "text_encoder_device": "auto"}}}
+                "mode": "auto", "reserve_vram_gb": 0.0, "weight_dtype": "auto", "text_encoder_device": "auto"}},
+            "51": {"class_type": "PreviewAny", "inputs": {"source": ["50", 1]}}}
 
 
 def write_inputs(tmp_path):

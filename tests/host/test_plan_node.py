@@ -11,7 +11,9 @@ from wanfit.client import PromptFailedError
 def plan_graph(**inputs):
     defaults = dict(model_variant="ti2v_5b", width=1280, height=704, frames=121, batch=1, cfg=True, mode="auto",
                     reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto")
-    return {"1": {"class_type": "WanFitOffloadPlan", "inputs": {**defaults, **inputs}}}
+    # the plan is not an output node: a core node shows its summary, as a graph's output would use it
+    return {"1": {"class_type": "WanFitOffloadPlan", "inputs": {**defaults, **inputs}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
 
 
 def get_plan(client, **params):
@@ -53,10 +55,15 @@ def test_plan_node_names_the_bad_field(client):
 
 
 def test_http_route_returns_the_same_plan_as_the_node(client):
-    status, plan = get_plan(client, model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB")
+    # inputs no other test uses: ComfyUI reuses a cached node's result, and reports no output for it
+    status, plan = get_plan(client, model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB",
+                            reserve_vram_gb=1.5)
     assert status == 200, plan
-    entry = client.run(plan_graph(model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB"))
+    entry = client.run(plan_graph(model_variant="t2v_a14b", width=832, height=480, frames=81, mode="PROSUMER_24GB",
+                                  reserve_vram_gb=1.5))
+    summary = plan.pop("summary")  # the route adds the text the node shows
     assert plan == entry["outputs"]["1"]["wanfit_plan"][0]
+    assert entry["outputs"]["1"]["text"][0].startswith(summary)
 
 
 def test_http_route_on_this_machine_plans_for_the_cpu(client):
@@ -112,6 +119,7 @@ def test_node_and_route_plan_for_the_running_core(client, comfyui):
                                   mode="CONSUMER_8GB"), timeout_s=60)
     plan = entry["outputs"]["1"]["wanfit_plan"][0]
     status, routed = get_plan(client, model_variant="t2v_a14b", width=832, height=480, frames=81, mode="CONSUMER_8GB")
+    routed.pop("summary")
     assert status == 200 and routed == plan
     assert plan["core_version"] == core.version_text and plan["core_source"] == "running process"
     # this server runs with --cpu, which keeps dynamic VRAM off even on a core that has it
@@ -129,3 +137,29 @@ def test_cpu_plan_on_the_running_core_names_it(client, comfyui):
     status, plan = get_plan(client, width=64, height=64, frames=5)
     assert status == 200
     assert plan["memory_manager"] == "cpu" and plan["core_version"] == core_from_checkout(comfyui).version_text
+
+
+@pytest.mark.parametrize("params, status, says", [
+    ({"width": "1008"}, 400, "width=1008 is invalid: expected a multiple of 32 for TI2V-5B"),
+    ({"frames": "80"}, 400, "frames=80 is invalid: expected 4n+1"),
+    ({"width": "nan"}, 400, "width"),
+    ({"model_variant": "t2v_a14b", "frames": "961", "mode": "CONSUMER_8GB"}, 422, "does not fit"),
+])
+def test_the_editors_preview_route_answers_200_with_the_plans_own_answer_inside(client, params, status, says):
+    """The editor asks /wanfit/plan/preview while widgets change: a browser logs every 4xx as a console
+    error, so the outcome travels in the body; /wanfit/plan keeps its status codes for scripts."""
+    status_code, body = client._request("GET", "/wanfit/plan/preview?" + urllib.parse.urlencode(params))
+    preview = json.loads(body)
+    assert status_code == 200
+    assert preview["status"] == status and preview["fits"] is False and says in preview["error"]
+    plain_status, plain = get_plan(client, **params)
+    assert plain_status == status and plain["error"] == preview["error"]
+
+
+def test_the_preview_of_a_plan_that_fits_carries_the_summary_the_node_shows(client):
+    status_code, body = client._request("GET", "/wanfit/plan/preview?" + urllib.parse.urlencode(
+        {"model_variant": "ti2v_5b", "width": 320, "height": 192, "frames": 9}))
+    preview = json.loads(body)
+    assert status_code == 200 and preview["status"] == 200 and preview["fits"] is True
+    assert preview["summary"].startswith("WanFit plan: TI2V-5B 320x192x9")
+    assert preview["predicted_peak_ram_bytes"] > 0

@@ -20,7 +20,7 @@ def test_device_info_node_reports_cpu(client):
 def test_front_end_extension_and_node_help_page_are_served(client):
     status, script = client._request("GET", "/extensions/ComfyUI-WanFit/wanfit.js")
     assert status == 200 and b"registerExtension" in script
-    status, help_page = client._request("GET", "/extensions/ComfyUI-WanFit/docs/WanFitDeviceInfo.md")
+    status, help_page = client._request("GET", "/extensions/ComfyUI-WanFit/docs/WanFitDeviceInfo/en.md")
     assert status == 200 and help_page.startswith(b"# WanFit Device Info")
 
 

@@ -1,0 +1,135 @@
+"""Browser tier: ComfyUI's own front end in headless Chromium (Debian's package, driven by Playwright),
+against a real ComfyUI server with the package installed.
+
+Screenshots go to $WANFIT_ARTIFACTS_DIR (default artifacts/browser/<core version>, ignored by git).
+"""
+
+import json
+import os
+from pathlib import Path
+import re
+import shutil
+
+import pytest
+
+from tests.comfy_import import comfyui_path
+from tests.fixtures.generate import ensure_fixtures, fixture_dir
+from tests.host.server import ComfyServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("WANFIT_CHROMIUM", "/usr/bin/chromium")
+# Flags that work on a machine with no screen, no GPU and a closed network (no background fetches).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1000}
+# The committed pictures (template thumbnails, README screenshots) are made on this core's front end:
+#   WANFIT_WRITE_PICTURES=1 bash tests/run.sh --core 0.3.64 tests/browser
+PICTURE_CORE = "0.3.64"
+# A fresh user folder as a returning user has it: no first-run template dialog, no release check,
+# the classic canvas nodes both front ends draw by default, no minimap or canvas info over the graph.
+EDITOR_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.VersionCompatibility.DisableWarnings": True,
+    "Comfy.VueNodes.Enabled": False,
+    "Comfy.Locale": "en",
+    "Comfy.Minimap.Visible": False,
+    "Comfy.Graph.CanvasInfo": False,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.OnboardingCoachmarks.Seen": ["appMode", "firstRun"],
+}
+
+
+def core_version(path):
+    text = (Path(path) / "comfyui_version.py").read_text()
+    return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
+
+
+@pytest.fixture(scope="session")
+def comfyui():
+    path = comfyui_path()
+    if path is None:
+        pytest.fail("No ComfyUI checkout at $COMFYUI_PATH or ~/ComfyUI; see README.md, 'Running the tests'.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def version(comfyui):
+    return core_version(comfyui)
+
+
+@pytest.fixture(scope="session")
+def artifacts(version):
+    folder = Path(os.environ.get("WANFIT_ARTIFACTS_DIR") or REPO_ROOT / "artifacts" / "browser") / version
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def publish(version):
+    """publish(screenshot, repo path, width): with WANFIT_WRITE_PICTURES=1 on PICTURE_CORE, a resized
+    JPEG copy goes into the repository (README pictures, template thumbnails). Returns whether it did."""
+    def write(source, target, width):
+        if os.environ.get("WANFIT_WRITE_PICTURES") != "1" or version != PICTURE_CORE:
+            return False
+        from PIL import Image
+
+        with Image.open(source) as image:
+            if width and width != image.width:
+                image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+            image.convert("RGB").save(REPO_ROOT / target, quality=88)
+        return True
+    return write
+
+
+@pytest.fixture(scope="session")
+def server(comfyui, tmp_path_factory):
+    ensure_fixtures(comfyui)
+    work_dir = tmp_path_factory.mktemp("comfyui")
+    settings = work_dir / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(EDITOR_SETTINGS))
+    comfy_server = ComfyServer(comfyui, fixture_dir(), work_dir).start()
+    yield comfy_server
+    comfy_server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"No Chromium at {CHROMIUM}. Fix: apt-get install chromium (tests/run.sh does it), "
+                    "or set WANFIT_CHROMIUM to a Chromium binary.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # launch() gives Chromium a fresh, temporary --user-data-dir
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def editor(browser, server):
+    """The graph editor, freshly opened in a new browser context (no tabs or storage from another test);
+    console messages and failed answers recorded from the start."""
+    from tests.browser.editor import Editor
+
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(30_000)
+    session = Editor(context.new_page(), server.url)
+    session.open()
+    yield session
+    context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "editor" in item.funcargs:
+        session = item.funcargs["editor"]
+        report.sections.append(("browser console", "\n".join(session.console_lines()[-60:])))
+        if "artifacts" in item.funcargs:
+            session.page.screenshot(path=str(item.funcargs["artifacts"] / f"FAILED_{item.name}.png"))
