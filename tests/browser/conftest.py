@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from tests.comfy_import import comfyui_path
 from tests.fixtures.generate import ensure_fixtures, fixture_dir
+from tests.host.conftest import comfyui  # noqa: F401  (the same checkout fixture as the host tier)
 from tests.host.server import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,14 +43,6 @@ EDITOR_SETTINGS = {
 def core_version(path):
     text = (Path(path) / "comfyui_version.py").read_text()
     return re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text).group(1)
-
-
-@pytest.fixture(scope="session")
-def comfyui():
-    path = comfyui_path()
-    if path is None:
-        pytest.fail("No ComfyUI checkout at $COMFYUI_PATH or ~/ComfyUI; see README.md, 'Running the tests'.")
-    return path
 
 
 @pytest.fixture(scope="session")

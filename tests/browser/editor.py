@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 import time
 
+from workflows.layout import overlaps as overlapping  # noqa: F401  (pairs of intersecting labelled boxes)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_URL = "/extensions/ComfyUI-WanFit/"
 NODE_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT in both front ends
@@ -63,16 +65,6 @@ def node_box(node):
     x, y = node["pos"]
     width, height = node["size"]
     return [x, y - NODE_TITLE_HEIGHT, width, height + NODE_TITLE_HEIGHT]
-
-
-def overlapping(boxes):
-    """Pairs of labels whose [x, y, w, h] boxes intersect."""
-    found = []
-    for index, (first, (x, y, w, h)) in enumerate(boxes):
-        for second, (x2, y2, w2, h2) in boxes[index + 1:]:
-            if x < x2 + w2 and x2 < x + w and y < y2 + h2 and y2 < y + h:
-                found.append((first, second))
-    return found
 
 
 def inside(inner, outer, slack=1.0):
