@@ -82,35 +82,54 @@ function planQuery(node) {
   return params.toString();
 }
 
-function describeFailure(status, body) {
-  const message = body?.error ?? `the server answered ${status}`;
-  if (status === 422) return `Does not fit this machine (before Run):\n${message}`;
-  if (status === 400) {
-    const field = body?.field ? ` (${body.field})` : "";
-    return `Cannot plan this${field} (before Run):\n${message}`;
+const PREVIEW_TIMEOUT_MS = 15000;
+const PREVIEW_MAX_CHARS = 20000;
+const NOT_A_PLAN = "Plan preview unavailable: the server's answer is not a WanFit plan (is this ComfyUI's WanFit " +
+  "the same version as this page? Reload the page). Run still plans the job.";
+
+function clip(text) {
+  return text.length > PREVIEW_MAX_CHARS ? `${text.slice(0, PREVIEW_MAX_CHARS)}\n[... cut]` : text;
+}
+
+// The text for an answer of GET /wanfit/plan/preview (or of a server without it). Whatever the server
+// sends is only ever shown as text in the report area.
+function previewText(node, response, body) {
+  if (!response.ok) return `Plan preview unavailable: the server answered ${response.status}. Run still plans the job.`;
+  if (body === null || typeof body !== "object" || typeof body.status !== "number") return NOT_A_PLAN;
+  if (body.status === 200) {
+    if (typeof body.summary !== "string") return NOT_A_PLAN;
+    const mode = node.widgets?.find((w) => w.name === "mode")?.value ?? "auto";
+    const heading = mode === "auto" ? "Before Run, on this machine:" : `Before Run, for a ${mode} card with this machine's RAM:`;
+    return clip(`${heading}\n${body.summary}`);
   }
-  return `Plan preview unavailable: ${message}`;
+  if (typeof body.error !== "string") return NOT_A_PLAN;
+  if (body.status === 422) return clip(`Does not fit this machine (before Run):\n${body.error}`);
+  const field = typeof body.field === "string" ? ` (${body.field})` : "";
+  return clip(`Cannot plan this${field} (before Run):\n${body.error}`);
 }
 
 async function previewPlan(node) {
   const query = planQuery(node);
   const ticket = (node.wanfitPreviewTicket = (node.wanfitPreviewTicket ?? 0) + 1);
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), PREVIEW_TIMEOUT_MS);
   let text;
   try {
     // the preview route answers 200 with the outcome inside, so a job that does not fit is no console error
-    const response = await api.fetchApi(`/wanfit/plan/preview?${query}`, { cache: "no-store" });
+    const response = await api.fetchApi(`/wanfit/plan/preview?${query}`, { cache: "no-store", signal: abort.signal });
     let body = null;
     try {
       body = await response.json();
     } catch {
       body = null;
     }
-    const status = response.ok ? body?.status : response.status;
-    const mode = node.widgets?.find((w) => w.name === "mode")?.value ?? "auto";
-    const heading = mode === "auto" ? "Before Run, on this machine:" : `Before Run, for a ${mode} card with this machine's RAM:`;
-    text = status === 200 && body?.summary ? `${heading}\n${body.summary}` : describeFailure(status, body);
+    text = previewText(node, response, body);
   } catch (error) {
-    text = `Plan preview unavailable: ${error?.message ?? error}. Run still plans the job.`;
+    text = abort.signal.aborted
+      ? `Plan preview unavailable: no answer within ${PREVIEW_TIMEOUT_MS / 1000} s. Run still plans the job.`
+      : `Plan preview unavailable: ${error?.message ?? error}. Run still plans the job.`;
+  } finally {
+    clearTimeout(timer);
   }
   if (ticket !== node.wanfitPreviewTicket) return; // a newer edit asked again
   node.wanfitPreviewQuery = query;

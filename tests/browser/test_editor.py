@@ -106,6 +106,17 @@ def test_the_plan_shows_before_run_and_follows_the_widgets(editor, artifacts, pu
     assert editor.package_errors() == []
 
 
+def test_a_plan_node_added_from_the_library_shows_its_plan_at_once(editor):
+    editor.load("decode_saved_latent")  # a graph with no plan node
+    node_id = editor.evaluate("""() => { const node = LiteGraph.createNode("WanFitOffloadPlan");
+        node.pos = [600, 700]; app.canvas.graph.add(node); return Number(node.id); }""")
+    report = editor.wait_for_report(node_id, lambda text: "TI2V-5B 1280x704x121" in text)
+    assert report["text"].startswith(("Before Run, on this machine:", "Does not fit this machine (before Run):"))
+    node = next(node for node in editor.nodes() if node["id"] == node_id)
+    assert node["size"][1] >= 600, "the node is tall enough for its widgets and its report area"
+    assert editor.package_errors() == []
+
+
 def test_a_width_off_the_grid_shows_the_plans_message_on_the_node_before_run(editor):
     editor.load("ti2v_5b_t2v")
     editor.set_widget(PLAN_NODE, "width", 1008)  # the widget steps by 16; TI2V-5B needs a multiple of 32
@@ -229,3 +240,30 @@ def test_a_nodes_help_opens_from_its_info_button_and_renders(editor, artifacts, 
     assert "**" not in shown.inner_text(), "markdown is rendered, not shown raw"
     editor.screenshot(artifacts / f"help_{node_id}.png")
     assert not [url for status, url in editor.failed_answers if "/docs/" in url], "no help request went unanswered"
+
+
+HOSTILE_ANSWERS = [
+    # (status, content type, body, what the node says)
+    (200, "text/html", "<html><body>Bad gateway</body></html>", "is not a WanFit plan"),
+    (200, "application/json", '{"status": 200, "summary": 12345}', "is not a WanFit plan"),
+    (200, "application/json", '["a", "list"]', "is not a WanFit plan"),
+    (502, "text/html", "<html>proxy error</html>", "Plan preview unavailable: the server answered 502"),
+    (200, "application/json",
+     '{"status": 200, "summary": "<img src=x onerror=\\"window.wanfitInjected=1\\">" }', "<img src=x onerror="),
+    (200, "application/json", json.dumps({"status": 422, "error": "x" * 200_000}), "[... cut]"),
+]
+
+
+@pytest.mark.parametrize("status, content_type, body, says", HOSTILE_ANSWERS)
+def test_a_misbehaving_answer_to_the_preview_is_shown_as_text_and_breaks_nothing(editor, status, content_type, body,
+                                                                                says):
+    """A proxy page, a wrong shape, markup or a huge body where the plan should be (a reverse proxy, a
+    stale server): the node says so in plain text; nothing of it runs or fills the page."""
+    editor.page.route("**/wanfit/plan/preview*", lambda route: route.fulfill(
+        status=status, content_type=content_type, body=body))
+    editor.load("ti2v_5b_t2v")
+    report = editor.wait_for_report(PLAN_NODE, lambda text: says in text)
+    assert len(report["text"]) <= 20_100
+    assert editor.evaluate("() => window.wanfitInjected") is None, "markup from the server never runs"
+    # (front end 1.27 itself throws one settings error at start-up; none may come from the package)
+    assert [line for line in editor.console_lines() if line.startswith("[pageerror]") and "wanfit" in line.lower()] == []
