@@ -37,8 +37,8 @@ class WanFitLeanForward:
                 "mode": (list(MODES), {"default": "auto", "tooltip": MODE_TOOLTIP}),
                 "chunk_tokens": ("INT", {
                     "default": 0, "min": 0, "max": 1_000_000, "step": 256,
-                    "tooltip": "Tokens per chunk. 0 = auto (the plan's chunk size, else 1/16 of the sequence, at "
-                               "least 1024 tokens): the memory saving with GPU-sized matmuls. Smaller saves a "
+                    "tooltip": "Tokens per chunk. 0 = auto (the plan's chunk size, else 1/8 of the sequence, at "
+                               "least 4096 tokens): the memory saving with GPU-sized matmuls. Smaller saves a "
                                "little more memory during the FFN and costs speed; it must not exceed the job's "
                                "token count.",
                 }),

@@ -117,7 +117,7 @@ def validate_chunk_setting(chunk_tokens):
         return chunk_tokens
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise InvalidInputError("chunk_tokens", chunk_tokens, "'auto' or a whole number of tokens >= 1",
-                                "use auto (the plan's or 1/16 of the sequence) or a size such as 4096")
+                                "use auto (the plan's or 1/8 of the sequence) or a size such as 4096")
     return chunk_tokens
 
 

@@ -340,7 +340,10 @@ def activation_profile(core_version=None):
 #   input, the Linear and RMSNorm outputs and RoPE's fp32 copy, result and cast back (8 at most);
 # - the FFN: caller's x (1) + the block's own x (1) + one chunk's norm, modulated input and
 #   down-projection (3) and its up-projection and GELU outputs (2 x ffn_dim / dim).
-# At the auto chunk size (1/16 of the sequence) the attention call is the peak: 5 units.
+# At the auto chunk size (1/8 of the sequence, at least 4096 tokens) the fill is 4 + 8f: 5 units at
+# f = 1/8, a little more where the 4096-token floor makes f larger (5.2 for TI2V-5B at 1280x704x121,
+# f = 0.15; simulated, the attention call stays the peak: the fill's 8 is an upper bound); the FFN
+# stays below 5 on both models.
 # Checked by bench/activation_peak.py --lean (docs/benchmarks.md).
 LEAN_ATTENTION_UNITS = 5
 LEAN_FILL_UNITS = 4
@@ -348,11 +351,13 @@ LEAN_FILL_CHUNK_UNITS = 8
 LEAN_FFN_UNITS = 2
 LEAN_FFN_CHUNK_FIXED_UNITS = 3
 # "auto" chunk size: the sequence in this many chunks, none smaller than LEAN_AUTO_MIN_CHUNK_TOKENS (a
-# GPU matmul of fewer rows wastes the card) unless the whole sequence is smaller.
-LEAN_AUTO_CHUNKS = 16
+# matmul of fewer rows wastes the card, and every chunk costs a round of small kernels) unless the
+# whole sequence is smaller. Fewer, larger chunks keep the lean forward as fast as the stock one
+# (bench/lean_forward_speed.py, docs/benchmarks.md); 1/8 keeps the fill phase at 5 units.
+LEAN_AUTO_CHUNKS = 8
 # Cores whose block wanfit/lean_forward.py replays (its REPLAYS; a unit test keeps the two equal).
 LEAN_FORWARD_CORES = ((0, 3, 64), (0, 33, 0))
-LEAN_AUTO_MIN_CHUNK_TOKENS = 1024
+LEAN_AUTO_MIN_CHUNK_TOKENS = 4096
 
 
 def lean_auto_chunk_tokens(tokens):
