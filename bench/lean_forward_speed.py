@@ -32,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=1536, help="hidden size (heads of 128)")
     parser.add_argument("--ffn-dim", type=int, default=8960, help="FFN width (8960: WAN 2.1 1.3B's)")
     parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=8192, help="video tokens (a multiple of 512)")
+    parser.add_argument("--tokens", type=int, default=8192, help="video tokens (a multiple of 1024)")
     parser.add_argument("--chunk-tokens", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="ABBA pairs (4 timed forwards each)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -49,9 +49,11 @@ def main(argv=None):
     config = memory.WanTransformerConfig("speed", dim=options.dim, ffn_dim=options.ffn_dim, num_layers=options.blocks,
                                          num_heads=options.dim // 128, in_dim=16, out_dim=16)
     model = build_model(config, "cpu", torch.float32)
-    frames = options.tokens // 512  # latent frames of 32 x 32 tokens (64 x 64 latent pixels)
+    # latent frames of 64 x 64 pixels = 32 x 32 tokens after the 2 x 2 patch embedding (1024 a frame)
+    frames = options.tokens // 1024
+    tokens = frames * 1024
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 16, frames, 32, 32, generator=generator)
+    x = torch.randn(1, 16, frames, 64, 64, generator=generator)
     context = torch.randn(1, 512, config.text_dim, generator=generator)
     timestep = torch.tensor([500.0])
     chunk = options.chunk_tokens if options.chunk_tokens == "auto" else int(options.chunk_tokens)
@@ -72,8 +74,8 @@ def main(argv=None):
             times[lean].append(run(lean)[0])
     ratios = [lean / stock for lean, stock in zip(times[True], times[False])]
     print(f"ComfyUI {version}, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU: dim {options.dim}, "
-          f"ffn {options.ffn_dim}, {options.blocks} blocks, {frames * 512} tokens, chunks {chunk} "
-          f"({-(-frames * 512 // memory.lean_auto_chunk_tokens(frames * 512)) if chunk == 'auto' else '-'} per pass)")
+          f"ffn {options.ffn_dim}, {options.blocks} blocks, {tokens} tokens, chunks {chunk} "
+          f"({-(-tokens // (memory.lean_auto_chunk_tokens(tokens) if chunk == 'auto' else chunk))} per pass)")
     print(f"stock median {statistics.median(times[False]):.2f} s, lean median {statistics.median(times[True]):.2f} s, "
           f"lean / stock median {statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); "
           f"max |lean - stock| / max |stock| = {difference:.1e}")
