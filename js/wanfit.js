@@ -1,8 +1,8 @@
 // WanFit front-end extension.
 // - Every WanFit node that reports (nodes return {"ui": {"text": [...]}}) carries a read-only, multi-line,
 //   scrollable report area of a fixed height from the start, so a run never grows the node over its neighbours.
-// - The Offload Plan node shows, before Run and live as its widgets change, what GET /wanfit/plan says of the job
-//   on this machine: whether it fits, predicted VRAM/RAM, the main choices, or what would fit.
+// - The Offload Plan node shows, before Run and live as its widgets change, what GET /wanfit/plan/preview says of
+//   the job on this machine: whether it fits, predicted VRAM/RAM, the main choices, or what would fit.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -132,7 +132,6 @@ async function previewPlan(node) {
     clearTimeout(timer);
   }
   if (ticket !== node.wanfitPreviewTicket) return; // a newer edit asked again
-  node.wanfitPreviewQuery = query;
   setReport(node, text);
 }
 
