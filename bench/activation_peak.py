@@ -337,7 +337,7 @@ def measure_peak(model, config, latent_shape, batch, device, dtype, rope="auto",
     if lean is not None:
         from wanfit.lean_forward import lean_transformer_options
 
-        options = lean_transformer_options(len(model.blocks), lean, lean_chunk_tokens)
+        options = lean_transformer_options(len(model.blocks), lean, lean_chunk_tokens, checked=False)
     counter = LiveStorageCounter()
     handles = counter.watch_modules(model)
     try:

@@ -57,7 +57,7 @@ def main(argv=None):
     context = torch.randn(1, 512, config.text_dim, generator=generator)
     timestep = torch.tensor([500.0])
     chunk = options.chunk_tokens if options.chunk_tokens == "auto" else int(options.chunk_tokens)
-    lean_options = lean_transformer_options(options.blocks, version_tuple(version), chunk)
+    lean_options = lean_transformer_options(options.blocks, version_tuple(version), chunk, checked=False)
 
     def run(lean):
         start = time.perf_counter()

@@ -83,7 +83,7 @@ def run_case(case):
         if case.get("cpu_heap"):  # measure one heap mode (the fit: lean, where RSS follows live tensors)
             decode_plan.CPU_HEAP_MODES = tuple(m for m in decode_plan.CPU_HEAP_MODES if m.name == case["cpu_heap"])
 
-        budget = int(case["budget_mb"] * 2**20)
+        budget = int(case["budget_bytes"]) if "budget_bytes" in case else int(case["budget_mb"] * 2**20)
         plan = decode.plan_decode(vae.first_stage_model, latent.shape, budget, dtype=vae.vae_dtype,
                                   device=vae.device, output_device=vae.output_device,
                                   overlap=case.get("wanfit_overlap"),
@@ -91,7 +91,9 @@ def run_case(case):
                                   allow_untiled=case.get("allow_untiled", True))
         if plan is not None:
             extra = {"plan": plan.describe(), "predicted_bytes": plan.predicted_peak_bytes,
-                     "tiles": plan.tile_count, "fixed_bytes": plan.fixed_bytes}
+                     "tiles": plan.tile_count, "grid": [len(plan.rows), len(plan.cols)], "fixed_bytes": plan.fixed_bytes,
+                     "exact": plan.exact, "halo_cap": plan.halo_cap_latent_px,
+                     "exact_budget_bytes": plan.exact_budget_bytes}
             if case.get("terms"):
                 from wanfit import tiling
 

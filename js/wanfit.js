@@ -48,6 +48,10 @@ function addReportArea(node, height) {
   const widget = node.addDOMWidget(REPORT_WIDGET, "wanfit_report", area, {
     serialize: false,
     hideOnZoom: true,
+    // The node's own area only. Front end 1.58 lists a selected node's widgets in a side panel and
+    // draws a widget type it does not know there as a canvas, setting its width to the panel's: the area on
+    // the node then shrank to two thirds of it for good. Older front ends ignore the option.
+    hideInPanel: true,
     getValue: () => area.value,
     setValue: (value) => { area.value = value ?? ""; },
     getMinHeight: () => height,

@@ -78,6 +78,7 @@ class WanFitAttentionReport:
 
     def report(self, model, samples, reset_counts):
         from ..wanfit.attention import find_override
+        from ..wanfit.lean_forward import lean_report
 
         override = find_override(model)
         if override is None:
@@ -89,6 +90,9 @@ class WanFitAttentionReport:
             counts["backend"] = override.backend_description()
             if reset_counts:
                 override.stats.reset()
+        lean = lean_report(model)  # the model came through WanFit Lean Forward: which blocks ran, and the check
+        if lean:
+            text = f"{text}\n{lean}"
         return {"ui": {"text": [text], "wanfit_attention": [counts]}, "result": (samples, text)}
 
 

@@ -3,8 +3,22 @@
 MODES = ("auto", "on", "off")
 MODE_TOOLTIP = ("auto: follow the connected WanFit Offload Plan: lean blocks when the plan needs them for the job "
                 "to fit, ComfyUI's own blocks (the model passes through unchanged) when they fit; without a plan, "
-                "lean blocks. on: always lean blocks (same result, less activation memory). off: ComfyUI's own "
-                "blocks, the model passes through unchanged (to compare, or to rule this node out).")
+                "lean blocks. Before the first step the lean block is compared with this ComfyUI's own block on the "
+                "real input; if they differ, ComfyUI's own blocks run and the report says why. on: always lean "
+                "blocks (same result, less activation memory), and the run stops if that check fails. off: "
+                "ComfyUI's own blocks, the model passes through unchanged (to compare, or to rule this node out).")
+
+
+def _show_on_node(node_id):
+    """Put a check's outcome on the node while the run goes on (the report output was written before)."""
+    def notify(check):
+        try:
+            from server import PromptServer
+
+            PromptServer.instance.send_progress_text(check.describe(), node_id)
+        except Exception:  # noqa: BLE001 - no server (scripts, tests) or an older front end: the log has it
+            pass
+    return notify if node_id is not None else None
 
 
 def _planned(plan, key):
@@ -16,7 +30,9 @@ def _planned(plan, key):
 class WanFitLeanForward:
     DESCRIPTION = ("Runs this WAN model's transformer blocks over token chunks: the same result as ComfyUI's own "
                    "blocks (checked on each supported core), with about 5 hidden states of activation memory instead "
-                   "of 9-13.5, so bigger videos fit a small card. With mode auto and a plan connected it patches only "
+                   "of 9-13.5, so bigger videos fit a small card. Before it runs, it compares itself with this ComfyUI's "
+                   "own block on the real input (once per process); where they differ, ComfyUI's own blocks run (mode "
+                   "auto) or the run stops (mode on). With mode auto and a plan connected it patches only "
                    "when the plan needs it. Returns a patched clone; the input model is untouched, so each A14B expert "
                    "is patched on its own. Works with WanFit Sage Attention, LoRAs and fp8 weights; refuses a model "
                    "that already carries another block-replacing patch.")
@@ -48,11 +64,12 @@ class WanFitLeanForward:
                                                     "whether the lean forward runs; its chunk size applies when "
                                                     "chunk_tokens is 0 (auto)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def patch(self, model, mode="auto", chunk_tokens=0, plan=None):
+    def patch(self, model, mode="auto", chunk_tokens=0, plan=None, unique_id=None):
         from ..wanfit.errors import InvalidInputError
-        from ..wanfit.lean_forward import patch_model_lean
+        from ..wanfit.lean_forward import LeanForwardError, patch_model_lean
 
         if mode not in MODES:
             raise InvalidInputError("mode", mode, " / ".join(MODES), "pick one of the listed modes")
@@ -64,7 +81,14 @@ class WanFitLeanForward:
                       "through unchanged; mode on forces the lean forward)")
             return {"ui": {"text": [report]}, "result": (model, report)}
         chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
-        patched, report = patch_model_lean(model, chunk)
+        try:
+            patched, report = patch_model_lean(model, chunk, fallback=mode == "auto", notify=_show_on_node(unique_id))
+        except LeanForwardError as error:
+            if mode != "auto":
+                raise
+            # a model or core the lean forward cannot take: auto keeps ComfyUI's own blocks and says why
+            report = f"Lean forward not applied, ComfyUI's own blocks run (the model passes through unchanged): {error}"
+            return {"ui": {"text": [report]}, "result": (model, report)}
         if mode == "auto" and plan is not None:
             report += " (the plan needs it for this job to fit)"
         return {"ui": {"text": [report]}, "result": (patched, report)}

@@ -4,9 +4,13 @@
 # the repository (ComfyUI's requirements, the torch set that core needs, ours), then runs the
 # unit tier once, and against every core the host tier (a real ComfyUI server on 127.0.0.1) and
 # the browser tier (that server's own front end in headless Chromium: Debian's chromium package,
-# installed here when missing, driven by Playwright; screenshots in artifacts/browser/<core>).
+# installed here when missing, driven by Playwright; screenshots in artifacts/browser/<core>), and on
+# the newest core the browser tier once more against the newest front end from PyPI (see frontend_root).
 #
-#   bash tests/run.sh                     # unit tier + host and browser tiers on 0.3.64 and on 0.33.0
+# Between the unit tier and the cores' tiers, the matrix tier runs once: in-process checks against every
+# release in tests/matrix/releases.txt and both cores, all with 0.33.0's venv (bash tests/matrix/get_cores.sh).
+#
+#   bash tests/run.sh                     # unit + matrix tiers, host and browser tiers on 0.3.64 and on 0.33.0
 #   bash tests/run.sh --core 0.33.0 -k plan   # one core; extra arguments go to pytest
 #   bash tests/run.sh --setup-only        # prepare the environments and stop
 #
@@ -74,6 +78,60 @@ Fix: check out each missing core, then run this command again (bash tests/run.sh
 MSG
   } >&2
   exit 3
+fi
+
+# The matrix tier (tests/matrix): once, with the newest core's venv, against each release in
+# tests/matrix/releases.txt (plus both cores). It runs when no test path is given or a tests/matrix path is.
+matrix_core="${supported_cores[-1]}"
+matrix_releases=()
+while read -r version _; do
+  [[ -z "$version" || "$version" == \#* ]] && continue
+  matrix_releases+=("$version")
+done < "$repo_root/tests/matrix/releases.txt"
+matrix_count=$((${#matrix_releases[@]} + ${#supported_cores[@]}))
+run_matrix=1 matrix_reason=""
+for argument in "${pytest_args[@]}"; do
+  case "$argument" in
+    tests/matrix*) run_matrix=2; break ;;
+    tests/*) run_matrix=0 matrix_reason="not run (no matrix path given)" ;;
+  esac
+done
+if ((run_matrix)) && [[ " ${selected_cores[*]} " != *" $matrix_core "* ]]; then
+  if ((run_matrix == 2)); then
+    echo "error: the matrix tier runs with ComfyUI $matrix_core's venv; --core $only_core leaves it out" >&2
+    echo "Fix: bash tests/run.sh --core $matrix_core tests/matrix (or drop --core)." >&2
+    exit 2
+  fi
+  run_matrix=0 matrix_reason="not run (it runs with ComfyUI $matrix_core's venv; --core $only_core given)"
+fi
+if ((run_matrix && !setup_only)); then
+  missing_releases=()
+  for version in "${matrix_releases[@]}"; do
+    path="$(core_path "$version")"
+    if [[ ! -f "$path/comfyui_version.py" || ! -d "$path/comfy" ]]; then
+      missing_releases+=("$version")
+    elif [[ "$(core_version_of "$path")" != "$version" ]]; then
+      echo "error: $path holds ComfyUI $(core_version_of "$path"), not $version (tests/matrix/releases.txt)" >&2
+      echo "Fix: move it aside and run bash tests/matrix/get_cores.sh, or set WANFIT_CORE_${version//./_} to a checkout of $version." >&2
+      exit 3
+    fi
+  done
+  if ((${#missing_releases[@]})); then
+    {
+      for version in "${missing_releases[@]}"; do
+        echo "error: no ComfyUI $version checkout found at $(core_path "$version") (release matrix)"
+      done
+      cat <<MSG
+  The matrix tier checks WanFit against each release in tests/matrix/releases.txt (${#matrix_releases[@]} releases),
+  each looked for at \$WANFIT_CORE_<version with _> (e.g. WANFIT_CORE_0_21_0), else ~/ComfyUI-<version>.
+Fix: check them out from a ComfyUI git history (by default the clone at $(core_path "$matrix_core")), then run
+  this command again (bash tests/run.sh):
+    bash tests/matrix/get_cores.sh            # or: bash tests/matrix/get_cores.sh <a ComfyUI clone with full history>
+  To run without the matrix tier, name the other tiers: bash tests/run.sh tests/unit tests/host tests/browser
+MSG
+    } >&2
+    exit 3
+  fi
 fi
 
 base_python="${WANFIT_BASE_PYTHON:-python3}"
@@ -148,19 +206,21 @@ fixtures_root="${WANFIT_FIXTURES_DIR:-$HOME/.cache/wanfit/fixtures}"
 declare -A outcome
 status=0
 
-# Test paths given on the command line go to their own tier (tests/unit/..., tests/host/...,
-# tests/browser/...); options (-k, -x, ...) go to every tier. Without paths each tier runs whole.
-options=() unit_paths=() host_paths=() browser_paths=()
+# Test paths given on the command line go to their own tier (tests/unit/..., tests/matrix/...,
+# tests/host/..., tests/browser/...); options (-k, -x, ...) go to every tier. Without paths each tier runs whole.
+options=() unit_paths=() matrix_paths=() host_paths=() browser_paths=()
 for argument in "${pytest_args[@]}"; do
   case "$argument" in
     tests/unit*) unit_paths+=("$argument") ;;
+    tests/matrix*) matrix_paths+=("$argument") ;;
     tests/host*) host_paths+=("$argument") ;;
     tests/browser*) browser_paths+=("$argument") ;;
     *) options+=("$argument") ;;
   esac
 done
-if ((${#unit_paths[@]} + ${#host_paths[@]} + ${#browser_paths[@]} == 0)); then
+if ((${#unit_paths[@]} + ${#matrix_paths[@]} + ${#host_paths[@]} + ${#browser_paths[@]} == 0)); then
   unit_paths=(tests/unit); host_paths=(tests/host); browser_paths=(tests/browser)
+  if ((run_matrix)); then matrix_paths=(tests/matrix); fi
 fi
 
 chromium="${WANFIT_CHROMIUM:-/usr/bin/chromium}"
@@ -176,6 +236,52 @@ if ((${#browser_paths[@]})) && [[ ! -x "$chromium" ]]; then
     echo "Fix: sudo apt-get install chromium (Debian/Ubuntu), or set WANFIT_CHROMIUM to a Chromium binary." >&2
     exit 4
   fi
+fi
+
+# The browser tier runs once more on the newest core with the newest ComfyUI front end: PyPI's
+# comfyui-frontend-package, its wheel's static folder unpacked once into the cache and served through
+# --front-end-root (tests/browser/conftest.py reads WANFIT_FRONTEND_ROOT).
+frontend_core="${supported_cores[-1]}"
+frontend_version="${WANFIT_FRONTEND_VERSION:-1.58.1}"
+frontend_cache="${WANFIT_FRONTEND_CACHE:-$HOME/.cache/wanfit/frontend}"
+frontend_root() {  # python -> the cached static folder of comfyui-frontend-package==$frontend_version
+  local python="$1" folder="$frontend_cache/$frontend_version" download
+  if [[ ! -f "$folder/index.html" ]]; then
+    download="$(mktemp -d)"
+    echo "fetching comfyui-frontend-package==$frontend_version into $folder (log: $download/pip.log)" >&2
+    if ! { "$python" -m pip download --no-deps -d "$download" "comfyui-frontend-package==$frontend_version" \
+             > "$download/pip.log" 2>&1 &&
+           "$python" - "$download" "$folder" <<'PY'
+import pathlib, shutil, sys, zipfile
+download, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+(wheel,) = download.glob("comfyui_frontend_package-*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(download / "unpacked")
+partial = folder.with_name(folder.name + ".partial")
+shutil.rmtree(partial, ignore_errors=True)
+partial.parent.mkdir(parents=True, exist_ok=True)
+shutil.move(download / "unpacked" / "comfyui_frontend_package" / "static", partial)
+partial.rename(folder)
+PY
+         }; then
+      tail -n 4 "$download/pip.log" >&2
+      cat >&2 <<MSG
+error: could not fetch the front end comfyui-frontend-package==$frontend_version for the browser tier
+Fix: let pip reach PyPI and run this command again, or unpack the wheel's comfyui_frontend_package/static
+  folder into $folder yourself:
+    pip download --no-deps -d /tmp/frontend comfyui-frontend-package==$frontend_version
+    mkdir -p $frontend_cache && unzip -q /tmp/frontend/comfyui_frontend_package-$frontend_version-*.whl 'comfyui_frontend_package/static/*' -d /tmp/frontend
+    mv /tmp/frontend/comfyui_frontend_package/static $folder
+MSG
+      exit 4
+    fi
+    rm -rf "$download"
+  fi
+  echo "$folder"
+}
+frontend_dir=""
+if ((${#browser_paths[@]})) && [[ " ${selected_cores[*]} " == *" $frontend_core "* ]]; then
+  frontend_dir="$(frontend_root "${core_python[$frontend_core]}")"
 fi
 
 run_tier() {  # name python args... ; pytest's exit 5 (nothing collected) fails unless a filter was given
@@ -198,6 +304,12 @@ if ((${#unit_paths[@]})); then
   run_tier unit "$unit_python" "${unit_paths[@]}" "${options[@]}"
 fi
 
+outcome[matrix]="${matrix_reason:-not run (no matrix path given)}"
+if ((${#matrix_paths[@]})); then
+  echo "=== matrix tier ($matrix_count releases, in-process, ComfyUI $matrix_core's venv) ==="
+  run_tier matrix "${core_python[$matrix_core]}" "${matrix_paths[@]}" "${options[@]}"
+fi
+
 for version in "${selected_cores[@]}"; do
   outcome[$version]="not run (no host path given)"
   outcome[browser $version]="not run (no browser path given)"
@@ -210,13 +322,25 @@ for version in "${selected_cores[@]}"; do
     echo "=== browser tier on ComfyUI $version (headless $("$chromium" --version 2>/dev/null || echo Chromium)) ==="
     COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" WANFIT_CHROMIUM="$chromium" \
       run_tier "browser $version" "${core_python[$version]}" "${browser_paths[@]}" "${options[@]}"
+    if [[ "$version" == "$frontend_core" ]]; then
+      echo "=== browser tier on ComfyUI $version with front end $frontend_version ($frontend_dir) ==="
+      COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" WANFIT_CHROMIUM="$chromium" \
+        WANFIT_FRONTEND_ROOT="$frontend_dir" \
+        run_tier "browser $version frontend" "${core_python[$version]}" "${browser_paths[@]}" "${options[@]}"
+    fi
   fi
 done
 
 echo "=== summary ==="
 echo "unit tier: ${outcome[unit]}"
+echo "matrix tier ($matrix_count releases, ComfyUI $matrix_core's venv): ${outcome[matrix]}"
 for version in "${selected_cores[@]}"; do
   echo "host tier on ComfyUI $version: ${outcome[$version]}"
   echo "browser tier on ComfyUI $version: ${outcome[browser $version]} (screenshots: $repo_root/artifacts/browser/$version)"
+  if [[ "$version" == "$frontend_core" ]]; then
+    echo "browser tier on ComfyUI $version with front end $frontend_version:" \
+      "${outcome[browser $version frontend]:-not run (no browser path given)}" \
+      "(screenshots: $repo_root/artifacts/browser/$version-frontend-$frontend_version)"
+  fi
 done
 exit "$status"

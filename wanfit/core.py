@@ -47,10 +47,11 @@ _FLAGS_0_33_0 = (_FLAGS_0_3_64 - {"--disable-ipex-optimize", "--normalvram"}) | 
 --enable-asset-hashing --feature-flag --list-feature-flags
 """.split())
 
-# version -> (flags, ships dynamic VRAM on by default on NVIDIA with torch >= 2.8)
+# version -> (flags, dynamic VRAM on by default on NVIDIA with torch >= 2.8, RAM-pressure cache by default).
+# Only a hint for a version string: a checkout is always read for its own facts (core_from_checkout).
 KNOWN_CORES = {
-    (0, 3, 64): (_FLAGS_0_3_64, False),
-    (0, 33, 0): (_FLAGS_0_33_0, True),
+    (0, 3, 64): (_FLAGS_0_3_64, False, False),
+    (0, 33, 0): (_FLAGS_0_33_0, True, True),
 }
 
 # Flags that turn dynamic VRAM off where it exists (comfy/cli_args.py, enables_dynamic_vram()).
@@ -68,6 +69,7 @@ class Core:
     source: str  # where the facts came from: a checkout, the running process, a version string
     flags: frozenset = field(repr=False, default=frozenset())  # every launch flag its comfy/cli_args.py defines
     dynamic_vram: bool = False  # ships dynamic VRAM (comfy-aimdo), on by default on NVIDIA with torch >= 2.8
+    ram_cache_default_on: bool = False  # its node cache is the RAM-pressure cache unless a flag picks another
     dynamic_vram_active: bool = None  # the running process only: whether it is on now (None: ahead of time)
     note: str = ""  # e.g. an unknown version planned as the nearest older known one
 
@@ -129,12 +131,13 @@ def core_from_version(text, source=None):
                                     "folder. Fix: pass a version such as 0.33.0 or the path of a ComfyUI checkout.")
     _check_minimum(version, source or f"version {text}")
     known = _nearest_known(version)
-    flags, dynamic = KNOWN_CORES[known]
+    flags, dynamic, ram_cache = KNOWN_CORES[known]
     note = ""
     if known != version:
         note = (f"{format_version(version)} is not a tested core: planned with the flags of "
                 f"{format_version(known)}, the nearest older tested one")
-    return Core(version=version, source=source or f"version {text}", flags=flags, dynamic_vram=dynamic, note=note)
+    return Core(version=version, source=source or f"version {text}", flags=flags, dynamic_vram=dynamic,
+                ram_cache_default_on=ram_cache, note=note)
 
 
 def newest_core():
@@ -145,10 +148,14 @@ def newest_core():
 # --- a checkout on disk (static reading, no import) ----------------------------
 
 
+def _tree(source):
+    return source if isinstance(source, ast.AST) else ast.parse(source)
+
+
 def flags_from_cli_args(source):
-    """Every '--flag' passed to an `add_argument(...)` call in cli_args.py source text."""
+    """Every '--flag' passed to an `add_argument(...)` call in cli_args.py (source text or its parsed tree)."""
     flags = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_tree(source)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "add_argument"):
             for argument in node.args:
@@ -170,8 +177,98 @@ def _defines(source, kind, name):
     return any(isinstance(node, kind) and node.name == name for node in ast.walk(ast.parse(source)))
 
 
+class _Unreadable(Exception):
+    """The function uses a construct the static reading below does not evaluate."""
+
+
+_OFF_SETTING = ()  # every `args.<dest>` at start-up without flags: false, and empty for `x in args.fast`
+
+
+def _value_without_flags(node):
+    """An expression of cli_args.py evaluated for a launch without flags (`args.x` off, enum members opaque)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return _OFF_SETTING if node.value.id == "args" else f"{node.value.id}.{node.attr}"
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _value_without_flags(node.operand)
+    if isinstance(node, ast.BoolOp):
+        values = (_value_without_flags(value) for value in node.values)
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.Compare) and len(node.ops) == 1:
+        left, right = _value_without_flags(node.left), _value_without_flags(node.comparators[0])
+        compare = {ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b,
+                   ast.IsNot: lambda a, b: a is not b, ast.Eq: lambda a, b: a == b,
+                   ast.NotEq: lambda a, b: a != b}.get(type(node.ops[0]))
+        if compare is not None:
+            return compare(left, right)
+    raise _Unreadable(ast.dump(node)[:200])
+
+
+def _returns_without_flags(statements):
+    for statement in statements:
+        if isinstance(statement, ast.Return):
+            return bool(_value_without_flags(statement.value)) if statement.value is not None else False
+        if isinstance(statement, ast.If):
+            branch = statement.body if _value_without_flags(statement.test) else statement.orelse
+            result = _returns_without_flags(branch)
+            if result is not None:
+                return result
+        elif not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)):  # a docstring
+            raise _Unreadable(ast.dump(statement)[:200])
+    return None
+
+
+def dynamic_vram_on_by_default(cli_source):
+    """Whether cli_args.py's `enables_dynamic_vram()` (source text or tree) is true for a launch without flags.
+
+    0.12-0.15 define it but need `--fast dynamic_vram` (opt-in); 0.16 made it the default
+    (and added --disable-dynamic-vram). False where the function is missing. A body this
+    reading cannot evaluate falls back to whether the off switch --disable-dynamic-vram exists.
+    """
+    tree = _tree(cli_source)
+    functions = [node for node in ast.walk(tree)
+                 if isinstance(node, ast.FunctionDef) and node.name == "enables_dynamic_vram"]
+    if not functions:
+        return False
+    try:
+        return bool(_returns_without_flags(functions[-1].body))
+    except _Unreadable:
+        return "--disable-dynamic-vram" in flags_from_cli_args(tree)
+
+
+def ram_cache_default_from_main(main_source):
+    """Whether main.py's prompt_worker starts from the RAM-pressure cache (0.22 on) rather than the classic one.
+
+    The first `cache_type = ...CacheType.X` in prompt_worker is the default (flags override it
+    after). False where it cannot be read: the planner then names --cache-ram explicitly.
+    """
+    for node in ast.walk(ast.parse(main_source)):
+        if isinstance(node, ast.FunctionDef) and node.name == "prompt_worker":
+            for statement in node.body:
+                if (isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "cache_type"
+                                                              for t in statement.targets)
+                        and isinstance(statement.value, ast.Attribute)):
+                    return statement.value.attr == "RAM_PRESSURE"
+    return False
+
+
+def _ram_cache_default_in(root):
+    main = Path(root) / "main.py"
+    try:
+        source = main.read_text(encoding="utf-8")
+        return "prompt_worker" in source and ram_cache_default_from_main(source)
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def core_from_checkout(path):
-    """Read a ComfyUI checkout: comfyui_version.py, comfy/cli_args.py, comfy/model_patcher.py."""
+    """Read a ComfyUI checkout: comfyui_version.py, comfy/cli_args.py, comfy/model_patcher.py, main.py.
+
+    Every fact comes from the files themselves, whatever the version (the version table is
+    never consulted): the flags its parser defines, whether dynamic VRAM is on without flags,
+    which node cache it starts with.
+    """
     root = Path(os.path.expanduser(str(path))).resolve()
     version_file, cli_args = root / "comfyui_version.py", root / "comfy" / "cli_args.py"
     if not root.is_dir():
@@ -189,12 +286,13 @@ def core_from_checkout(path):
         raise CoreNotSupportedError(f"{version_file} holds no readable __version__ (found {text!r}). "
                                     "Fix: pass the core's version instead, e.g. --core 0.33.0.")
     _check_minimum(version, f"checkout {root}")
-    cli_source = cli_args.read_text(encoding="utf-8")
+    cli_tree = ast.parse(cli_args.read_text(encoding="utf-8"))
     patcher = root / "comfy" / "model_patcher.py"
-    dynamic = (_defines(cli_source, ast.FunctionDef, "enables_dynamic_vram") and patcher.is_file()
-               and _defines(patcher.read_text(encoding="utf-8"), ast.ClassDef, "ModelPatcherDynamic"))
-    return Core(version=version, source=f"checkout {root}", flags=flags_from_cli_args(cli_source),
-                dynamic_vram=dynamic)
+    patcher_source = patcher.read_text(encoding="utf-8") if patcher.is_file() else ""
+    dynamic = (dynamic_vram_on_by_default(cli_tree) and "class ModelPatcherDynamic" in patcher_source
+               and _defines(patcher_source, ast.ClassDef, "ModelPatcherDynamic"))
+    return Core(version=version, source=f"checkout {root}", flags=flags_from_cli_args(cli_tree),
+                dynamic_vram=dynamic, ram_cache_default_on=_ram_cache_default_in(root))
 
 
 def core_from_argument(value):
@@ -227,6 +325,15 @@ def running_core():
     flags = frozenset(option for option in cli_args.parser._option_string_actions
                       if option.startswith("--") and option != "--help")  # argparse's own, as in a static read
     dynamic = hasattr(cli_args, "enables_dynamic_vram")
+    cli_file = getattr(cli_args, "__file__", None)
+    ram_cache = False
+    if cli_file:  # the same static facts as for a checkout (0.12-0.15 define enables_dynamic_vram, off by default)
+        root = Path(cli_file).resolve().parents[1]
+        ram_cache = _ram_cache_default_in(root)
+        try:
+            dynamic = dynamic and dynamic_vram_on_by_default(Path(cli_file).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            pass
     active = False
     if dynamic:
         memory_management = sys.modules.get("comfy.memory_management")
@@ -238,4 +345,4 @@ def running_core():
         note = f"comfyui_version gives no version ({text!r}): planned as {format_version(version)}"
     _check_minimum(version, "this running ComfyUI")
     return Core(version=version, source="running process", flags=flags, dynamic_vram=dynamic,
-                dynamic_vram_active=active, note=note)
+                ram_cache_default_on=ram_cache, dynamic_vram_active=active, note=note)

@@ -4,7 +4,7 @@ ComfyUI's WanAttentionBlock keeps several full-size tensors alive at once: the m
 q and k, RoPE's fp32 copies of k, the FFN's up-projection and GELU outputs (2 x 2.7 hidden states
 for A14B, 2 x 4.7 for TI2V-5B). Activation memory is what an offload plan cannot stream away, so
 it sets the smallest card a job runs on. This module replays the block of each supported core
-(`REPLAYS`) with the same operations in the same order, but:
+(read from its code, `replay_for_running_core`) with the same operations in the same order, but:
 
 - q, k and v are filled chunk by chunk into their own buffers; the modulated norm is recomputed
   per chunk (elementwise, cheap) instead of held at full size, and RoPE runs on each chunk;
@@ -45,33 +45,33 @@ class LeanForwardError(WanFitError):
 
 @dataclass(frozen=True)
 class CoreReplay:
-    """What one core's WanAttentionBlock does, as far as the replay must know.
+    """What the running core's WanAttentionBlock does, as far as the replay must know.
 
-    fingerprint: sha256 of the source of the functions the replay reproduces (see
-    `block_source_fingerprint`); a checkout whose code differs is refused, not replayed.
+    Read from the core's own code (`replay_for_running_core`), never from a version table: the
+    features are hints that pick the replay's variant, and the check against the core's own block
+    (`check_against_core`) decides whether the replay runs at all.
     """
 
-    version: tuple
-    fingerprint: str
-    block_patches: bool  # attn1_patch / attn2_patch inside the block (0.33)
-    fused_ffn_activation: bool  # FFN down-projection through comfy.ops.linear_input_act (0.33)
-    offloadable_casts: bool  # cast_bias_weight(offloadable=True) + uncast_bias_weight (0.33)
-
-
-REPLAYS = {
-    (0, 3, 64): CoreReplay((0, 3, 64), "17d5889aa693150535e7b2221df47331894439779e4d0e2096a773c8cbe07e94",
-                           block_patches=False, fused_ffn_activation=False, offloadable_casts=False),
-    (0, 33, 0): CoreReplay((0, 33, 0), "572fbfe65ea57879d0a635d345fe2e00af181f96de096a3236c6242b7cad66eb",
-                           block_patches=True, fused_ffn_activation=True, offloadable_casts=True),
-}
+    version: tuple  # the running core, for reports
+    block_patches: bool  # attn1_patch / attn2_patch inside the block (0.11 on)
+    fused_ffn_activation: bool  # FFN down-projection through comfy.ops.linear_input_act where the block's ffn is WanFeedForward (0.31 on)
+    offloadable_casts: bool  # cast_bias_weight(offloadable=True) + uncast_bias_weight (dynamic-VRAM era)
 
 
 def _format_version(version):
     return ".".join(str(part) for part in version)
 
 
+def _source(function):
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return None
+
+
 def block_source_fingerprint():
-    """sha256 over the source of the core's functions the replay reproduces."""
+    """sha256 over the source of the core's functions the replay reproduces (reports name it: a block
+    source no release in the test matrix had is worth knowing when a check fails)."""
     import comfy.ldm.wan.model as wan
 
     parts = [wan.WanAttentionBlock.forward, wan.WanSelfAttention.forward, wan.WanT2VCrossAttention.forward,
@@ -80,27 +80,40 @@ def block_source_fingerprint():
         parts.append(wan.WanFeedForward.forward)
     digest = hashlib.sha256()
     for function in parts:
-        digest.update(inspect.getsource(function).encode("utf-8"))
+        digest.update((_source(function) or "").encode("utf-8"))
     return digest.hexdigest()
 
 
-def replay_for(core_version, fingerprint=None):
-    """The replay for a core version; refuses unknown cores and checkouts whose block code differs."""
-    version = tuple(core_version)
-    replay = REPLAYS.get(version)
-    known = ", ".join(_format_version(v) for v in REPLAYS)
-    if replay is None:
+def wan_module():
+    """comfy.ldm.wan.model of the running core, or LeanForwardError saying it does not import."""
+    try:
+        import comfy.ldm.wan.model as wan
+        import comfy.ops  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - ImportError, or a dependency of the module that moved
         raise LeanForwardError(
-            f"WanFit Lean Forward replays the WAN block of ComfyUI {known}; this is ComfyUI "
-            f"{_format_version(version)}, whose block it has not been checked against. Fix: run without the lean "
-            "forward (remove the node or set the plan's lean forward off), or use a supported core.")
-    if fingerprint is not None and fingerprint != replay.fingerprint:
-        raise LeanForwardError(
-            f"comfy/ldm/wan/model.py of this ComfyUI {_format_version(version)} differs from the released "
-            f"{_format_version(version)} (block code fingerprint {fingerprint[:12]}, expected "
-            f"{replay.fingerprint[:12]}): the lean forward would not reproduce it. Fix: restore the core's own "
-            "comfy/ldm/wan/model.py, or run without the lean forward.")
-    return replay
+            f"this ComfyUI's WAN module (comfy.ldm.wan.model) does not import ({type(error).__name__}: {error}), "
+            "so there is no WAN block to replay. Fix: set WanFit Lean Forward's mode to auto or off, and check "
+            "that ComfyUI itself loads WAN models.") from error
+    return wan
+
+
+def replay_for_running_core(core_version=None):
+    """The replay variant for the ComfyUI imported in this process, read from its code."""
+    wan = wan_module()
+    import comfy.ops
+
+    if core_version is None:
+        from .core import running_core
+
+        core_version = running_core().version
+    self_attention = _source(wan.WanSelfAttention.forward)
+    block_patches = self_attention is None or "attn1_patch" in self_attention
+    feed_forward = getattr(wan, "WanFeedForward", None)
+    fused = feed_forward is not None and "linear_input_act" in (_source(feed_forward.forward) or "linear_input_act")
+    cast_parameters = inspect.signature(comfy.ops.cast_bias_weight).parameters
+    offloadable = "offloadable" in cast_parameters and hasattr(comfy.ops, "uncast_bias_weight")
+    return CoreReplay(tuple(core_version), block_patches=block_patches, fused_ffn_activation=fused,
+                      offloadable_casts=offloadable)
 
 
 # --- chunk sizes ----------------------------------------------------------------
@@ -379,7 +392,8 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     # --- FFN over chunks: both matrices cast once, the intermediate never full size -------
     up_module, activation, down_module = block.ffn[0], block.ffn[1], block.ffn[2]
     up, down = linear(up_module), linear(down_module)
-    fused = replay.fused_ffn_activation
+    feed_forward = getattr(wan, "WanFeedForward", None)
+    fused = replay.fused_ffn_activation and feed_forward is not None and isinstance(block.ffn, feed_forward)
     try:
         for start, stop in spans:
             hidden = up(modulated(block.norm2, e[3], e[4], start, stop))
@@ -405,15 +419,120 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
 # --- installing it on a model ----------------------------------------------------------
 
 
+# --- the check against the core's own block ----------------------------------------------
+
+CHECK_TOKENS = 256  # tokens of the real input the check runs both blocks on
+CHECK_CHUNKS = 3  # the lean side runs them in this many chunks, so the chunk seams are checked too
+FP32_TOLERANCE = 1e-5  # max |lean - stock| relative to max |stock|
+ROUNDING_ULPS = 4  # other dtypes: this many of the dtype's rounding steps (torch.finfo(dtype).eps)
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """One comparison of the lean block with the core's own block on the same module and input."""
+
+    key: tuple
+    passed: bool
+    relative_difference: float  # max |lean - stock| / max |stock|; inf when the check raised
+    tolerance: float
+    detail: str  # what ran, or what went wrong
+
+    def describe(self):
+        core, model_class, dtype, weight, _, device = self.key
+        what = f"ComfyUI {core}, {model_class}, {dtype} compute on {weight} weights, {device}"
+        if self.passed:
+            return (f"lean forward checked against the core's own block ({what}): max relative difference "
+                    f"{self.relative_difference:.2g} <= {self.tolerance:.2g}")
+        return (f"lean forward check against the core's own block failed ({what}): {self.detail}")
+
+
+_CHECKS = {}  # key -> ReplayCheck, once per process
+
+
+def tolerance_for(dtype):
+    return FP32_TOLERANCE if dtype in (torch.float32, torch.float64) else ROUNDING_ULPS * torch.finfo(dtype).eps
+
+
+def check_key(replay, model_class, block, x):
+    weight = getattr(getattr(block.self_attn.q, "weight", None), "dtype", None)
+    return (_format_version(replay.version), model_class, str(x.dtype).replace("torch.", ""),
+            str(weight).replace("torch.", ""), type(block.self_attn.q).__qualname__, str(x.device))
+
+
+def _token_rows(e, tokens, count):
+    """The modulation rows repeat_e gives the first `count` tokens (e: [B, rows, 6, C])."""
+    rows = e.size(1)
+    if rows <= 1:
+        return e
+    return _rows(e, tokens, 0, count)
+
+
+def check_against_core(block, args, original_block, replay, model_class, tokens=CHECK_TOKENS):
+    """Run the core's own block and the lean replay on the first `tokens` tokens of the real input.
+
+    Same module, weights, dtype, device and transformer_options as the run; the lean side in
+    CHECK_CHUNKS chunks. Returns a ReplayCheck; never raises (a check that fails to run is a failed check).
+    """
+    x = args["img"]
+    key = check_key(replay, model_class, block, x)
+    tolerance = tolerance_for(x.dtype)
+    try:
+        count = min(x.shape[1], tokens)
+        e = args["vec"]
+        if e.ndim == 4:
+            e = _token_rows(e[:1], x.shape[1], count)
+        else:
+            e = e[:1]
+        pe = args["pe"]
+        if pe is not None:
+            pe = pe[:1, :count]
+        sample = x[:1, :count].clone()
+        trial = dict(args, img=sample.clone(), vec=e, pe=pe, txt=args["txt"][:1])
+        stock = original_block(trial)["img"]
+        lean = lean_block_forward(block, sample.clone(), e, pe, trial["txt"], args["transformer_options"], replay,
+                                  max(1, math.ceil(count / CHECK_CHUNKS)))
+        if stock.shape != lean.shape:
+            return ReplayCheck(key, False, math.inf, tolerance,
+                               f"shapes differ (core {tuple(stock.shape)}, lean {tuple(lean.shape)})")
+        stock, lean = stock.float(), lean.float()
+        scale = stock.abs().max().item()
+        difference = (lean - stock).abs().max().item() / max(scale, 1e-30)
+        if not math.isfinite(difference) and torch.equal(stock, lean):
+            difference = 0.0
+        passed = difference <= tolerance
+        detail = (f"{count} tokens, max relative difference {difference:.3g} "
+                  f"{'<=' if passed else 'exceeds the tolerance'} {tolerance:.2g}")
+        return ReplayCheck(key, passed, difference, tolerance, detail)
+    except Exception as error:  # noqa: BLE001 - the check itself failing (OOM on a tiny card, a new signature)
+        return ReplayCheck(key, False, math.inf, tolerance,
+                           f"the check itself raised {type(error).__name__}: {str(error)[:300]}")
+
+
+def cached_checks():
+    """Every check run in this process (reports and tests read them)."""
+    return dict(_CHECKS)
+
+
 class LeanBlock:
     """The callable ComfyUI's WanModel.forward_orig calls instead of block i:
-    patch(args, {"original_block": block_wrap}) -> {"img": x}."""
+    patch(args, {"original_block": block_wrap}) -> {"img": x}.
 
-    def __init__(self, index, replay, chunk_tokens):
+    Before the first lean run of a (core, model class, dtype, device) in this process, the lean block is
+    compared with the core's own block on the real input (check_against_core). Failed: with
+    fallback (mode auto) every block runs the core's own code and the report says why; without
+    (mode on) the run stops with that message."""
+
+    def __init__(self, index, replay, chunk_tokens, model_class="WanModel", fallback=True, notify=None, checked=True):
         self.index = index
+        self.checked = checked  # False only for measurements that must see the lean block alone (bench/)
         self.replay = replay
         self.chunk_tokens = chunk_tokens
+        self.model_class = model_class
+        self.fallback = fallback
+        self.notify = notify  # called once per new check with its ReplayCheck (the node shows it)
         self.calls = 0  # blocks run lean (tests and reports read it)
+        self.core_calls = 0  # blocks handed to the core's own code after a failed check
+        self.check = None  # the ReplayCheck this block followed last
 
     # ModelPatcher.clone() deep-copies model_options on 0.3.64; the patch holds no tensors.
     def __deepcopy__(self, memo):
@@ -428,6 +547,27 @@ class LeanBlock:
         if block is None:
             raise LeanForwardError(f"block {self.index}: ComfyUI's original_block carries no WAN block; this "
                                    "core's forward_orig is not the one the lean forward was checked against.")
+        if not self.checked or args["img"].device.type == "meta":  # a meta tensor has no values to compare
+            return self._lean(block, args)
+        key = check_key(self.replay, self.model_class, block, args["img"])
+        check = _CHECKS.get(key)
+        if check is None:
+            check = check_against_core(block, args, original, self.replay, self.model_class)
+            _CHECKS[key] = check
+            (log.info if check.passed else log.warning)("WanFit %s", check.describe())
+            if self.notify is not None:
+                self.notify(check)
+        self.check = check
+        if not check.passed:
+            if not self.fallback:
+                raise LeanForwardError(
+                    f"WanFit Lean Forward (mode on): {check.describe()}. Fix: set the node's mode to auto (it then "
+                    "runs ComfyUI's own blocks on this core) or off.")
+            self.core_calls += 1
+            return original(args)
+        return self._lean(block, args)
+
+    def _lean(self, block, args):
         x = lean_block_forward(block, args["img"], args["vec"], args["pe"], args["txt"],
                                args["transformer_options"], self.replay, self.chunk_tokens)
         self.calls += 1
@@ -441,7 +581,7 @@ def diffusion_model_of(model_patcher):
 
 def check_wan_model(model_patcher):
     """The WanModel inside a ComfyUI MODEL, or a clear error naming what it is instead."""
-    import comfy.ldm.wan.model as wan
+    wan = wan_module()
 
     base_model, diffusion_model = diffusion_model_of(model_patcher)
     if not isinstance(diffusion_model, wan.WanModel):
@@ -476,11 +616,13 @@ def _other_block_patches(model_patcher):
     return sorted(str(key) for key, patch in replace.items() if not isinstance(patch, LeanBlock))
 
 
-def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None):
+def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, fallback=True, notify=None):
     """Return (patched clone, report STRING); the input model stays untouched.
 
     chunk_tokens: 'auto' or tokens per chunk (>= 1; checked against the sequence when a job runs).
     core_version: the ComfyUI core the model runs in; None reads the running core.
+    fallback: when the check against the core's own block fails, run the core's blocks (mode auto)
+    instead of stopping the run (mode on). notify(check) is called with each new check's result.
     """
     chunk_tokens = validate_chunk_setting(chunk_tokens)
     diffusion_model = check_wan_model(model_patcher)
@@ -490,23 +632,44 @@ def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None):
             f"this model already carries another block replacement ({', '.join(others[:4])}"
             f"{', ...' if len(others) > 4 else ''}) from another node; the lean forward replaces whole blocks and "
             "would silently override it. Fix: apply only one of the two block-replacing nodes to this model.")
-    if core_version is None:
-        from .core import running_core
-
-        core_version = running_core().version
-    replay = replay_for(core_version, block_source_fingerprint())
+    replay = replay_for_running_core(core_version)
+    model_class = type(diffusion_model).__qualname__
 
     clone = model_patcher.clone()
     for index in range(len(diffusion_model.blocks)):
-        clone.set_model_patch_replace(LeanBlock(index, replay, chunk_tokens), PATCH_NAME, BLOCK_NAME, index)
+        clone.set_model_patch_replace(LeanBlock(index, replay, chunk_tokens, model_class, fallback, notify),
+                                      PATCH_NAME, BLOCK_NAME, index)
     chunk_text = (f"auto (1/{LEAN_AUTO_CHUNKS} of the sequence, at least {LEAN_AUTO_MIN_CHUNK_TOKENS} tokens)"
                   if chunk_tokens == "auto"
                   else f"{chunk_tokens} tokens")
-    report = (f"Lean forward on {len(diffusion_model.blocks)} blocks (ComfyUI {_format_version(replay.version)} "
-              f"block replayed), chunks {chunk_text}: activations peak at ~5 hidden states instead of "
-              f"{stock_block_units(diffusion_model, replay.version):.1f}")
+    known = [check for key, check in _CHECKS.items() if key[0] == _format_version(replay.version)
+             and key[1] == model_class]
+    if known and all(check.passed for check in known):
+        checked = f"; {known[-1].describe()}"
+    elif known:
+        failed = next(check for check in known if not check.passed)
+        checked = (f"; {failed.describe()}: " + ("ComfyUI's own blocks run instead" if fallback
+                                                  else "mode on stops the run"))
+    else:
+        checked = (f"; checked against ComfyUI {_format_version(replay.version)}'s own block on the first step "
+                   f"({'its own blocks run instead if they differ' if fallback else 'mode on stops the run if they differ'})")
+    report = (f"Lean forward on {len(diffusion_model.blocks)} blocks, chunks {chunk_text}: activations peak at ~5 "
+              f"hidden states instead of {stock_block_units(diffusion_model, replay.version):.1f}{checked}")
     log.info("WanFit lean forward: %s", report)
     return clone, report
+
+
+def lean_report(model_patcher):
+    """After a run: whether the lean blocks ran or the core's own did, and the check behind it."""
+    blocks = installed_lean_blocks(model_patcher)
+    if not blocks:
+        return ""
+    lean_calls = sum(block.calls for block in blocks.values())
+    core_calls = sum(block.core_calls for block in blocks.values())
+    checks = {block.check.key: block.check for block in blocks.values() if block.check is not None}
+    lines = [f"lean forward: {lean_calls} block calls lean, {core_calls} on ComfyUI's own blocks"]
+    lines += [check.describe() for check in checks.values()]
+    return "\n".join(lines)
 
 
 def stock_block_units(diffusion_model, core_version):
@@ -518,14 +681,18 @@ def stock_block_units(diffusion_model, core_version):
     return memory.activation_hidden_units(config, core_version)
 
 
-def lean_transformer_options(num_blocks, core_version, chunk_tokens="auto", transformer_options=None):
-    """transformer_options with the lean blocks installed (bench and tests call WanModel directly)."""
-    replay = replay_for(core_version, block_source_fingerprint())
+def lean_transformer_options(num_blocks, core_version=None, chunk_tokens="auto", transformer_options=None,
+                             fallback=False, checked=True):
+    """transformer_options with the lean blocks installed (bench and tests call WanModel directly;
+    without fallback a failed check stops the forward; checked=False skips the check, for
+    measurements of the lean block alone)."""
+    replay = replay_for_running_core(core_version)
     options = dict(transformer_options or {})
     replace = dict(options.get("patches_replace", {}))
     blocks = dict(replace.get(PATCH_NAME, {}))
     for index in range(num_blocks):
-        blocks[(BLOCK_NAME, index)] = LeanBlock(index, replay, validate_chunk_setting(chunk_tokens))
+        blocks[(BLOCK_NAME, index)] = LeanBlock(index, replay, validate_chunk_setting(chunk_tokens), fallback=fallback,
+                                                checked=checked)
     replace[PATCH_NAME] = blocks
     options["patches_replace"] = replace
     return options

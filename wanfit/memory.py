@@ -355,7 +355,8 @@ LEAN_FFN_CHUNK_FIXED_UNITS = 3
 # whole sequence is smaller. Fewer, larger chunks keep the lean forward as fast as the stock one
 # (bench/lean_forward_speed.py, docs/benchmarks.md); 1/8 keeps the fill phase at 5 units.
 LEAN_AUTO_CHUNKS = 8
-# Cores whose block wanfit/lean_forward.py replays (its REPLAYS; a unit test keeps the two equal).
+# Cores whose stock activation profiles are measured (ACTIVATION_PROFILES); the lean forward runs on
+# every supported core, checked against the core's own block at run time (wanfit/lean_forward.py).
 LEAN_FORWARD_CORES = ((0, 3, 64), (0, 33, 0))
 LEAN_AUTO_MIN_CHUNK_TOKENS = 4096
 

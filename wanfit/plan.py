@@ -18,7 +18,7 @@ import logging
 import math
 
 from . import core as cores
-from . import memory
+from . import decode_budget, memory
 from .choices import PLAN_INPUT_LIMITS
 from .device import DeviceInfo
 from .errors import InvalidInputError, WanFitError
@@ -203,6 +203,11 @@ class Plan:
     lean_forward: bool = False  # WanFit Lean Forward on the diffusion model(s): needed for the job to fit
     lean_chunk_tokens: int = 0  # tokens per chunk the lean forward uses for this job (its "auto"); 0 when off
     predicted_activation_bytes: int = 0  # one sampling pass's activations (CFG as planned), the forward planned
+    # WanFit VAE Decode of this job at vae_decode_budget_bytes: exact halos (equal to VAE Decode), or halos capped
+    # and tiles blended (approximate); the smallest budget whose decode is exact; and the plan's words for it
+    vae_decode_exact: bool = True
+    vae_decode_exact_budget_bytes: int = 0
+    vae_decode_outlook: str = ""
 
     @property
     def resident_fraction(self):
@@ -229,7 +234,8 @@ class Plan:
         lines.append(f"ComfyUI {self.core_version or '?'}: {manager}")
         if self.is_cpu:
             lines.append(f"CPU only: weights {self.weight_dtype}, predicted RAM "
-                         f"{format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}")
+                         f"{format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}; "
+                         f"VAE decode {self.vae_decode_outlook}")
         else:
             streamed_from = "from pinned RAM" if self.memory_manager == "dynamic_vram" else "cast from RAM"
             lines.append(f"Weights {self.weight_dtype}: {format_gib(self.resident_model_bytes)} of "
@@ -239,7 +245,8 @@ class Plan:
                          f"{format_gib(self.total_vram_bytes)} (reserve {format_gib(self.reserve_vram_bytes)}), "
                          f"RAM {format_gib(self.predicted_peak_ram_bytes)} of {format_gib(self.system_ram_bytes)}")
             lines.append(f"Attention {self.attention_backend}; VAE decode budget "
-                         f"{format_gib(self.vae_decode_budget_bytes)}{' (tiled)' if self.vae_decode_tiled else ''}")
+                         f"{format_gib(self.vae_decode_budget_bytes)}{' (tiled)' if self.vae_decode_tiled else ''}: "
+                         f"{self.vae_decode_outlook}")
         if self.lean_forward:
             lines.append(f"Lean forward: on (chunks of {self.lean_chunk_tokens} tokens), activations "
                          f"{format_gib(self.predicted_activation_bytes)}")
@@ -436,10 +443,10 @@ def _candidates(device, variant, overrides):
 
 def _try_plan(device, variant, job, overrides, ram_bytes, core):
     """(chosen candidate or None, last candidate tried, reserve). The core's own forward first; WanFit's
-    lean forward (wanfit/lean_forward.py) only where the stock activations make every candidate fail
-    and the core is one whose block it replays."""
+    lean forward (wanfit/lean_forward.py) only where the stock activations make every candidate fail.
+    Any supported core: the lean forward checks itself against the core's own block at run time."""
     chosen, last, reserve = _try_forward(device, variant, job, overrides, ram_bytes, core, lean=False)
-    if chosen is None and tuple(core.version) in memory.LEAN_FORWARD_CORES:
+    if chosen is None:
         lean_chosen, lean_last, reserve = _try_forward(device, variant, job, overrides, ram_bytes, core, lean=True)
         if lean_chosen is not None:
             return lean_chosen, lean_last, reserve
@@ -590,7 +597,14 @@ def _launch(core, manager, device, ram_bytes, reserve, other, streamed, te_devic
     if drop_te:
         if core.has_flag("--cache-ram"):
             headroom = -(-(next_model_bytes + CACHE_RAM_MARGIN_BYTES) // BYTES_PER_GIB) * BYTES_PER_GIB
-            if headroom > default_cache_ram_headroom_bytes(ram_bytes):
+            if not core.ram_cache_default_on:  # 0.3.68-0.21: the classic cache is the default and holds every model
+                args.append("--cache-ram")
+                args.append(_gb_text(headroom))
+                reasons.append(f"--cache-ram {_gb_text(headroom)}: switches ComfyUI {core.version_text} from its default "
+                               "classic cache (which would hold the models the plan drops) to its RAM-pressure cache, "
+                               f"which frees cached models once free RAM falls below {format_gib(headroom)} (the next "
+                               "model plus a margin) and keeps them cached while RAM allows, unlike --cache-none")
+            elif headroom > default_cache_ram_headroom_bytes(ram_bytes):
                 args.append("--cache-ram")
                 args.append(_gb_text(headroom))
                 reasons.append(f"--cache-ram {_gb_text(headroom)}: ComfyUI {core.version_text}'s RAM-pressure cache "
@@ -622,6 +636,7 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, cor
     manager, manager_reason = memory_manager(core, device)
     pinned = min(streamed, pinned_ram_cap_bytes(ram_bytes)) if manager == "dynamic_vram" else 0
     reasons = [f"core: {core.describe()}; memory manager {MEMORY_MANAGERS[manager]}: {manager_reason}"]
+    outlook = _decode_outlook(device, variant, job, n["decode_budget"])
     if not device.is_gpu:
         reasons.append(f"CPU: no GPU is available to PyTorch on {device.name}, so ComfyUI runs every model on the CPU "
                        "(--cpu) in float32; expect minutes per step, even at small sizes")
@@ -661,7 +676,8 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, cor
             ("fits beside the card's other work" if chosen.text_encoder_device == "gpu"
              else "it would take most of the card; the CPU encodes 512 tokens in seconds")) + te_how)
         reasons.append(f"VAE decode budget {format_gib(n['decode_budget'])}: " +
-                       ("tiled decode within budget" if n["tiled"] else "whole frames fit, no tiling needed"))
+                       ("tiled decode within budget" if n["tiled"] else "whole frames fit, no tiling needed") +
+                       f"; WanFit VAE Decode at this budget: {outlook.describe()}")
         other = reserve - DEFAULT_RESERVE_VRAM_BYTES
         reasons.append(f"reserve {format_gib(reserve)} of VRAM" + (
             f" ({format_gib(other)} for other processes on this GPU)" if other > 0 else " (desktop, driver, fragmentation)"))
@@ -725,7 +741,19 @@ def _build_plan(device, variant, job, overrides, ram_bytes, chosen, reserve, cor
         lean_forward=chosen.lean_forward,
         lean_chunk_tokens=lean_chunk,
         predicted_activation_bytes=int(n["activation"]),
+        vae_decode_exact=outlook.exact or outlook.untiled,
+        vae_decode_exact_budget_bytes=outlook.exact_budget_bytes,
+        vae_decode_outlook=outlook.describe(),
     )
+
+
+def _decode_outlook(device, variant, job, budget_bytes):
+    """WanFit VAE Decode of this job's latent at the planned budget, planned as the node will (its static layouts of
+    the variant's VAE): exact halos or approximate, and the budget that makes it exact. A GPU decodes in 16-bit and
+    keeps finished frames in RAM; a CPU decodes in fp32 with the video in the same memory."""
+    latent = decode_budget.latent_shape_for(variant.vae, job.width, job.height, job.frames, job.batch)
+    device_type = device.kind if device.is_gpu else "cpu"
+    return decode_budget.decode_outlook(variant.vae, latent, int(budget_bytes), 2 if device.is_gpu else 4, device_type)
 
 
 # --- refusals that say what would fit -----------------------------------------

@@ -31,6 +31,9 @@ ACTIVATION_FACTOR = {"wan2.1": 6.25, "wan2.2": 8.4}
 UNTILED_BYTES_PER_OUTPUT_PX = {"wan2.1": 24_476, "wan2.2": 25_663}
 ONE_TILE_BYTES_PER_OUTPUT_PX = {"wan2.1": 13_544, "wan2.2": 12_817}
 MIN_CORE_LATENT_PX = 2  # smaller cores spend almost all their time on the halo
+# What a capped-halo (approximate) decode differs from the untiled one by, as the report says it
+# (bench/vae_decode_approx.py against ComfyUI's VAE Decode, docs/benchmarks.md "Approximate decode").
+APPROXIMATE_SEAM_ERROR = "measured on random-weight VAEs: up to 30-99/255 at a pixel, PSNR 24-39 dB"
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ class TilePlan:
     untiled: bool = False  # the VAE's own decode fits: no tiling at all
     stem_cut: int = 0  # which upsample the tiles start at (0 = the first); the stem runs whole-frame before it
     stem_scale: int = 1  # resolution the tiles start at, in multiples of the latent
+    # approximate plans (halo capped): the smallest budget whose plan is exact for the same latent (0 = not
+    # worked out), and whether the caller capped the halo (an overlap) rather than the budget forcing it
+    exact_budget_bytes: int = 0
+    overlap_set: bool = False
 
     @property
     def tile_count(self):
@@ -138,8 +145,25 @@ class TilePlan:
         mode = "exact halo" if self.exact else f"halo capped at {self.halo_cap_latent_px} latent px, feathered"
         heap = f", {self.cpu_heap} CPU heap" if self.cpu_heap else ""
         stem = f", whole-frame stem to {self.stem_scale}x latent size" if self.stem_scale > 1 else ""
-        return (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}{stem}), predicted peak "
+        text = (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}{stem}), predicted peak "
                 f"{self.predicted_peak_bytes / 2**20:.0f} MB, {self.relative_cost:.2f}x untiled compute")
+        return text if self.exact else f"APPROXIMATE: {text}; {self.approximation_note()}"
+
+    def approximation_note(self):
+        """For a capped-halo plan: what it costs, why it was taken and the budget that makes it exact ("" when exact)."""
+        if self.exact:
+            return ""
+        note = (f"tiles blended over a halo capped at {self.halo_cap_latent_px} latent px, so seams may differ from "
+                f"VAE Decode ({APPROXIMATE_SEAM_ERROR}); ")
+        if self.overlap_set:
+            note += "the overlap setting caps the halo"
+            needs = "overlap 0 and a budget"
+        else:
+            note += "the budget is too small for exact halos"
+            needs = "a budget"
+        if self.exact_budget_bytes:
+            note += f": exact needs {needs} of at least {math.ceil(self.exact_budget_bytes / 2**20)} MB"
+        return note
 
 
 def split_evenly(size, parts):

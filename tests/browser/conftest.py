@@ -2,6 +2,9 @@
 against a real ComfyUI server with the package installed.
 
 Screenshots go to $WANFIT_ARTIFACTS_DIR (default artifacts/browser/<core version>, ignored by git).
+With WANFIT_FRONTEND_ROOT set to a front end's static folder (tests/run.sh unpacks PyPI's newest
+comfyui-frontend-package into ~/.cache/wanfit/frontend/<version>), the server serves that front end
+(--front-end-root) instead of the core's own, and the screenshots go to <core version>-frontend-<folder name>.
 """
 
 import json
@@ -18,6 +21,7 @@ from tests.host.server import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("WANFIT_CHROMIUM", "/usr/bin/chromium")
+FRONTEND_ROOT = os.environ.get("WANFIT_FRONTEND_ROOT") or None
 # Flags that work on a machine with no screen, no GPU and a closed network (no background fetches).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -50,9 +54,15 @@ def version(comfyui):
     return core_version(comfyui)
 
 
+def frontend_label():
+    """'' for the core's own front end, else '-frontend-<folder name>' (the cache names it by version)."""
+    return f"-frontend-{Path(FRONTEND_ROOT).name}" if FRONTEND_ROOT else ""
+
+
 @pytest.fixture(scope="session")
 def artifacts(version):
-    folder = Path(os.environ.get("WANFIT_ARTIFACTS_DIR") or REPO_ROOT / "artifacts" / "browser") / version
+    root = Path(os.environ.get("WANFIT_ARTIFACTS_DIR") or REPO_ROOT / "artifacts" / "browser")
+    folder = root / (version + frontend_label())
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -64,7 +74,7 @@ def publish(version):
     """publish(screenshot, repo path, width): with WANFIT_WRITE_PICTURES=1 on PICTURE_CORE, a resized
     JPEG copy goes into the repository (README pictures, template thumbnails). Returns whether it did."""
     def write(source, target, width):
-        if os.environ.get("WANFIT_WRITE_PICTURES") != "1" or version != PICTURE_CORE:
+        if os.environ.get("WANFIT_WRITE_PICTURES") != "1" or version != PICTURE_CORE or FRONTEND_ROOT:
             return False
         from PIL import Image
 
@@ -83,7 +93,11 @@ def server(comfyui, tmp_path_factory):
     settings = work_dir / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps(EDITOR_SETTINGS))
-    comfy_server = ComfyServer(comfyui, fixture_dir(), work_dir).start()
+    if FRONTEND_ROOT and not (Path(FRONTEND_ROOT) / "index.html").is_file():
+        pytest.fail(f"WANFIT_FRONTEND_ROOT={FRONTEND_ROOT} holds no front end (no index.html). Fix: unset it, or "
+                    "let tests/run.sh fetch one (README, Running the tests).")
+    extra_args = ["--front-end-root", str(Path(FRONTEND_ROOT).resolve())] if FRONTEND_ROOT else []
+    comfy_server = ComfyServer(comfyui, fixture_dir(), work_dir, extra_args=extra_args).start()
     yield comfy_server
     comfy_server.stop()
 

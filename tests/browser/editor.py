@@ -1,4 +1,4 @@
-"""What a test reads from and does in the live graph editor (ComfyUI front end 1.27 and 1.49)."""
+"""What a test reads from and does in the live graph editor (ComfyUI front end 1.27, 1.49 and 1.58)."""
 
 import json
 from pathlib import Path

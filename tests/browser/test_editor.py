@@ -153,7 +153,8 @@ def test_a_job_that_cannot_fit_says_what_would(editor, artifacts):
 
 def error_text_on_screen(editor, says, timeout_s=30):
     """Wait until the page shows `says`. Front end 1.27 shows a dialog with every node's message; 1.49
-    shows an overlay whose "View details" opens its Errors panel, where each node's (i) shows its message."""
+    shows an overlay whose "View details" opens its Errors panel, where each node's (i) shows its message;
+    1.58's "View details" opens the Issues tab of its Workflow Overview panel, the same (i) per node."""
     deadline_ms = timeout_s * 1000
     waited = 0
     while waited < deadline_ms:
@@ -238,7 +239,12 @@ def test_a_nodes_help_opens_from_its_info_button_and_renders(editor, artifacts, 
     shown = editor.page.get_by_text(says, exact=False).first
     shown.wait_for(state="visible", timeout=20_000)
     assert "**" not in shown.inner_text(), "markdown is rendered, not shown raw"
+    editor.page.wait_for_timeout(500)  # a frame or two for the DOM widgets
     editor.screenshot(artifacts / f"help_{node_id}.png")
+    # selecting the node and opening its help leave its report area as wide as the node (front end 1.58's
+    # side panel once narrowed it to two thirds, for good)
+    report = editor.report(node_id)
+    assert report["box"][2] >= 0.85 * report["node_box"][2], f"report {report['box']} on node {report['node_box']}"
     assert not [url for status, url in editor.failed_answers if "/docs/" in url], "no help request went unanswered"
 
 

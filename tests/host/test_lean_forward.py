@@ -180,6 +180,8 @@ def test_lean_forward_keeps_the_sage_patch_in_the_loop(comfy, fixtures):
     override = find_override(with_sage)
     lean_model, _ = patch_model_lean(with_sage, 97)
     inputs = make_inputs(T2V)
+    forward(lean_model, inputs)  # the first lean forward of a process also runs the check against the core
+    override.stats.reset()
     stock = forward(with_sage, inputs)
     stock_calls = override.stats.self_attention_calls + override.stats.cross_attention_calls
     override.stats.reset()
@@ -324,19 +326,98 @@ def test_another_block_replacement_is_refused(comfy, fixtures):
     patch_model_lean(lean_model, 97)  # re-applying the lean forward (a new chunk size) is allowed
 
 
-def test_a_core_it_does_not_know_is_refused(comfy, fixtures):
-    from wanfit.lean_forward import LeanForwardError, patch_model_lean
-
-    with pytest.raises(LeanForwardError, match=r"ComfyUI 0\.40\.0.*not been checked"):
-        patch_model_lean(load(comfy, T2V, fixtures), core_version=(0, 40, 0))
-
-
-def test_a_changed_block_is_refused(comfy, fixtures, monkeypatch):
+def test_a_core_newer_than_any_tested_is_not_refused_the_check_decides(comfy, fixtures, monkeypatch):
     from wanfit import lean_forward
 
-    monkeypatch.setattr(lean_forward, "block_source_fingerprint", lambda: "0" * 64)
-    with pytest.raises(lean_forward.LeanForwardError, match="differs from the released"):
-        lean_forward.patch_model_lean(load(comfy, T2V, fixtures))
+    monkeypatch.setattr(lean_forward, "_CHECKS", {})
+    stock_model = load(comfy, T2V, fixtures)
+    lean_model, report = lean_forward.patch_model_lean(stock_model, 97, core_version=(0, 45, 0))
+    assert "checked against ComfyUI 0.45.0's own block on the first step" in report, report
+    inputs = make_inputs(T2V)
+    assert_close(forward(lean_model, inputs), forward(stock_model, inputs, transformer_options={}), "0.45.0 label")
+    (check,) = lean_forward.cached_checks().values()
+    assert check.passed and check.key[0] == "0.45.0" and check.relative_difference <= 1e-5, check
+
+
+def test_a_core_whose_wan_module_does_not_import_is_refused_by_name(comfy, fixtures, monkeypatch):
+    import sys
+
+    from wanfit import lean_forward
+
+    model = load(comfy, T2V, fixtures)
+    monkeypatch.setitem(sys.modules, "comfy.ldm.wan.model", None)  # import then raises ImportError
+    with pytest.raises(lean_forward.LeanForwardError, match=r"WAN module \(comfy.ldm.wan.model\) does not import"):
+        lean_forward.patch_model_lean(model)
+
+
+def _core_block_changed(monkeypatch, comfy):
+    """The core's own block computes something else (a release that changed its arithmetic)."""
+    import comfy.ldm.wan.model as wan
+
+    original = wan.WanAttentionBlock.forward
+
+    def changed(self, x, *args, **kwargs):
+        return original(self, x, *args, **kwargs) * 1.01
+
+    monkeypatch.setattr(wan.WanAttentionBlock, "forward", changed)
+
+
+def test_a_core_block_the_replay_does_not_match_runs_the_cores_own_blocks_in_auto(comfy, fixtures, monkeypatch):
+    from wanfit import lean_forward
+
+    monkeypatch.setattr(lean_forward, "_CHECKS", {})
+    _core_block_changed(monkeypatch, comfy)
+    stock_model = load(comfy, T2V, fixtures)
+    shown = []
+    lean_model, _ = lean_forward.patch_model_lean(stock_model, 97, fallback=True, notify=shown.append)
+    inputs = make_inputs(T2V)
+    stock = forward(stock_model, inputs, transformer_options={})
+    out = forward(lean_model, inputs)
+    assert torch.equal(out, stock), "mode auto after a failed check must give exactly the core's own result"
+    blocks = lean_forward.installed_lean_blocks(lean_model).values()
+    assert [block.calls for block in blocks] == [0, 0] and [block.core_calls for block in blocks] == [1, 1]
+    (check,) = shown
+    assert not check.passed and 5e-3 < check.relative_difference < 1, check
+    text = lean_forward.lean_report(lean_model)
+    assert "0 block calls lean, 2 on ComfyUI's own blocks" in text, text
+    assert "check against the core's own block failed (ComfyUI 0.33.0" in text or "failed (ComfyUI 0.3.64" in text, text
+    assert "exceeds the tolerance 1e-05" in text, text
+    # the next model of the same class in this process takes the cached verdict, and its report says so at once
+    _, report = lean_forward.patch_model_lean(load(comfy, T2V, fixtures), 97)
+    assert "failed" in report and "ComfyUI's own blocks run instead" in report, report
+
+
+def test_a_core_block_the_replay_does_not_match_stops_the_run_in_mode_on(comfy, fixtures, monkeypatch):
+    from wanfit import lean_forward
+
+    monkeypatch.setattr(lean_forward, "_CHECKS", {})
+    _core_block_changed(monkeypatch, comfy)
+    lean_model, _ = lean_forward.patch_model_lean(load(comfy, T2V, fixtures), 97, fallback=False)
+    with pytest.raises(lean_forward.LeanForwardError,
+                       match=r"mode on.*failed \(ComfyUI [0-9.]+, WanModel, float32.*exceeds the tolerance.*mode to auto"):
+        forward(lean_model, make_inputs(T2V))
+
+
+def test_a_check_that_itself_raises_falls_back_and_says_so(comfy, fixtures, monkeypatch):
+    from wanfit import lean_forward
+
+    monkeypatch.setattr(lean_forward, "_CHECKS", {})
+    real = lean_forward.lean_block_forward
+    calls = []
+
+    def out_of_memory_in_the_check(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lean_forward, "lean_block_forward", out_of_memory_in_the_check)
+    stock_model = load(comfy, T2V, fixtures)
+    lean_model, _ = lean_forward.patch_model_lean(stock_model, 97)
+    inputs = make_inputs(T2V)
+    assert torch.equal(forward(lean_model, inputs), forward(stock_model, inputs, transformer_options={}))
+    text = lean_forward.lean_report(lean_model)
+    assert "the check itself raised RuntimeError: CUDA out of memory" in text, text
 
 
 # --- activation memory at real size (bench/activation_peak.py --lean) ---------------------

@@ -52,6 +52,8 @@ def test_decode_within_a_small_budget_still_matches(client, vae_name, channels, 
     assert rows * cols > 1, report
     predicted = int(re.search(r"predicted peak (\d+) MB", report).group(1))
     assert predicted <= 140, report
+    assert re.search(r"tiled decode checked against the core's own VAE decode \(ComfyUI [0-9.]+, vae2?_?2?\.WanVAE, "
+                     r"float32 on cpu\): max difference [0-9.e-]+ <= 0.001 at 2x2 tiles", report), report
 
 
 def test_wrong_latent_for_the_vae_names_both(client):

@@ -78,6 +78,7 @@ def test_the_table_matches_each_real_checkout(version):
     from_disk, from_table = core_from_checkout(path), core_from_version(version)
     assert from_disk.version == from_table.version
     assert from_disk.dynamic_vram == from_table.dynamic_vram
+    assert from_disk.ram_cache_default_on == from_table.ram_cache_default_on
     assert from_disk.flags == from_table.flags, (
         f"update wanfit/core.py's table: only on disk {sorted(from_disk.flags - from_table.flags)}, "
         f"only in the table {sorted(from_table.flags - from_disk.flags)}")
@@ -154,3 +155,114 @@ def test_flags_parser_reads_groups_and_ignores_other_calls():
     source = ('p.add_argument("--a", "-x")\ng = p.add_mutually_exclusive_group()\ng.add_argument("--b")\n'
               'other("--c")\np.add_argument(name)\n')
     assert cores.flags_from_cli_args(source) == {"--a", "--b"}
+
+
+# 0.12-0.15: dynamic VRAM is in the checkout but opt-in (`--fast dynamic_vram`); 0.16 made it the default.
+OPT_IN_CLI_ARGS = '''
+import argparse, enum
+class PerformanceFeature(enum.Enum):
+    DynamicVRAM = "dynamic_vram"
+parser = argparse.ArgumentParser()
+parser.add_argument("--fast", nargs="*", type=PerformanceFeature)
+parser.add_argument("--highvram", action="store_true")
+parser.add_argument("--gpu-only", action="store_true")
+def enables_dynamic_vram():
+    return PerformanceFeature.DynamicVRAM in args.fast and not args.highvram and not args.gpu_only
+'''
+DEFAULT_ON_CLI_ARGS = '''
+import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--disable-dynamic-vram", action="store_true")
+parser.add_argument("--enable-dynamic-vram", action="store_true")
+def enables_dynamic_vram():
+    """On unless a flag turns it off."""
+    if args.enable_dynamic_vram:
+        return True
+    return not args.disable_dynamic_vram and not args.highvram and not args.gpu_only and not args.novram and not args.cpu
+'''
+PATCHER_WITH_DYNAMIC = "class ModelPatcher:\n    pass\nclass ModelPatcherDynamic(ModelPatcher):\n    pass\n"
+
+
+@pytest.mark.parametrize("source, expected", [
+    (OPT_IN_CLI_ARGS, False),
+    (DEFAULT_ON_CLI_ARGS, True),
+    ("def enables_dynamic_vram():\n    return True\n", True),
+    ("def enables_dynamic_vram():\n    if args.cpu:\n        return False\n    else:\n        return True\n", True),
+    ("parser.add_argument('--lowvram')\n", False),  # no dynamic VRAM at all (0.3.64-0.11)
+])
+def test_dynamic_vram_is_on_by_default_only_where_a_launch_without_flags_enables_it(source, expected):
+    assert cores.dynamic_vram_on_by_default(source) is expected
+
+
+@pytest.mark.parametrize("extra_flag, expected", [("--disable-dynamic-vram", True), ("--port", False)])
+def test_an_unreadable_enables_dynamic_vram_falls_back_to_whether_its_off_switch_exists(extra_flag, expected):
+    source = (f'parser.add_argument("{extra_flag}")\n'
+              "def enables_dynamic_vram():\n    return helper(args) or platform_default()\n")
+    assert cores.dynamic_vram_on_by_default(source) is expected
+
+
+def test_a_checkout_with_opt_in_dynamic_vram_plans_without_it(tmp_path):
+    opt_in = core_from_checkout(fake_checkout(tmp_path / "a", "0.12.3", OPT_IN_CLI_ARGS, PATCHER_WITH_DYNAMIC))
+    default_on = core_from_checkout(fake_checkout(tmp_path / "b", "0.16.4", DEFAULT_ON_CLI_ARGS, PATCHER_WITH_DYNAMIC))
+    assert not opt_in.dynamic_vram and default_on.dynamic_vram
+
+
+MAIN_WITH_CACHE = '''
+def prompt_worker(q, server_instance):
+    cache_ram = 0
+    cache_type = execution.CacheType.{default}
+    if args.cache_classic:
+        cache_type = execution.CacheType.CLASSIC
+    elif args.cache_ram > 0:
+        cache_type = execution.CacheType.RAM_PRESSURE
+'''
+
+
+@pytest.mark.parametrize("default, expected", [("RAM_PRESSURE", True), ("CLASSIC", False)])
+def test_the_default_node_cache_is_the_first_cache_type_in_prompt_worker(tmp_path, default, expected):
+    assert cores.ram_cache_default_from_main(MAIN_WITH_CACHE.format(default=default)) is expected
+    root = fake_checkout(tmp_path / "c", "0.25.0", DEFAULT_ON_CLI_ARGS)
+    (root / "main.py").write_text(MAIN_WITH_CACHE.format(default=default))
+    assert core_from_checkout(root).ram_cache_default_on is expected
+
+
+def test_a_checkout_whose_main_cannot_be_read_counts_as_the_classic_cache(tmp_path):
+    root = fake_checkout(tmp_path / "d", "0.25.0", DEFAULT_ON_CLI_ARGS)
+    assert core_from_checkout(root).ram_cache_default_on is False  # no main.py: the planner names --cache-ram
+    (root / "main.py").write_text("def prompt_worker(:\n")
+    assert core_from_checkout(root).ram_cache_default_on is False
+
+
+# What the intermediate releases hold (tests/matrix/releases.txt; bash tests/matrix/get_cores.sh makes them).
+RELEASE_FACTS = {  # version: (dynamic VRAM on by default, RAM-pressure cache by default)
+    "0.11.0": (False, False), "0.12.3": (False, False), "0.16.4": (True, False),
+    "0.21.0": (True, False), "0.25.0": (True, True),
+}
+
+
+@pytest.mark.parametrize("version", list(RELEASE_FACTS))
+def test_intermediate_releases_are_read_from_their_files_not_the_version_table(version):
+    path = Path.home() / f"ComfyUI-{version}"
+    if not (path / "comfy" / "cli_args.py").is_file():
+        pytest.skip(f"no ComfyUI {version} checkout at {path} (bash tests/matrix/get_cores.sh)")
+    core = core_from_checkout(path)
+    assert (core.dynamic_vram, core.ram_cache_default_on) == RELEASE_FACTS[version]
+    assert not core.note, core.note  # the note is for a version string planned from the table
+
+
+def test_running_core_reads_its_own_checkout_for_the_static_facts(monkeypatch, tmp_path):
+    import argparse
+
+    root = fake_checkout(tmp_path / "running", "0.12.3", OPT_IN_CLI_ARGS, PATCHER_WITH_DYNAMIC)
+    (root / "main.py").write_text(MAIN_WITH_CACHE.format(default="CLASSIC"))
+    cli_args = ModuleType("comfy.cli_args")
+    cli_args.__file__ = str(root / "comfy" / "cli_args.py")
+    cli_args.parser, cli_args.enables_dynamic_vram = argparse.ArgumentParser(), lambda: False
+    comfy = ModuleType("comfy")
+    comfy.cli_args = cli_args
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
+    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__="0.12.3"))
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=False))
+    core = cores.running_core()
+    assert not core.dynamic_vram and not core.ram_cache_default_on

@@ -5,7 +5,7 @@ import torch
 
 from wanfit import memory
 from wanfit.errors import InvalidInputError
-from wanfit.lean_forward import REPLAYS, _rows, resolve_chunk_tokens, validate_chunk_setting
+from wanfit.lean_forward import _rows, resolve_chunk_tokens, tolerance_for, validate_chunk_setting
 
 
 def repeat_e(e, x):  # comfy/ldm/wan/model.py (identical in 0.3.64 and 0.33.0)
@@ -19,8 +19,14 @@ def repeat_e(e, x):  # comfy/ldm/wan/model.py (identical in 0.3.64 and 0.33.0)
     return torch.repeat_interleave(e, repeats + 1, dim=1)[:, :x.size(1)]
 
 
-def test_the_planner_and_the_replays_know_the_same_cores():
-    assert tuple(sorted(REPLAYS)) == memory.LEAN_FORWARD_CORES
+def test_the_planner_knows_an_activation_profile_for_each_measured_core():
+    assert tuple(sorted(profile.core_version for profile in memory.ACTIVATION_PROFILES)) == memory.LEAN_FORWARD_CORES
+
+
+def test_the_check_tolerance_is_1e_5_in_fp32_and_the_dtypes_rounding_otherwise():
+    assert tolerance_for(torch.float32) == 1e-5
+    assert tolerance_for(torch.float16) == pytest.approx(4 * 2 ** -10)
+    assert tolerance_for(torch.bfloat16) == pytest.approx(4 * 2 ** -7)
 
 
 @pytest.mark.parametrize("frames, tokens", [(1, 50), (5, 50), (7, 50), (3, 9), (50, 50)])

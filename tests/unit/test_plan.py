@@ -1,11 +1,13 @@
 """Planner: every plan fits the card and the RAM, or refuses saying what would fit."""
 
 import json
+import math
 
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from wanfit import memory
+from wanfit import decode_budget, memory
+from wanfit import plan as plan_module
 from wanfit.core import core_from_version
 from wanfit.device import DeviceInfo
 from wanfit.errors import InvalidInputError, WanFitError
@@ -144,9 +146,11 @@ def test_the_lean_forward_stays_off_where_the_stock_forward_fits():
     assert not any("lean forward" in reason for reason in result.reasons)
 
 
-def test_the_lean_forward_is_not_planned_for_a_core_it_does_not_replay():
-    with pytest.raises(PlanDoesNotFitError):
-        plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 81), core=core_from_version("0.40.0"))
+def test_the_lean_forward_is_planned_for_a_core_newer_than_any_tested_and_the_plan_names_it():
+    """No version gate: the lean forward checks itself against the running core's block (mode auto falls back)."""
+    result = plan(device_for_gpu("RTX 3070", 64 * GIB), "t2v_a14b", Job(1280, 720, 81), core=core_from_version("0.45.0"))
+    assert result.lean_forward
+    assert "0.45.0" in result.summary() or "0.45" in result.summary(), result.summary()
 
 
 def test_refusal_for_ram_names_the_ram_needed():
@@ -412,3 +416,66 @@ def test_a_core_that_is_not_a_core_object_is_refused():
     with pytest.raises(InvalidInputError) as caught:
         plan(device_for_gpu("RTX 4090"), "ti2v_5b", Job(1280, 704, 121), core="0.33.0")
     assert caught.value.field == "core"
+
+
+def test_where_the_classic_cache_is_the_default_the_plan_names_cache_ram_whenever_it_drops_models(monkeypatch):
+    from dataclasses import replace as replace_field
+
+    import wanfit.plan as planning
+
+    # 0.3.68-0.21 define --cache-ram but start with the classic cache, which holds every model it loaded
+    classic = replace_field(NEWEST, ram_cache_default_on=False)
+    monkeypatch.setattr(planning, "default_cache_ram_headroom_bytes", lambda ram_bytes: 1000 * GIB)
+    on_newest, on_classic = (plan(device_for_gpu("RTX 4090", 32 * GIB), "t2v_a14b", Job(832, 480, 81), core=core)
+                             for core in (NEWEST, classic))
+    assert on_newest.drop_text_encoder_after_encode and "--cache-ram" not in on_newest.launch_args
+    assert "--cache-ram" in on_classic.launch_args, on_classic.launch_args
+    assert any("default classic cache" in reason for reason in on_classic.reasons), on_classic.reasons
+
+
+# --- the VAE decode at the planned budget: exact or approximate -----------------
+
+def test_the_plans_decode_budget_is_exact_at_real_sizes_and_says_from_what_budget():
+    for variant, job in JOBS:
+        result = plan(device_for_gpu("RTX 4090", 128 * GIB), variant, job)
+        vae = plan_module.VARIANTS[variant].vae
+        latent = decode_budget.latent_shape_for(vae, job.width, job.height, job.frames, job.batch)
+        exact_from = decode_budget.exact_budget_bytes(decode_budget.static_layouts(vae), latent, 2, "cuda", False)
+        assert result.vae_decode_exact and result.vae_decode_exact_budget_bytes == exact_from
+        assert 0 < exact_from <= result.vae_decode_budget_bytes
+        line = next(line for line in result.summary().splitlines() if "VAE decode budget" in line)
+        assert "exact" in line and "APPROXIMATE" not in line, line
+        assert f"exact down to a budget of {math.ceil(exact_from / 2**20)} MB" in line, line
+        data = json.loads(json.dumps(result.as_dict()))
+        assert data["vae_decode_exact"] is True and data["vae_decode_exact_budget_bytes"] == exact_from
+
+
+def test_a_decode_budget_below_the_exact_one_is_approximate_and_names_the_exact_budget():
+    gpu, variant, job = device_for_gpu("RTX 4090", 64 * GIB), plan_module.VARIANTS["ti2v_5b"], Job(192, 192, 9)
+    exact_from = plan_module._decode_outlook(gpu, variant, job, 2**40).exact_budget_bytes
+    below = plan_module._decode_outlook(gpu, variant, job, exact_from - 1)
+    assert below.fits and not below.exact and below.exact_budget_bytes == exact_from
+    assert below.describe().startswith("APPROXIMATE (")
+    assert f"exact needs a budget of at least {math.ceil(exact_from / 2**20)} MB" in below.describe()
+    at = plan_module._decode_outlook(gpu, variant, job, exact_from)
+    assert at.exact and "APPROXIMATE" not in at.describe()
+
+
+def test_an_approximate_decode_reaches_the_summary_the_json_and_the_reasons(monkeypatch):
+    real = plan_module._decode_outlook
+    job = Job(192, 192, 9)
+    exact_from = real(device_for_gpu("RTX 4090"), plan_module.VARIANTS["ti2v_5b"], job, 2**40).exact_budget_bytes
+    monkeypatch.setattr(plan_module, "_decode_outlook",
+                        lambda device, variant, job, budget: real(device, variant, job, exact_from - 1))
+    result = plan(device_for_gpu("RTX 4090", 64 * GIB), "ti2v_5b", job)
+    words = f"exact needs a budget of at least {math.ceil(exact_from / 2**20)} MB"
+    assert not result.vae_decode_exact and result.vae_decode_exact_budget_bytes == exact_from
+    line = next(line for line in result.summary().splitlines() if "VAE decode budget" in line)
+    assert "APPROXIMATE" in line and words in line, line
+    assert any("APPROXIMATE" in reason and words in reason for reason in result.reasons)
+    assert json.loads(json.dumps(result.as_dict()))["vae_decode_exact"] is False
+
+
+def test_a_cpu_plan_says_whether_its_decode_is_exact():
+    result = plan(cpu_device(64 * GIB), "ti2v_5b", Job(640, 352, 17))
+    assert result.vae_decode_exact and "VAE decode exact" in result.summary()

@@ -56,3 +56,31 @@ def test_an_unsupported_core_version_is_refused_with_the_supported_list(tmp_path
     result, _ = run_test_command({}, tmp_path, "--core", "0.2.0")
     assert result.returncode == 2
     assert "supported: 0.3.64 0.33.0" in result.stderr
+
+
+def matrix_releases():
+    lines = (REPO_ROOT / "tests/matrix/releases.txt").read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_a_missing_matrix_release_stops_the_command_with_get_cores_directions(tmp_path):
+    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
+    fake_core(tmp_path / "ComfyUI-0.33.0", "0.33.0")
+    missing, *present = matrix_releases()
+    for version in present:
+        fake_core(tmp_path / f"ComfyUI-{version}", version)
+    result, seconds = run_test_command({}, tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert f"no ComfyUI {missing} checkout found at {tmp_path}/ComfyUI-{missing} (release matrix)" in result.stderr
+    assert not [version for version in present if f"no ComfyUI {version} checkout" in result.stderr]
+    assert "bash tests/matrix/get_cores.sh" in result.stderr and "WANFIT_CORE_" in result.stderr
+    assert seconds < 5, f"took {seconds:.1f} s; it must fail before installing anything"
+    assert not (tmp_path / ".cache").exists(), "nothing may be installed when a matrix release is missing"
+
+
+def test_the_matrix_tier_refuses_a_core_whose_venv_it_does_not_use(tmp_path):
+    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
+    result, _ = run_test_command({}, tmp_path, "--core", "0.3.64", "tests/matrix")
+    assert result.returncode == 2
+    assert "runs with ComfyUI 0.33.0's venv" in result.stderr and "--core 0.33.0 tests/matrix" in result.stderr
+    assert not (tmp_path / ".cache").exists()

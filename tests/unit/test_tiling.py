@@ -1,5 +1,7 @@
 """Tile planning (wanfit.tiling): pure arithmetic, no torch."""
 
+from dataclasses import replace
+
 from hypothesis import given, settings, strategies as st
 import pytest
 
@@ -165,3 +167,33 @@ def test_a_layer_with_a_counted_working_set_is_not_scaled_by_the_activation_fact
     area_out = 8 * 8
     assert tiling.tile_peak_bytes(spec(counted), row, col, 4) == 4 * 100 * area_out
     assert tiling.tile_peak_bytes(spec(estimated), row, col, 4) == 4 * 5 * 100 * area_out
+
+
+# ---------------------------------------------------------------- what the report says about exactness
+
+def _capped_plan(**fields):
+    plan, _ = tiling.plan_tiles(WAN21_TAIL, (32, 32), 2**40, halo_caps=(2,))
+    assert not plan.exact and plan.halo_cap_latent_px == 2
+    return replace(plan, **fields)
+
+
+def test_an_exact_plan_does_not_claim_approximation():
+    plan, _ = tiling.plan_tiles(WAN21_TAIL, (32, 32), 2**40)
+    assert plan.exact
+    assert "APPROXIMATE" not in plan.describe() and plan.approximation_note() == ""
+    assert "exact halo" in plan.describe()
+
+
+def test_an_approximate_plan_says_so_and_names_the_exact_budget_in_whole_mb():
+    exact_budget = 181 * 2**20 + 1  # one byte over 181 MB: the report must round up, or 181 MB would fall short
+    text = _capped_plan(exact_budget_bytes=exact_budget).describe()
+    assert text.startswith("APPROXIMATE: ")
+    assert "halo capped at 2 latent px" in text and "tiles blended" in text and "differ from VAE Decode" in text
+    assert "the budget is too small for exact halos: exact needs a budget of at least 182 MB" in text
+    assert "overlap" not in text
+
+
+def test_an_approximate_plan_from_an_overlap_names_the_overlap():
+    text = _capped_plan(exact_budget_bytes=64 * 2**20, overlap_set=True).describe()
+    assert text.startswith("APPROXIMATE: ")
+    assert "the overlap setting caps the halo: exact needs overlap 0 and a budget of at least 64 MB" in text

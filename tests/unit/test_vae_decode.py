@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wanfit import decode, tiling
+from wanfit import decode, decode_budget, tiling
 from wanfit.decode import api as decode_api, cpu_convs, fused_layers, layout as decode_layout
 from wanfit.decode import core_protocol, plan as decode_plan, tiles as decode_tiles
 from wanfit.errors import InvalidInputError
@@ -1048,3 +1048,91 @@ def test_a_decoder_of_an_unknown_core_is_refused_with_the_fix(mini):
     message = str(refused.value)
     assert "ComfyUI unknown" in message and "0.3.64" in message and "0.33.0" in message, message
     assert "Fix:" in message and "VAE Decode" in message, message
+
+
+# ---------------------------------------------------------------- exact or approximate, and the budget that makes it exact
+
+def _wide_latent(module, kind):
+    """A 1x12x12 latent and its untiled decode: wide enough that capped-halo tilings fit below the smallest
+    exact one (the fixture's 6x7 latent has none: there the smallest plan is already exact); one frame keeps
+    the smallest exact tiling (up to 36 tiles) quick to decode."""
+    latent = torch.randn(1, 48 if kind == "wan2.2" else 16, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        return latent, module.decode(latent)
+
+
+def _smallest_exact_budget(module, shape):
+    """The smallest budget whose plan is exact, searched over the planner itself (exactness only grows with the budget)."""
+    low, high = 0, 2**40
+    while high - low > 1:
+        middle = (low + high) // 2
+        plan = decode.plan_decode(module, shape, middle)
+        low, high = (low, middle) if plan is not None and plan.exact else (middle, high)
+    return high
+
+
+def test_below_the_exact_budget_the_plan_says_approximate_and_names_that_budget(mini):
+    kind, module, _, _ = mini
+    latent, _ = _wide_latent(module, kind)
+    exact_budget = _smallest_exact_budget(module, latent.shape)
+    exact = decode.plan_decode(module, latent.shape, exact_budget)
+    approximate = decode.plan_decode(module, latent.shape, exact_budget - 1)
+    assert exact.exact and "APPROXIMATE" not in exact.describe() and exact.approximation_note() == ""
+    assert approximate is not None and not approximate.exact, f"{kind}: one byte less must still fit, capped"
+    assert approximate.exact_budget_bytes == exact_budget, "the plan must name the smallest exact budget"
+    text = approximate.describe()
+    assert text.startswith("APPROXIMATE: ") and f"halo capped at {approximate.halo_cap_latent_px} latent px" in text
+    assert f"exact needs a budget of at least {math.ceil(exact_budget / 2**20)} MB" in text, text
+
+
+def test_the_named_budget_decodes_exactly_and_one_byte_less_does_not(mini):
+    kind, module, _, _ = mini
+    latent, reference = _wide_latent(module, kind)
+    named = _smallest_exact_budget(module, latent.shape)
+    plans = []
+    approximate = decode.decode_latent(module, latent, named - 1, on_plan=plans.append)  # what the node reports
+    assert not plans[-1].exact and plans[-1].exact_budget_bytes == named and "APPROXIMATE" in plans[-1].describe()
+    exact = decode.decode_latent(module, latent, plans[-1].exact_budget_bytes, on_plan=plans.append)
+    assert plans[-1].exact and "APPROXIMATE" not in plans[-1].describe()
+    assert (exact - reference).abs().max().item() < 1e-5, f"{kind}: the named budget must decode as VAE Decode does"
+    assert (approximate - reference).abs().max().item() > 1e-3, f"{kind}: capped halos should show at the seams"
+
+
+def test_an_overlap_set_on_the_node_says_it_is_what_caps_the_halo(mini):
+    kind, module, _, _ = mini
+    latent, _ = _wide_latent(module, kind)
+    plan = decode.plan_decode(module, latent.shape, 2**40, overlap=1)
+    assert not plan.exact and plan.overlap_set
+    assert plan.exact_budget_bytes == _smallest_exact_budget(module, latent.shape)
+    assert "the overlap setting caps the halo: exact needs overlap 0 and a budget" in plan.describe()
+
+
+def _same_layout(read, static):
+    for field in ("kind", "cut", "cut_count", "z_dim", "stem_scale", "stem_temporal_factor", "temporal_factor",
+                  "stored_channels_per_frame", "spec"):
+        assert getattr(read, field) == getattr(static, field), field
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2])
+def test_static_layouts_are_what_the_decode_reads_off_the_vae(mini, cut):
+    """The offload plan sizes the decode from decode_budget's static layouts (no VAE loaded)."""
+    kind, module, _, _ = mini
+    small = decode_budget.WanVaeConfig(kind, dim=8, z_dim=48 if kind == "wan2.2" else 16)
+    _same_layout(decode_layout._Layout(module, None, cut), decode_budget.static_layout(small, cut))
+    with torch.device("meta"):  # the real architecture (ComfyUI's own modules: tests/host/test_param_counts.py)
+        real = MiniWanVAE(kind == "wan2.2", dim=decode_budget.WAN_VAE_CONFIGS[kind].dim)
+    _same_layout(decode_layout._Layout(real, None, cut), decode_budget.static_layout(kind, cut))
+
+
+def test_the_static_plan_names_the_same_exact_budget_as_the_module_plan(mini):
+    kind, _, _, _ = mini
+    with torch.device("meta"):
+        real = MiniWanVAE(kind == "wan2.2", dim=decode_budget.WAN_VAE_CONFIGS[kind].dim)
+    # 9 frames of 192x192 (Wan 2.2) / 128x128 (Wan 2.1), between the smallest plan and the smallest exact one
+    shape, budget = ((1, 48, 3, 12, 12), 160 * 2**20) if kind == "wan2.2" else ((1, 16, 3, 16, 16), 70 * 2**20)
+    from_module = decode.plan_decode(real, shape, budget)
+    outlook = decode_budget.decode_outlook(kind, shape, budget, 4, "cpu")
+    assert not from_module.exact and not outlook.exact
+    assert outlook.exact_budget_bytes == from_module.exact_budget_bytes
+    assert outlook.describe().startswith("APPROXIMATE")
+    assert f"at least {math.ceil(outlook.exact_budget_bytes / 2**20)} MB" in outlook.describe()

@@ -1,4 +1,4 @@
-"""Decode WAN VAE latents inside a memory budget, exactly, without splitting time.
+"""Decode WAN VAE latents inside a memory budget without splitting time: exactly when the budget allows.
 
 Why this shape: the WAN decoders (ComfyUI comfy/ldm/wan/vae.py, vae2_2.py) are causal over
 time: they decode one latent frame at a time and every temporal conv keeps the last two
@@ -24,7 +24,9 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
    video); an OOM retries that tile split in two, then on the CPU, keeping every finished tile.
 
 Memory then depends on the tile area, not on the frame count. The tile grid comes from
-wanfit.tiling with constants measured by bench/vae_decode_memory.py.
+wanfit.tiling with constants measured by bench/vae_decode_memory.py. When no tiling with exact halos
+fits the budget, the halo is capped and tiles are blended: approximate, and the plan says so with the
+budget that makes it exact (wanfit.decode_budget; bench/vae_decode_approx.py measures the error).
 
 Modules: layout (which layers, the stem cut, per-layer costs), fused_layers (the layers' fused
 replays and the scratch arena), cpu_convs (the CPU conv backend per call), tiles (stem and tile

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .cpu_convs import cpu_conv_backend
-from .plan import CPU_HEAP_MODES, _layouts, _plan, set_cpu_heap_mode
+from .plan import CPU_HEAP_MODES, _layouts, _plan, plan_decode, set_cpu_heap_mode, untiled_decode_bytes
 from .tiles import _Progress, _TileRunner, _empty_device_cache, _is_oom, _stem_all_frames
 
 log = logging.getLogger("wanfit")
@@ -43,7 +43,7 @@ def validate_latent(latent, latent_channels, field="samples"):
 
 def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_device="cpu", overlap=None,
                   progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None,
-                  on_plan=None, allow_untiled=True, stem_cuts=None):
+                  on_plan=None, allow_untiled=True, stem_cuts=None, protocol=None, grid=None):
     """Decode a WAN latent (B, C, T, h, w) with module (a WanVAE) within budget_bytes of working memory.
 
     Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device, values in [-1, 1]
@@ -64,8 +64,11 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     output_device = torch.device(output_device)
     batch, _, frames, h, w = latent.shape
 
-    plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
-                          allow_untiled)
+    if grid:
+        plan, minimum = _forced_grid(layouts[0], latent.shape, grid), None
+    else:
+        plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
+                              allow_untiled)
     layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
     if plan is None:
         raise InvalidInputError(
@@ -91,7 +94,7 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         _empty_device_cache(device)
         return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
                              None, oom_exceptions, activation_factor, on_plan, allow_untiled=False,
-                             stem_cuts=stem_cuts)
+                             stem_cuts=stem_cuts, protocol=protocol)
 
     tiles = plan.tile_count
     counter = _Progress(frames * (1 + tiles), progress)
@@ -115,6 +118,17 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     return output
 
 
+def _forced_grid(layout, latent_shape, grid):
+    """An exact plan of rows x cols tiles at stem depth 0, whatever the memory (for the self-check)."""
+    from .. import tiling
+
+    _, _, _, h, w = latent_shape
+    rows, cols = tiling.plan_for_cores(layout.spec, (h, w), tiling.split_evenly(h, min(grid[0], h)),
+                                       tiling.split_evenly(w, min(grid[1], w)))
+    return tiling.TilePlan(rows=rows, cols=cols, exact=True, halo_cap_latent_px=None, predicted_peak_bytes=0,
+                           tile_peak_bytes=0, fixed_bytes=0, relative_cost=1.0)
+
+
 def _decode_untiled(module, latent, device, dtype, output_device, progress):
     """The VAE's own decode (ComfyUI WanVAE.decode), as VAE.decode runs it."""
     if progress is not None:
@@ -126,20 +140,89 @@ def _decode_untiled(module, latent, device, dtype, output_device, progress):
     return out
 
 
+DECODE_MODES = ("auto", "on", "off")
+
+
 def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,
-                     oom_exceptions=(), activation_factor=None, on_plan=None, allow_untiled=True):
+                     oom_exceptions=(), activation_factor=None, on_plan=None, allow_untiled=True, mode="auto",
+                     on_note=None):
     """Drop-in for ComfyUI's VAE.decode on WAN VAEs: returns images (B, frames, H, W, 3) in [0, 1].
 
     vae is duck-typed: first_stage_model, latent_channels, device, vae_dtype, output_device,
     process_output (comfy.sd.VAE). The node reshapes to IMAGE (B*frames, H, W, 3) as VAEDecode does.
+    mode: auto = WanFit's tiles where they reproduce this core's own decode (self_check, once per
+    process), else the core's own decode (its tiled decode when the budget needs it); on = WanFit's
+    tiles or ReplayMismatchError; off = the core's own decode. on_note(text) hears which path ran and why.
     """
+    from . import self_check
+
+    if mode not in DECODE_MODES:
+        raise InvalidInputError("mode", mode, " / ".join(DECODE_MODES), "pick one of the listed modes")
     module = getattr(vae, "first_stage_model", None)
     if module is None or not hasattr(module, "decoder"):
         raise InvalidInputError("vae", type(module).__name__, "a Wan 2.1 or Wan 2.2 VAE",
                                 "load wan2.2_vae (TI2V-5B) or wan_2.1_vae (A14B) with a VAE loader")
-    validate_latent(samples, getattr(vae, "latent_channels", module.conv2.in_channels))
+    samples = validate_latent(samples, getattr(vae, "latent_channels", module.conv2.in_channels))
+    note = on_note or (lambda text: None)
+    if mode == "off":
+        note("mode off: ComfyUI's own VAE decode ran")
+        return decode_with_core(vae, module, samples, budget_bytes, progress)
+
+    plan = plan_decode(module, samples.shape, budget_bytes, dtype=vae.vae_dtype, device=vae.device,
+                       output_device=vae.output_device, overlap=overlap, activation_factor=activation_factor,
+                       allow_untiled=allow_untiled) if budget_bytes and budget_bytes > 0 else None
+    protocol = None
+    # the untiled path is the core's own WanVAE.decode, nothing replayed; no plan: decode_latent says why
+    if plan is not None and not plan.untiled:
+        check = check_against_core(vae)
+        if not check.passed:
+            if mode == "on":
+                raise self_check.ReplayMismatchError(
+                    f"WanFit VAE Decode (mode on): {check.describe()}. Fix: set the node's mode to auto (ComfyUI's "
+                    "own decode then runs, tiled by ComfyUI when the budget needs it) or off.")
+            note(f"{check.describe()}; ComfyUI's own VAE decode ran instead")
+            return decode_with_core(vae, module, samples, budget_bytes, progress)
+        protocol = check.protocol
+        note(check.describe())
     raw = decode_latent(module, samples, budget_bytes, device=vae.device, dtype=vae.vae_dtype,
                         output_device=vae.output_device, overlap=overlap, progress=progress,
                         free_models_for_decode=free_models_for_decode, oom_exceptions=oom_exceptions,
-                        activation_factor=activation_factor, on_plan=on_plan, allow_untiled=allow_untiled)
+                        activation_factor=activation_factor, on_plan=on_plan, allow_untiled=allow_untiled,
+                        protocol=protocol)
     return vae.process_output(raw).movedim(1, -1)
+
+
+def check_against_core(vae):
+    """The (cached) self_check.DecodeCheck of WanFit's tiles against this core's own decode of `vae`."""
+    from . import self_check
+
+    module = vae.first_stage_model
+
+    def tiled_at_check_grid(latent, candidate):
+        raw = decode_latent(module, latent, 1, device=vae.device, dtype=vae.vae_dtype,
+                            output_device=vae.output_device, protocol=candidate, grid=self_check.CHECK_GRID)
+        return vae.process_output(raw).movedim(1, -1)
+
+    return self_check.check_tiled_decode(vae, module, tiled_at_check_grid)
+
+
+def decode_with_core(vae, module, samples, budget_bytes, progress=None):
+    """The core's own decode: VAE.decode when the untiled decode fits the budget, else the core's
+    VAE.decode_tiled with square spatial tiles sized to it (its own temporal tiling and overlaps)."""
+    _, _, _, h, w = samples.shape
+    dtype_bytes = torch.empty((), dtype=vae.vae_dtype).element_size()
+    device_type = torch.device(vae.device).type
+    kind = "wan2.2" if module.conv2.in_channels == 48 else "wan2.1"
+    need = untiled_decode_bytes(kind, samples.shape, dtype_bytes, device_type)
+    if progress is not None:
+        progress(0, 1)
+    if budget_bytes is None or need <= budget_bytes:
+        images = vae.decode(samples)
+    else:
+        side = max(8, int(math.sqrt(budget_bytes / max(need / (h * w), 1))) // 8 * 8)
+        images = vae.decode_tiled(samples, tile_x=min(side, w), tile_y=min(side, h), overlap=min(8, side // 4))
+    if progress is not None:
+        progress(1, 1)
+    if images.ndim == 4:  # some cores return (B*frames, H, W, 3)
+        images = images.reshape(samples.shape[0], -1, *images.shape[-3:])
+    return images

@@ -14,7 +14,9 @@ streams one frame at a time through them, so it depends on two core internals th
   a layer must get the previous frame put back in front of its cache entry (call_layer does this).
   Wan 2.2's layers (vae2_2.py) kept the 0.3.64 caching; only their CausalConv3d changed.
 
-A decoder of any other structure is refused (UnsupportedCoreError) rather than replayed differently.
+Other releases are told apart by structure where it shows (candidate_protocols) and by the check
+against the core's own decode where it does not (wanfit.decode.self_check); a decoder no candidate
+reproduces is never replayed: the node runs the core's own decode instead, or refuses (mode on).
 """
 
 from dataclasses import dataclass
@@ -58,24 +60,48 @@ def running_core_version():
     return str(__version__)
 
 
-def protocol_of(module):
-    """The CoreProtocol that matches a WanVAE's decoder, judged by its structure; else UnsupportedCoreError."""
+def _structure(module):
     decoder = module.decoder
     convs = [m for m in (module, *decoder.modules()) if hasattr(m, "_padding") and isinstance(m, torch.nn.Conv3d)]
     paddings = {type(conv._padding) for conv in convs}
     wan21_run_up = hasattr(decoder, "run_up")  # 0.33.0's Wan 2.1 Decoder3d streams pairs after each time upsample
     wan22 = any(hasattr(layer, "avg_shortcut") for layer in decoder.upsamples)
-    if convs and paddings == {tuple} and all(len(c._padding) == 6 and tuple(c.padding) == (0, 0, 0) for c in convs) \
-            and not wan21_run_up:
-        return PROTOCOLS["0.3.64"]
-    if convs and paddings == {int} and all(c.padding[0] == 0 for c in convs) and wan21_run_up != wan22:
-        return PROTOCOLS["0.33.0 (Wan 2.2)" if wan22 else "0.33.0 (Wan 2.1)"]
+    return convs, paddings, wan21_run_up, wan22
+
+
+def candidate_protocols(module):
+    """The protocols a WanVAE's decoder may follow, most likely first; empty when none can fit its structure.
+
+    Structure gives the padding convention (CausalConv3d's `_padding` a 6-tuple: all padding before the
+    conv; an int: only time, the conv pads space). How a layer leaves its cache when fed one frame is
+    not visible in the structure (0.16-era Wan 2.1 decoders have int padding and no run_up), so both
+    caching conventions are candidates there; the check against the core's own decode
+    (wanfit.decode.self_check) picks the one that reproduces it.
+    """
+    convs, paddings, wan21_run_up, wan22 = _structure(module)
+    if not convs:
+        return []
+    if paddings == {tuple} and all(len(c._padding) == 6 and tuple(c.padding) == (0, 0, 0) for c in convs):
+        return [PROTOCOLS["0.3.64"]]
+    if paddings == {int} and all(c.padding[0] == 0 for c in convs):
+        keeps = PROTOCOLS["0.33.0 (Wan 2.2)"]
+        restores = PROTOCOLS["0.33.0 (Wan 2.1)"]
+        return [restores, keeps] if wan21_run_up and not wan22 else [keeps, restores]
+    return []
+
+
+def protocol_of(module):
+    """The most likely CoreProtocol for a WanVAE's decoder; UnsupportedCoreError when none fits its structure."""
+    candidates = candidate_protocols(module)
+    if candidates:
+        return candidates[0]
+    _, paddings, wan21_run_up, _ = _structure(module)
     raise UnsupportedCoreError(
         f"WanFit VAE Decode does not know the WAN VAE decoder of ComfyUI {running_core_version()}: its causal "
         f"convs pad as {sorted(p.__name__ for p in paddings) or 'nothing'}"
-        f"{', with Decoder3d.run_up' if wan21_run_up else ''}; known cores: {', '.join(SUPPORTED_CORES)}. "
-        "Fix: use ComfyUI's VAE Decode (or VAE Decode (Tiled)) node on this core, or run a supported core; "
-        "report the core version to ComfyUI-WanFit so its decoder can be added.")
+        f"{', with Decoder3d.run_up' if wan21_run_up else ''}; known conventions: those of ComfyUI "
+        f"{', '.join(SUPPORTED_CORES)}. Fix: set the node's mode to auto (ComfyUI's own decode then runs) or use "
+        "ComfyUI's VAE Decode (Tiled) node on this core; report the core version to ComfyUI-WanFit.")
 
 
 def padding_in_buffer(conv):

@@ -10,6 +10,7 @@ import math
 import torch.nn as nn
 
 from .. import tiling
+from ..decode_budget import StemStorage
 from ..errors import WanFitError
 from .core_protocol import protocol_of
 
@@ -66,7 +67,7 @@ def _upsample_fusable(layer):
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-class _Layout:
+class _Layout(StemStorage):
     """The decoder's tail as executable steps, with the matching tiling.LayerSpec list.
 
     cut: the upsample the tiles start at (0 = the first). Everything before it runs whole-frame
@@ -74,10 +75,11 @@ class _Layout:
     the tiles the halo recomputation of the stem's layers (wanfit.tiling plans with both).
     """
 
-    def __init__(self, module, activation_factor=None, cut=0):
+    def __init__(self, module, activation_factor=None, cut=0, protocol=None):
         decoder = module.decoder
         self.module = module
-        self.protocol = protocol_of(module)  # the running core's padding and cache conventions
+        # the running core's padding and cache conventions (the self-check may pick another candidate)
+        self.protocol = protocol or protocol_of(module)
         self.kind = _vae_kind(module)
         self.patch = _patch_size(module)
         self.z_dim = module.conv2.in_channels
@@ -222,15 +224,6 @@ class _Layout:
             stem_elems_per_latent_px=stem_cache + activation_factor * c0, stem_act_elems_per_latent_px=c0,
             temporal_factor=self.temporal_factor, stem_layers=stem_layers, stem_convs=latent_convs)
         self.cache_len = sum(1 for m in decoder.modules() if isinstance(m, nn.Conv3d))
-
-    def frames_out(self, latent_frames):
-        return 1 + self.temporal_factor * (latent_frames - 1)
-
-    def stored_bytes(self, latent_shape, dtype_bytes):
-        """The stem's output kept for every frame until the last tile is done."""
-        batch, _, frames, h, w = latent_shape
-        stem_frames = 1 + self.stem_temporal_factor * (frames - 1)
-        return batch * stem_frames * self.stored_channels_per_frame * h * w * self.stem_scale ** 2 * dtype_bytes
 
 
 def decoder_spec(module, activation_factor=None):

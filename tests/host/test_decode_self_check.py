@@ -1,0 +1,124 @@
+"""The tiled decode's check against this core's own VAE decode, in-process on the Wan 2.1 fixture VAE.
+
+A release that changed its decoder is played by patching the core's WanVAE.decode (its output moves by
+0.01): WanFit's tiles then no longer reproduce it, and the node must run the core's own decode (mode
+auto) or refuse (mode on), saying which core, which check and how far apart.
+"""
+
+import pytest
+import torch
+
+from tests.comfy_import import import_comfy
+
+LATENT = (1, 16, 2, 6, 6)
+BUDGET = 50 * 2**20  # 2x2 exact tiles for this latent (a tiled plan, so the check runs)
+
+
+@pytest.fixture(scope="module")
+def vae(comfyui, fixtures):
+    import_comfy(comfyui)
+    import comfy.sd
+    import comfy.utils
+
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(fixtures["vae"]["wanfit_random_wan_2.1_vae.safetensors"])))
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    from wanfit.decode import self_check
+
+    monkeypatch.setattr(self_check, "_CHECKS", {})
+    return self_check
+
+
+def latent():
+    return torch.randn(*LATENT, generator=torch.Generator().manual_seed(5)) * 0.5
+
+
+def changed_core_decoder(monkeypatch, vae):
+    module_class = type(vae.first_stage_model)
+    original = module_class.decode
+
+    def decode(self, z, *args, **kwargs):
+        return original(self, z, *args, **kwargs) + 0.02
+
+    monkeypatch.setattr(module_class, "decode", decode)
+
+
+def test_the_check_passes_on_this_core_and_the_tiles_run(vae, fresh_checks):
+    from wanfit.decode import decode_comfy_vae
+
+    notes, plans = [], []
+    with torch.inference_mode():
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="on", on_note=notes.append, on_plan=plans.append)
+        core = vae.decode(latent())
+    assert plans and plans[-1].tile_count == 4 and plans[-1].exact, plans
+    assert (images.reshape(core.shape) - core).abs().max().item() < 1e-3
+    (check,) = fresh_checks.cached_checks().values()
+    assert check.passed and check.max_difference < 1e-3 and notes == [check.describe()], notes
+
+
+def test_a_decoder_the_tiles_do_not_reproduce_runs_the_cores_decode_in_auto(vae, fresh_checks, monkeypatch):
+    from wanfit.decode import decode_comfy_vae
+
+    changed_core_decoder(monkeypatch, vae)
+    notes, plans = [], []
+    with torch.inference_mode():
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append, on_plan=plans.append)
+        core = vae.decode(latent())
+    assert not plans, "WanFit's tiles ran although the check failed"
+    assert torch.equal(images.reshape(core.shape), core), "mode auto after a failed check must be the core's decode"
+    (note,) = notes
+    assert "tiled decode check against the core's own VAE decode failed (ComfyUI" in note, note
+    assert "vae.WanVAE, float32 on cpu" in note and "> 0.001" in note and "ComfyUI's own VAE decode ran" in note, note
+
+
+def test_a_decoder_the_tiles_do_not_reproduce_is_refused_in_mode_on(vae, fresh_checks, monkeypatch):
+    from wanfit.decode import decode_comfy_vae
+
+    changed_core_decoder(monkeypatch, vae)
+    with torch.inference_mode(), pytest.raises(fresh_checks.ReplayMismatchError,
+                                               match=r"mode on.*failed \(ComfyUI [0-9.]+.*max difference 0\.0[0-9]+ > "
+                                                     r"0\.001.*mode to auto"):
+        decode_comfy_vae(vae, latent(), BUDGET, mode="on")
+
+
+def test_a_check_that_itself_raises_falls_back_and_says_so(vae, fresh_checks, monkeypatch):
+    from wanfit.decode import decode_comfy_vae
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(fresh_checks, "_compare", out_of_memory)
+    notes = []
+    with torch.inference_mode():
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+        core = vae.decode(latent())
+    assert torch.equal(images.reshape(core.shape), core)
+    assert "the check itself raised RuntimeError: CUDA out of memory" in notes[0], notes
+
+
+def test_a_decoder_structure_no_replay_knows_falls_back(vae, fresh_checks, monkeypatch):
+    from wanfit.decode import decode_comfy_vae
+
+    monkeypatch.setattr(fresh_checks, "candidate_protocols", lambda module: [])
+    notes = []
+    with torch.inference_mode():
+        decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+    assert "matches no padding convention WanFit knows" in notes[0], notes
+
+
+def test_the_node_offers_the_modes_the_decode_knows(object_info):
+    from wanfit.decode.api import DECODE_MODES
+
+    mode = object_info["WanFitVAEDecode"]["input"]["optional"]["mode"]
+    assert mode[0] == list(DECODE_MODES) and mode[1]["default"] == "auto" and "on:" in mode[1]["tooltip"], mode
+
+
+def test_mode_off_is_the_cores_decode(vae):
+    from wanfit.decode import decode_comfy_vae
+
+    with torch.inference_mode():
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="off")
+        core = vae.decode(latent())
+    assert torch.equal(images.reshape(core.shape), core)
