@@ -127,20 +127,27 @@ def test_argument_is_a_version_or_a_path(tmp_path):
     assert core_from_argument(str(root)).source == f"checkout {root.resolve()}"
 
 
+def fake_running_comfy(monkeypatch, parser, dynamic_vram, version, aimdo, cli_args_file=None):
+    """The comfy modules running_core() reads in a ComfyUI process, as stand-ins in sys.modules."""
+    cli_args = ModuleType("comfy.cli_args")
+    if cli_args_file is not None:
+        cli_args.__file__ = str(cli_args_file)
+    cli_args.parser, cli_args.enables_dynamic_vram = parser, lambda: dynamic_vram
+    comfy = ModuleType("comfy")
+    comfy.cli_args = cli_args
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
+    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__=version))
+    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=aimdo))
+
+
 def test_running_core_reads_the_live_parser_and_aimdo_state(monkeypatch):
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--reserve-vram", type=float)
     parser.add_argument("--disable-dynamic-vram", action="store_true")
-    comfy = ModuleType("comfy")
-    cli_args = ModuleType("comfy.cli_args")
-    cli_args.parser, cli_args.enables_dynamic_vram = parser, lambda: True
-    comfy.cli_args = cli_args
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
-    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__="0.33.0"))
-    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=True))
+    fake_running_comfy(monkeypatch, parser, dynamic_vram=True, version="0.33.0", aimdo=True)
     core = cores.running_core()
     assert core.version == (0, 33, 0) and core.dynamic_vram and core.dynamic_vram_active
     assert core.flags == {"--reserve-vram", "--disable-dynamic-vram"}
@@ -255,14 +262,7 @@ def test_running_core_reads_its_own_checkout_for_the_static_facts(monkeypatch, t
 
     root = fake_checkout(tmp_path / "running", "0.12.3", OPT_IN_CLI_ARGS, PATCHER_WITH_DYNAMIC)
     (root / "main.py").write_text(MAIN_WITH_CACHE.format(default="CLASSIC"))
-    cli_args = ModuleType("comfy.cli_args")
-    cli_args.__file__ = str(root / "comfy" / "cli_args.py")
-    cli_args.parser, cli_args.enables_dynamic_vram = argparse.ArgumentParser(), lambda: False
-    comfy = ModuleType("comfy")
-    comfy.cli_args = cli_args
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
-    monkeypatch.setitem(sys.modules, "comfyui_version", SimpleNamespace(__version__="0.12.3"))
-    monkeypatch.setitem(sys.modules, "comfy.memory_management", SimpleNamespace(aimdo_enabled=False))
+    fake_running_comfy(monkeypatch, argparse.ArgumentParser(), dynamic_vram=False, version="0.12.3", aimdo=False,
+                       cli_args_file=root / "comfy" / "cli_args.py")
     core = cores.running_core()
     assert not core.dynamic_vram and not core.ram_cache_default_on
