@@ -101,11 +101,18 @@ def test_a_check_that_itself_raises_falls_back_and_says_so(vae, fresh_checks, mo
 def test_a_decoder_structure_no_replay_knows_falls_back(vae, fresh_checks, monkeypatch):
     from wanfit.decode import decode_comfy_vae
 
-    monkeypatch.setattr(fresh_checks, "candidate_protocols", lambda module: [])
+    from wanfit.decode import core_protocol
+
+    for where in (fresh_checks, core_protocol):  # the check's candidates and the layouts' own
+        monkeypatch.setattr(where, "candidate_protocols", lambda module: [])
     notes = []
     with torch.inference_mode():
-        decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+        core = vae.decode(latent())
+    assert torch.equal(images.reshape(core.shape), core)
     assert "matches no padding convention WanFit knows" in notes[0], notes
+    with torch.inference_mode(), pytest.raises(fresh_checks.ReplayMismatchError, match="no padding convention"):
+        decode_comfy_vae(vae, latent(), BUDGET, mode="on")
 
 
 def test_the_node_offers_the_modes_the_decode_knows(object_info):

@@ -7,6 +7,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .cpu_convs import cpu_conv_backend
+from .layout import require_protocol
 from .plan import CPU_HEAP_MODES, _layouts, _plan, plan_decode, set_cpu_heap_mode, untiled_decode_bytes
 from .tiles import _Progress, _TileRunner, _empty_device_cache, _is_oom, _stem_all_frames
 
@@ -70,6 +71,8 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
                               allow_untiled)
     layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
+    if plan is not None and not plan.untiled:
+        require_protocol(layout)  # a decoder no known convention fits is never replayed
     if plan is None:
         raise InvalidInputError(
             "budget", f"{budget_bytes / 2**20:.0f} MB",

@@ -12,7 +12,7 @@ import torch.nn as nn
 from .. import tiling
 from ..decode_budget import StemStorage
 from ..errors import WanFitError
-from .core_protocol import protocol_of
+from .core_protocol import candidate_protocols, protocol_of
 
 
 def _vae_kind(module):
@@ -67,6 +67,11 @@ def _upsample_fusable(layer):
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
+def require_protocol(layout):
+    """The layout's protocol, or core_protocol's UnsupportedCoreError naming the decoder it does not know."""
+    return layout.protocol or protocol_of(layout.module)
+
+
 class _Layout(StemStorage):
     """The decoder's tail as executable steps, with the matching tiling.LayerSpec list.
 
@@ -78,8 +83,10 @@ class _Layout(StemStorage):
     def __init__(self, module, activation_factor=None, cut=0, protocol=None):
         decoder = module.decoder
         self.module = module
-        # the running core's padding and cache conventions (the self-check may pick another candidate)
-        self.protocol = protocol or protocol_of(module)
+        # the running core's padding and cache conventions (the self-check may pick another candidate);
+        # None where no known convention fits: planning needs none, replaying refuses (require_protocol)
+        candidates = candidate_protocols(module) if protocol is None else [protocol]
+        self.protocol = candidates[0] if candidates else None
         self.kind = _vae_kind(module)
         self.patch = _patch_size(module)
         self.z_dim = module.conv2.in_channels
