@@ -75,7 +75,7 @@ def lean(model_ref):
 def output_nodes(workflow, samples_ref, vae_ref, fps, name):
     workflow["50"] = node("SaveLatent", samples=samples_ref, filename_prefix=f"latents/wanfit_{name}")
     workflow["60"] = node("WanFitVAEDecode", samples=samples_ref, vae=vae_ref, budget_mb=0, overlap=0,
-                          plan=["10", 0])
+                          plan=["10", 0], mode="auto")
     workflow["70"] = node("CreateVideo", images=["60", 0], fps=fps)
     workflow["71"] = node("SaveVideo", video=["70", 0], filename_prefix=f"video/wanfit_{name}", format="auto",
                           codec="auto")
@@ -197,7 +197,7 @@ def decode_saved_latent(name):
     w = {
         "10": node("WanFitLoadSavedLatent", latent="latents/wanfit_ti2v_5b_t2v_00001_.latent"),
         "13": node("WanFitLoadVAE", vae_name=FILES["ti2v_5b"]["vae"]),
-        "60": node("WanFitVAEDecode", samples=["10", 0], vae=["13", 0], budget_mb=0, overlap=0),
+        "60": node("WanFitVAEDecode", samples=["10", 0], vae=["13", 0], budget_mb=0, overlap=0, mode="auto"),
         "70": node("CreateVideo", images=["60", 0], fps=24),
         "71": node("SaveVideo", video=["70", 0], filename_prefix=f"video/wanfit_{name}", format="auto",
                    codec="auto"),
