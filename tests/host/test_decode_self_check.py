@@ -35,6 +35,17 @@ def latent():
     return torch.randn(*LATENT, generator=torch.Generator().manual_seed(5)) * 0.5
 
 
+def decode_in_auto(vae):
+    """(WanFit VAE Decode's images in mode auto, the core's own decode, the notes on which path ran)."""
+    from wanfit.decode import decode_comfy_vae
+
+    notes = []
+    with torch.inference_mode():
+        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+        core = vae.decode(latent())
+    return images.reshape(core.shape), core, notes
+
+
 def changed_core_decoder(monkeypatch, vae):
     module_class = type(vae.first_stage_model)
     original = module_class.decode
@@ -84,32 +95,22 @@ def test_a_decoder_the_tiles_do_not_reproduce_is_refused_in_mode_on(vae, fresh_c
 
 
 def test_a_check_that_itself_raises_falls_back_and_says_so(vae, fresh_checks, monkeypatch):
-    from wanfit.decode import decode_comfy_vae
-
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(fresh_checks, "_compare", out_of_memory)
-    notes = []
-    with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
-        core = vae.decode(latent())
-    assert torch.equal(images.reshape(core.shape), core)
+    images, core, notes = decode_in_auto(vae)
+    assert torch.equal(images, core)
     assert "the check itself raised RuntimeError: CUDA out of memory" in notes[0], notes
 
 
 def test_a_decoder_structure_no_replay_knows_falls_back(vae, fresh_checks, monkeypatch):
-    from wanfit.decode import decode_comfy_vae
-
-    from wanfit.decode import core_protocol
+    from wanfit.decode import core_protocol, decode_comfy_vae
 
     for where in (fresh_checks, core_protocol):  # the check's candidates and the layouts' own
         monkeypatch.setattr(where, "candidate_protocols", lambda module: [])
-    notes = []
-    with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
-        core = vae.decode(latent())
-    assert torch.equal(images.reshape(core.shape), core)
+    images, core, notes = decode_in_auto(vae)
+    assert torch.equal(images, core)
     assert "matches no padding convention WanFit knows" in notes[0], notes
     with torch.inference_mode(), pytest.raises(fresh_checks.ReplayMismatchError, match="no padding convention"):
         decode_comfy_vae(vae, latent(), BUDGET, mode="on")
