@@ -50,6 +50,7 @@ from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from wanfit import memory  # noqa: E402
+from wanfit.core import core_from_checkout  # noqa: E402
 
 GIB = 2**30
 TEXT_TOKENS = 512  # ComfyUI pads the umT5 context to 512 tokens
@@ -102,10 +103,8 @@ def import_core(core_path):
 
 
 def core_version(core_path):
-    namespace = {}
-    with open(os.path.join(core_path, "comfyui_version.py")) as handle:
-        exec(handle.read(), namespace)
-    return namespace["__version__"]
+    """Read from the checkout's files (never executed), as the planner reads a core."""
+    return core_from_checkout(core_path).version_text
 
 
 def version_tuple(text):
