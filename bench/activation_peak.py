@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from wanfit import memory  # noqa: E402
+from wanfit.plan import footprint as memory  # noqa: E402
 from wanfit.core import core_from_checkout  # noqa: E402
 
 GIB = 2**30

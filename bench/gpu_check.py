@@ -339,10 +339,10 @@ def _free_memory():
 
 
 def wan_config(variant, tiny):
-    """The transformer's shape: the real one (wanfit.memory), or the fixtures' dim-128 one for --cpu-tiny."""
+    """The transformer's shape: the real one (wanfit.plan.footprint), or the fixtures' dim-128 one for --cpu-tiny."""
     from types import SimpleNamespace
     from tests.fixtures import generate
-    from wanfit import memory
+    from wanfit.plan import footprint as memory
 
     real = {"ti2v_5b": memory.TI2V_5B, "t2v_a14b": memory.T2V_A14B_EXPERT}[variant]
     if not tiny:

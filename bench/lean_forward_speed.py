@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 import torch  # noqa: E402
 
 from activation_peak import build_model, core_version, import_core, version_tuple  # noqa: E402
-from wanfit import memory  # noqa: E402
+from wanfit.plan import footprint as memory  # noqa: E402
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from activation_peak import build_model, core_version, import_core  # noqa: E402
 # before the core goes on sys.path: ComfyUI has a `tests` package of its own
 from tests.fixtures.generate import ensure_fixtures  # noqa: E402
-from wanfit import memory  # noqa: E402
+from wanfit.plan import footprint as memory  # noqa: E402
 
 RUN_TOKENS = 32_760  # A14B 832x480x81: 21 latent frames x 30 x 52 tokens
 RUN_BLOCKS = 40

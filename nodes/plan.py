@@ -83,8 +83,7 @@ class WanFitOffloadPlan:
         import comfy.cli_args
         import comfy.model_management
 
-        from ..wanfit.plan_options import plan_from_options
-        from ..wanfit.runtime import apply_runtime_settings
+        from ..wanfit.plan import apply_runtime_settings, plan_from_options
 
         core = running_core()
         result = plan_from_options(probe_for_plan, model_variant, width, height, frames, batch, cfg, mode,

@@ -13,8 +13,7 @@ def register_routes(routes, web, probe_device, probe_core=None):
     def plan_answer(query):
         """(HTTP status, body) of a plan for these query parameters."""
         from ..wanfit.errors import InvalidInputError, WanFitError
-        from ..wanfit.plan import PlanDoesNotFitError
-        from ..wanfit.plan_options import plan_from_query
+        from ..wanfit.plan import PlanDoesNotFitError, plan_from_query
 
         try:
             core = probe_core() if probe_core is not None else None

@@ -54,8 +54,6 @@ KNOWN_CORES = {
     (0, 33, 0): (_FLAGS_0_33_0, True, True),
 }
 
-# Flags that turn dynamic VRAM off where it exists (comfy/cli_args.py, enables_dynamic_vram()).
-DYNAMIC_VRAM_OFF_FLAGS = ("--novram", "--highvram", "--gpu-only", "--cpu", "--disable-dynamic-vram")
 DYNAMIC_VRAM_MIN_TORCH = (2, 8)  # main.py falls back to the classic ModelPatcher below it
 
 

@@ -31,7 +31,7 @@ import math
 import torch
 
 from .errors import InvalidInputError, WanFitError
-from .memory import LEAN_AUTO_CHUNKS, LEAN_AUTO_MIN_CHUNK_TOKENS, lean_auto_chunk_tokens
+from .plan.footprint import LEAN_AUTO_CHUNKS, LEAN_AUTO_MIN_CHUNK_TOKENS, lean_auto_chunk_tokens
 
 log = logging.getLogger("wanfit")
 
@@ -120,7 +120,7 @@ def replay_for_running_core(core_version=None):
 
 
 def auto_chunk_tokens(tokens):
-    """1/LEAN_AUTO_CHUNKS of the sequence, at least LEAN_AUTO_MIN_CHUNK_TOKENS (wanfit.memory)."""
+    """1/LEAN_AUTO_CHUNKS of the sequence, at least LEAN_AUTO_MIN_CHUNK_TOKENS (wanfit.plan.footprint)."""
     return lean_auto_chunk_tokens(tokens)
 
 
@@ -673,7 +673,7 @@ def lean_report(model_patcher):
 
 
 def stock_block_units(diffusion_model, core_version):
-    from . import memory
+    from .plan import footprint as memory
 
     config = memory.WanTransformerConfig("model", dim=diffusion_model.dim, ffn_dim=diffusion_model.ffn_dim,
                                          num_layers=len(diffusion_model.blocks), num_heads=diffusion_model.num_heads,

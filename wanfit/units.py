@@ -8,10 +8,6 @@ def gib(num_bytes):
     return num_bytes / BYTES_PER_GIB
 
 
-def mib(num_bytes):
-    return num_bytes / BYTES_PER_MIB
-
-
 def gib_to_bytes(gigabytes):
     return int(round(gigabytes * BYTES_PER_GIB))
 

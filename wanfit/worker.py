@@ -347,8 +347,7 @@ def worker_device(gpu_tier):
 def launch_plan(variants, device, core, plan_size=None):
     """The plan whose flags the worker launches with: of the named workflows' models, the one with the
     highest predicted RAM, then VRAM peak (flags are per process, so the most demanding model decides)."""
-    from .plan import PlanDoesNotFitError
-    from .plan_options import plan_from_options
+    from .plan import PlanDoesNotFitError, plan_from_options
 
     width, height, frames = plan_size or (None, None, None)
     plans = []

@@ -6,6 +6,7 @@ import torch
 
 from tests.comfy_import import import_comfy
 from wanfit import memory
+from wanfit.plan import footprint
 
 
 def count(module):
@@ -21,17 +22,17 @@ def test_formula_matches_comfyui_modules_on_meta_device(comfyui):
     import comfy.text_encoders.t5 as t5
 
     with torch.device("meta"):
-        for config in (memory.TI2V_5B, memory.T2V_A14B_EXPERT, memory.I2V_A14B_EXPERT):
+        for config in (footprint.TI2V_5B, footprint.T2V_A14B_EXPERT, footprint.I2V_A14B_EXPERT):
             model = wan_model.WanModel(model_type="t2v", in_dim=config.in_dim, dim=config.dim, ffn_dim=config.ffn_dim,
                                        out_dim=config.out_dim, num_heads=config.num_heads, num_layers=config.num_layers,
                                        device="meta", operations=comfy.ops.disable_weight_init)
-            assert count(model) == memory.transformer_param_count(config), config.name
+            assert count(model) == footprint.transformer_param_count(config), config.name
         common = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True])
         assert count(vae22.WanVAE(dim=160, z_dim=48, **common)) == memory.VAE_PARAM_COUNTS["wan2.2"]
         assert count(vae21.WanVAE(dim=96, z_dim=16, **common)) == memory.VAE_PARAM_COUNTS["wan2.1"]
         umt5_config = json.loads((comfyui / "comfy/text_encoders/umt5_config_xxl.json").read_text())
         umt5 = t5.T5(umt5_config, dtype=None, device="meta", operations=comfy.ops.disable_weight_init)
-        assert count(umt5) == memory.t5_encoder_param_count()
+        assert count(umt5) == footprint.t5_encoder_param_count()
 
 
 def test_static_decoder_layouts_match_comfyuis_vae_modules(comfyui):

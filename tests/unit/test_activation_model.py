@@ -10,7 +10,7 @@ sit a little above each simulated peak, never below.
 from hypothesis import given, strategies as st
 import pytest
 
-from wanfit import memory
+from wanfit.plan import footprint as memory
 
 JOBS = {
     "5B 1280x704x121": (memory.TI2V_5B, 1280, 704, 121),

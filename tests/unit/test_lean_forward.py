@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wanfit import memory
+from wanfit.plan import footprint as memory
 from wanfit.errors import InvalidInputError
 from wanfit.lean_forward import _rows, resolve_chunk_tokens, tolerance_for, validate_chunk_setting
 

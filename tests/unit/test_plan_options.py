@@ -7,9 +7,7 @@ import pytest
 
 from wanfit.core import core_from_version
 from wanfit.errors import InvalidInputError
-from wanfit.plan import cpu_device, device_for_gpu
-from wanfit.plan_options import plan_from_options, plan_from_query
-from wanfit.runtime import apply_runtime_settings
+from wanfit.plan import apply_runtime_settings, cpu_device, device_for_gpu, plan_from_options, plan_from_query
 from wanfit.units import gib_to_bytes
 
 

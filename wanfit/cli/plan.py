@@ -16,8 +16,7 @@ import sys
 
 from .. import core as cores
 from ..errors import InvalidInputError, WanFitError
-from ..plan import GPU_TIERS, MODEL_VARIANTS, device_for_tier
-from ..plan_options import plan_from_options
+from ..plan import GPU_TIERS, MODEL_VARIANTS, device_for_tier, plan_from_options
 from ..units import gib_to_bytes
 
 log = logging.getLogger("wanfit")

@@ -7,7 +7,7 @@ plain objects.
 
 import logging
 
-from .units import BYTES_PER_GIB, format_gib
+from ..units import BYTES_PER_GIB, format_gib
 
 log = logging.getLogger("wanfit")
 

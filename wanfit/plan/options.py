@@ -6,14 +6,12 @@ same plan and the same error texts wherever they come from.
 
 import math
 
-from .choices import PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
-from .errors import InvalidInputError
-from .plan import GPU_TIERS, MODEL_VARIANTS, Job, Overrides, device_for_tier, plan
-from .units import gib_to_bytes
-
-WEIGHT_DTYPE_CHOICES = PLAN_WEIGHT_DTYPES
-TEXT_ENCODER_DEVICE_CHOICES = PLAN_TEXT_ENCODER_DEVICES
-MODE_CHOICES = PLAN_MODES
+from ..choices import PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, PLAN_WEIGHT_DTYPES
+from ..errors import InvalidInputError
+from ..units import gib_to_bytes
+from .catalogue import GPU_TIERS, MODEL_VARIANTS, device_for_tier
+from .planner import plan
+from .types import Job, Overrides
 
 # Official sizes (Wan2.2 configs): TI2V-5B 1280x704x121; A14B 1280x720x81.
 DEFAULT_JOB = {"ti2v_5b": (1280, 704, 121), "t2v_a14b": (1280, 720, 81), "i2v_a14b": (1280, 720, 81)}
@@ -28,11 +26,11 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
     """
     if model_variant not in MODEL_VARIANTS:
         raise InvalidInputError("model_variant", model_variant, "one of " + ", ".join(MODEL_VARIANTS))
-    if mode not in MODE_CHOICES:
+    if mode not in PLAN_MODES:
         raise InvalidInputError("mode", mode, "auto or a GPU tier: " + ", ".join(GPU_TIERS))
-    if weight_dtype not in WEIGHT_DTYPE_CHOICES:
-        raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(WEIGHT_DTYPE_CHOICES))
-    if text_encoder_device not in TEXT_ENCODER_DEVICE_CHOICES:
+    if weight_dtype not in PLAN_WEIGHT_DTYPES:
+        raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(PLAN_WEIGHT_DTYPES))
+    if text_encoder_device not in PLAN_TEXT_ENCODER_DEVICES:
         raise InvalidInputError("text_encoder_device", text_encoder_device, "auto, cpu or gpu")
     _check_reserve_vram_gb(reserve_vram_gb)
     default_width, default_height, default_frames = DEFAULT_JOB[model_variant]
