@@ -3,6 +3,9 @@
 from dataclasses import replace as replace_field
 import json
 import math
+from pathlib import Path
+import subprocess
+import sys
 
 from hypothesis import given, settings, strategies as st
 import pytest
@@ -264,6 +267,14 @@ def test_gpu_reporting_zero_vram_is_refused():
     broken = DeviceInfo(kind="cuda", name="ghost", total_vram_bytes=0, free_vram_bytes=0, total_ram_bytes=64 * GIB)
     with pytest.raises(InvalidInputError, match="total_vram_bytes"):
         plan(broken, "ti2v_5b", Job(1280, 704, 121))
+
+
+def test_the_planner_imports_without_torch():
+    """Start scripts run `python -m wanfit plan --print-args` before ComfyUI starts; it must stay arithmetic."""
+    probe = "import sys, wanfit.plan; print(sorted(name for name in ('torch', 'numpy') if name in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_all_errors_are_wanfit_errors():
