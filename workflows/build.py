@@ -311,7 +311,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     args = parser.parse_args()
-    from wanfit.client import ComfyClient
+    from wanfit.remote.client import ComfyClient
 
     build(ComfyClient(args.server).object_info())
     print("wrote workflows/api, workflows/ui, example_workflows")

@@ -26,7 +26,7 @@ from tests.host import graphs
 from tests.host.server import PACKAGE_LINK_NAME, REPO_ROOT, free_port, stop_process
 from tests.host.video import probe_video
 from tests.model_files import write_safetensors
-from wanfit.client import ComfyClient
+from wanfit.remote.client import ComfyClient
 from wanfit.models import load_manifest
 from wanfit.plan import GPU_TIERS
 from wanfit.workflows import load_api_workflow, substitute_files

@@ -15,8 +15,8 @@ import pytest
 import wanfit.cli.run as cli_run
 from wanfit.__main__ import COMMANDS
 from wanfit.cli.run import main
-from wanfit.client import ComfyClient, encode_multipart, unused_path
-from wanfit.transfer import write_atomically
+from wanfit.remote.client import ComfyClient, encode_multipart
+from wanfit.remote.transfer import unused_path, write_atomically
 from wanfit.workflows import fill_workflow
 
 FAKE_MP4 = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8
@@ -529,7 +529,7 @@ def test_node_error_reaches_the_user_with_exit_1(workflows, fake_comfy, tmp_path
 def test_tty_progress_is_one_updating_line():
     import io
 
-    from wanfit.progress import ProgressPrinter
+    from wanfit.remote.progress import ProgressPrinter
 
     stream = io.StringIO()
     printer = ProgressPrinter({"7": {"class_type": "KSampler", "inputs": {}}}, stream=stream, tty=True)
@@ -546,7 +546,7 @@ def test_tty_progress_is_one_updating_line():
 def test_a_log_gets_waiting_lines_rarely_a_terminal_gets_them_all():
     import io
 
-    from wanfit.progress import ProgressPrinter
+    from wanfit.remote.progress import ProgressPrinter
 
     log, terminal = io.StringIO(), io.StringIO()
     for stream, tty in ((log, False), (terminal, True)):
@@ -564,7 +564,7 @@ def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_co
     def interrupted(self, deadline, timeout_s):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("wanfit.progress.PromptRun._wait_for_history", interrupted)
+    monkeypatch.setattr("wanfit.remote.progress.PromptRun._wait_for_history", interrupted)
     code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
                              "--out", str(tmp_path / "out"))
     assert code == 130 and out == ""
@@ -574,10 +574,10 @@ def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_co
 
 
 def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
-    import wanfit.transfer
+    import wanfit.remote.transfer
 
     server = fake_comfy()
-    real_iter_body = wanfit.transfer.iter_body
+    real_iter_body = wanfit.remote.transfer.iter_body
 
     def interrupted_body(response, *args, **kwargs):
         body = real_iter_body(response, *args, **kwargs)
@@ -587,7 +587,7 @@ def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path
         yield next(body)  # some bytes of the video reach the partial file, then Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(wanfit.transfer, "iter_body", interrupted_body)
+    monkeypatch.setattr(wanfit.remote.transfer, "iter_body", interrupted_body)
     out_dir = tmp_path / "out"
     code, out, _ = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
                            "--out", str(out_dir))
@@ -613,9 +613,9 @@ def run_hostile(capsys, server, out_dir, *extra):
     ("huge", "it announced 1000000000000 bytes, more than the 1048576-byte limit"),
 ])
 def test_view_is_streamed_within_a_size_cap(workflows, fake_comfy, tmp_path, capsys, monkeypatch, how, phrase):
-    import wanfit.client
+    import wanfit.remote.client
 
-    monkeypatch.setattr(wanfit.client, "MAX_DOWNLOAD_BYTES", 1024**2)
+    monkeypatch.setattr(wanfit.remote.client, "MAX_DOWNLOAD_BYTES", 1024**2)
     server = fake_comfy(view=how)
     out_dir = tmp_path / "out"
     code, out, err = run_hostile(capsys, server, out_dir)
@@ -656,7 +656,7 @@ def _with_request_timeout(init, seconds):
 def test_progress_numbers_from_the_server_are_clamped():
     import io
 
-    from wanfit.progress import ProgressPrinter
+    from wanfit.remote.progress import ProgressPrinter
 
     for tty in (True, False):
         stream = io.StringIO()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from wanfit.download import ChecksumError, DownloadError, download_file, partial_path
+from wanfit.remote.download import ChecksumError, DownloadError, download_file, partial_path
 from wanfit.errors import WanFitError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # a few chunks, not a multiple of anything

@@ -1,5 +1,5 @@
 """`wanfit run --runpod` against a fake RunPod serverless API on 127.0.0.1 that follows RunPod's
-/run + /status contract and worker-comfyui's input/output format (see wanfit/runpod.py)."""
+/run + /status contract and worker-comfyui's input/output format (see wanfit/remote/runpod.py)."""
 
 import base64
 import json
@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-import wanfit.runpod as runpod
-from wanfit.runpod import RunPodClient, RunPodError, job_error_text, output_files
+import wanfit.remote.runpod as runpod
+from wanfit.remote.runpod import RunPodClient, RunPodError, job_error_text, output_files
 from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
 
 API_KEY = "rp_test_key"

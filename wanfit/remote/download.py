@@ -32,9 +32,9 @@ import time
 import urllib.error
 import urllib.request
 
-from .errors import WanFitError
+from ..errors import WanFitError
 from .transfer import TransferLimit, TransferTooLarge, iter_body
-from .units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
+from ..units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
 
 PARTIAL_SUFFIX = ".partial"
 CHUNK_BYTES = 4 * BYTES_PER_MIB

@@ -31,10 +31,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .client import unused_path
-from .errors import WanFitError
+from ..errors import WanFitError
 from .transfer import (RedirectRefused, TransferLimit, fetchable_opener, fetchable_url_problem, parse_json_object,
-                       read_body, safe_file_name, same_origin_opener, stream_to_file, write_atomically)
+                       read_body, safe_file_name, same_origin_opener, stream_to_file, unused_path, write_atomically)
 
 DEFAULT_API_BASE = "https://api.runpod.ai/v2"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
