@@ -9,7 +9,7 @@ import pytest
 import wanfit.cli.models as cli_models
 from wanfit.cli.models import main
 from wanfit.models import load_manifest
-from tests.unit.test_download import FileServer
+from tests.misbehaving_server import FileServer
 from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
 
 
@@ -137,7 +137,7 @@ LOGIN_PAGE = b"<html><body>Please log in</body></html>"
 
 
 @pytest.mark.parametrize("served, expected", [
-    (LOGIN_PAGE, "it looks like an HTML/XML page (often a login or error page saved instead of the model)"),
+    (LOGIN_PAGE, "error: Download of wan_2.1_vae.safetensors refused: http://127.0.0.1:"),
     ("sd15", "it looks like a Stable Diffusion 1.x/2.x/SDXL UNet checkpoint"),
     ("wan22_vae", "it looks like the Wan 2.2 VAE (z=48, 16x16 spatial), but wan_2.1_vae.safetensors should be"),
 ], ids=["html login page", "another model", "the other WAN VAE"])
@@ -152,8 +152,12 @@ def test_download_without_a_reference_hash_needs_the_right_header(models_dir, lo
     entry.update(sha256=None, size_bytes=None)  # most manifest entries: the header check is the guard
     assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"], manifest) == 2
     err = capsys.readouterr().err
-    assert "error: Downloaded file is not the expected model: wan_2.1_vae.safetensors from http://127.0.0.1:" in err
-    assert expected in err and "The download was deleted, not installed." in err, err
+    assert expected in err, err
+    if served == LOGIN_PAGE:  # refused from its first bytes, before any header check
+        assert "answered with an HTML page (Content-Type: none) instead of the file. Nothing was saved." in err
+    else:
+        assert "error: Downloaded file is not the expected model: wan_2.1_vae.safetensors from http://127.0.0.1:" in err
+        assert "The download was deleted, not installed." in err, err
     assert not list((models_dir / "vae").glob("wan_2.1_vae*")), "nothing under the final name, no partial"
     assert main(["--models-dir", str(models_dir), "--workflow", "a14b_t2v"], manifest) == 0
     assert "missing  vae" in capsys.readouterr().out
