@@ -2,6 +2,7 @@
 writes, and the whole /prompt -> /ws -> /history -> /view round trip against a fake ComfyUI
 (aiohttp, as ComfyUI itself) on 127.0.0.1."""
 
+import _thread
 import asyncio
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -290,7 +291,8 @@ class FakeComfyUI:
     /queue, /interrupt. mode "ok" saves a video; mode "fail" raises in node 50 as a node would.
     `hostile` misbehaves on purpose: system_stats / history / prompt (a raw body: bytes, or anything JSON),
     outputs (the history entry's "outputs"), ws (raw texts sent after execution_start), view ("endless",
-    "huge", "stall" or "trickle")."""
+    "huge", "stall", "trickle", or "ctrl_c": some bytes, then Ctrl-C), history "ctrl_c" (Ctrl-C while the
+    client waits for the prompt). Ctrl-C is the real thing: KeyboardInterrupt raised in the main thread."""
 
     def __init__(self, mode="ok", websocket=True, **hostile):
         from aiohttp import web
@@ -300,6 +302,7 @@ class FakeComfyUI:
         self.websocket = websocket
         self.hostile = hostile
         self.view_sent_bytes = 0
+        self.ctrl_c_sent = False
         self.sockets = {}
         self.history = {}
         self.prompts = []
@@ -398,6 +401,11 @@ class FakeComfyUI:
         await send("executing", {"node": None})
 
     async def get_history(self, request):
+        if self.hostile.get("history") == "ctrl_c":
+            if not self.ctrl_c_sent:
+                self.ctrl_c_sent = True
+                _thread.interrupt_main()  # raised in the client once this answer reaches it
+            return self.web.json_response({})
         if "history" in self.hostile:
             return self.raw(self.hostile["history"])
         prompt_id = request.match_info["prompt_id"]
@@ -424,6 +432,14 @@ class FakeComfyUI:
                 elif how == "trickle":
                     chunk = b"x"
                     await asyncio.sleep(0.1)
+                elif how == "ctrl_c":  # some bytes of the video reach the partial file, then Ctrl-C, once
+                    chunk = FAKE_MP4[:100] if self.view_sent_bytes == 0 else b""
+                    await asyncio.sleep(0.5)  # the client is writing the partial file by now
+                    if self.view_sent_bytes:
+                        if not self.ctrl_c_sent:
+                            self.ctrl_c_sent = True
+                            _thread.interrupt_main()
+                        break
                 else:  # stall: a few bytes, then silence (a write of nothing probes the connection)
                     chunk = FAKE_MP4[:10] if self.view_sent_bytes == 0 else b""
                     await asyncio.sleep(0.1)
@@ -558,13 +574,8 @@ def test_a_log_gets_waiting_lines_rarely_a_terminal_gets_them_all():
     assert terminal.getvalue().count("\r") == 100
 
 
-def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
-    server = fake_comfy()
-
-    def interrupted(self, deadline, timeout_s):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("wanfit.remote.progress.PromptRun._wait_for_history", interrupted)
+def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_comfy, tmp_path, capsys):
+    server = fake_comfy(websocket=False, history="ctrl_c")
     code, out, err = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
                              "--out", str(tmp_path / "out"))
     assert code == 130 and out == ""
@@ -573,21 +584,8 @@ def test_ctrl_c_while_running_takes_the_prompt_off_the_server(workflows, fake_co
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path, capsys, monkeypatch):
-    import wanfit.remote.transfer
-
-    server = fake_comfy()
-    real_iter_body = wanfit.remote.transfer.iter_body
-
-    def interrupted_body(response, *args, **kwargs):
-        body = real_iter_body(response, *args, **kwargs)
-        if "/view?" not in response.url:
-            yield from body
-            return
-        yield next(body)  # some bytes of the video reach the partial file, then Ctrl-C
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(wanfit.remote.transfer, "iter_body", interrupted_body)
+def test_ctrl_c_while_downloading_leaves_no_file(workflows, fake_comfy, tmp_path, capsys):
+    server = fake_comfy(view="ctrl_c")
     out_dir = tmp_path / "out"
     code, out, _ = run_cli(capsys, "--workflow", "tiny_t2v", "--prompt", "a fox", "--server", server.url,
                            "--out", str(out_dir))
@@ -608,22 +606,31 @@ def run_hostile(capsys, server, out_dir, *extra):
                    "--out", str(out_dir), *extra)
 
 
-@pytest.mark.parametrize("how, phrase", [
-    ("endless", "it sent more than the 1048576-byte limit"),
-    ("huge", "it announced 1000000000000 bytes, more than the 1048576-byte limit"),
-])
-def test_view_is_streamed_within_a_size_cap(workflows, fake_comfy, tmp_path, capsys, monkeypatch, how, phrase):
-    import wanfit.remote.client
+def test_view_is_streamed_within_a_size_cap(fake_comfy, tmp_path):
+    from wanfit.remote.client import ComfyServerError
 
-    monkeypatch.setattr(wanfit.remote.client, "MAX_DOWNLOAD_BYTES", 1024**2)
-    server = fake_comfy(view=how)
+    server = fake_comfy(view="endless")
+    out_dir = tmp_path / "out"
+    file_ref = {"filename": "wanfit_00001_.mp4", "subfolder": "video", "type": "output"}
+    with pytest.raises(ComfyServerError) as raised:
+        ComfyClient(server.url, max_download_bytes=1024**2).download(file_ref, out_dir)
+    assert (f"download of wanfit_00001_.mp4 from {server.url}/view stopped: it sent more than the 1048576-byte "
+            f"limit. Nothing was saved as {out_dir / 'wanfit_00001_.mp4'}") in str(raised.value)
+    assert list(out_dir.iterdir()) == [], "no partial file, nothing under the final name"
+    assert server.view_sent_bytes < 24 * 1024**2, "the client stopped reading near the cap"
+
+
+def test_view_announcing_more_than_the_cap_is_refused_before_reading(workflows, fake_comfy, tmp_path, capsys):
+    from wanfit.remote.client import MAX_DOWNLOAD_BYTES
+
+    server = fake_comfy(view="huge")
     out_dir = tmp_path / "out"
     code, out, err = run_hostile(capsys, server, out_dir)
     assert code == 1 and out == ""
-    assert f"download of wanfit_00001_.mp4 from {server.url}/view stopped: {phrase}" in err, err
+    assert (f"download of wanfit_00001_.mp4 from {server.url}/view stopped: it announced 1000000000000 bytes, more "
+            f"than the {MAX_DOWNLOAD_BYTES}-byte limit") in err, err
     assert f"Nothing was saved as {out_dir / 'wanfit_00001_.mp4'}" in err
     assert list(out_dir.iterdir()) == [], "no partial file, nothing under the final name"
-    assert server.view_sent_bytes < 24 * 1024**2, "the client stopped reading near the cap"
 
 
 @pytest.mark.parametrize("how", ["stall", "trickle"])

@@ -75,12 +75,13 @@ class ComfyClient:
     """`deadline` (a time.monotonic() value, or None) bounds every request and download, `request_timeout_s`
     each wait for data; answers are read within MAX_JSON_BYTES, /view files within MAX_DOWNLOAD_BYTES."""
 
-    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60, deadline=None):
+    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60, deadline=None,
+                 max_download_bytes=MAX_DOWNLOAD_BYTES):
         self.server = server.rstrip("/")
         self.request_timeout_s = request_timeout_s
         self.deadline = deadline
         self.max_json_bytes = MAX_JSON_BYTES
-        self.max_download_bytes = MAX_DOWNLOAD_BYTES
+        self.max_download_bytes = max_download_bytes
         self.client_id = uuid.uuid4().hex
 
     def _deadline(self):
