@@ -11,6 +11,7 @@ import pytest
 
 import wanfit.remote.runpod as runpod
 from wanfit.remote.runpod import RunPodClient, RunPodError, job_error_text, output_files
+from tests.misbehaving_server import MisbehavingServer
 from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
 
 API_KEY = "rp_test_key"
@@ -297,48 +298,23 @@ def image(tmp_path):
 
 # --- hostile RunPod answers: the key stays home, files stay in --out, no traceback ---------------------
 
-class Recorder:
-    """A server on another origin (127.0.0.2 is loopback on Linux) that records what it is sent."""
-
-    def __init__(self, host="127.0.0.2"):
-        self.headers = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                recorder.headers.append(dict(self.headers))
-                payload = json.dumps({"id": "job-1", "status": "COMPLETED", "output": {}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def other_origin():
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
+    """A server on another origin (127.0.0.2 is loopback on Linux) that records what it is sent."""
+    completed = {"id": "job-1", "status": "COMPLETED", "output": {}}
+    with MisbehavingServer({f"/v2/{ENDPOINT}/status/job-1": lambda exchange: exchange.reply_json(completed)},
+                           host="127.0.0.2", timeout_s=10) as server:
+        yield server
 
 
 def test_api_key_never_follows_a_redirect_to_another_origin(workflows, fake_runpod, other_origin, tmp_path, capsys):
-    fake_runpod.redirect_status_to = other_origin.url + f"/v2/{ENDPOINT}/status/job-1"
+    fake_runpod.redirect_status_to = other_origin.url(f"/v2/{ENDPOINT}/status/job-1")
     code, out, err = run_runpod(capsys, tmp_path / "out")
-    assert all(API_KEY not in json.dumps(headers) for headers in other_origin.headers), other_origin.headers
-    assert other_origin.headers == [], "the redirect is refused, not followed without the key"
+    sent_headers = [request.headers for request in other_origin.requests]
+    assert all(API_KEY not in json.dumps(headers) for headers in sent_headers), sent_headers
+    assert sent_headers == [], "the redirect is refused, not followed without the key"
     assert code == 1 and out == "" and "Traceback" not in err
-    assert f"redirected (HTTP 302) to {other_origin.url}/v2/" in err and "carries the API key" in err
+    assert f"redirected (HTTP 302) to {other_origin.url()}/v2/" in err and "carries the API key" in err
     assert "Fix: check RUNPOD_API_BASE" in err
     assert not (tmp_path / "out").exists()
 
