@@ -109,11 +109,13 @@ class Exchange:
 
 
 class MisbehavingServer:
-    """routes: {path: handler} or {(method, path): handler}; handler(exchange). Unknown paths get a 404.
-    `requests` lists every Request in arrival order; `sent_bytes` counts the body bytes written."""
+    """routes: {path: handler} or {(method, path): handler}; handler(exchange). Other paths go to
+    `fallback(exchange)` (an API with ids in its paths), else get a 404. `requests` lists every Request in
+    arrival order; `sent_bytes` counts the body bytes written."""
 
-    def __init__(self, routes=None, host="127.0.0.1", timeout_s=10.0):
+    def __init__(self, routes=None, host="127.0.0.1", timeout_s=10.0, fallback=None):
         self.routes = {}
+        self.fallback = fallback
         for key, handler in (routes or {}).items():
             method, path = key if isinstance(key, tuple) else ("GET", key)
             self.route(path, handler, method)
@@ -138,7 +140,7 @@ class MisbehavingServer:
                                   {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()},
                                   dict(self.headers.items()), body, parsed.query, list(self.headers.keys()))
                 server.requests.append(request)
-                handler = server.routes.get((self.command, parsed.path))
+                handler = server.routes.get((self.command, parsed.path), server.fallback)
                 exchange = Exchange(self, request, server)
                 if handler is None:
                     exchange.reply(404, b"not found", content_type="text/plain")
