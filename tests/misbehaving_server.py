@@ -12,6 +12,7 @@ Every server has its own `timeout_s`: a connection the client leaves open, or a 
 ends after it, so no test hangs on its server.
 """
 
+import contextlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
@@ -235,3 +236,12 @@ def closed_port(host="127.0.0.1"):
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refusing_url(host="127.0.0.1"):
+    """http://host:port of a port held bound but never listening: refused for as long as the block runs,
+    even for a subprocess, and no other program can take the port meanwhile."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        yield f"http://{host}:{sock.getsockname()[1]}"

@@ -8,12 +8,12 @@ from email.parser import BytesParser
 from email.policy import HTTP
 import json
 from pathlib import Path
-import socket
 import threading
 
 import pytest
 
 import wanfit.cli.run as cli_run
+from tests.misbehaving_server import closed_port
 from wanfit.__main__ import COMMANDS
 from wanfit.cli.run import main
 from wanfit.remote.client import ComfyClient, encode_multipart
@@ -74,12 +74,6 @@ def image(tmp_path):
     path = tmp_path / "start frame.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"pixels" * 10)
     return path
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(capsys, *argv):

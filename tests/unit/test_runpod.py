@@ -10,7 +10,7 @@ import pytest
 
 import wanfit.remote.runpod as runpod
 from wanfit.remote.runpod import RunPodClient, RunPodError, RunPodJobError, job_error_text, output_files
-from tests.misbehaving_server import MisbehavingServer
+from tests.misbehaving_server import MisbehavingServer, closed_port
 from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
 
 API_KEY = "rp_test_key"
@@ -196,7 +196,6 @@ def test_wrong_key_and_unknown_endpoint_say_what_to_fix(workflows, fake_runpod, 
 
 
 def test_unreachable_runpod(workflows, tmp_path, capsys, monkeypatch):
-    from tests.unit.test_cli_run import closed_port
 
     monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
     monkeypatch.setenv("RUNPOD_API_BASE", f"http://127.0.0.1:{closed_port()}/v2")
