@@ -12,11 +12,14 @@ Every server has its own `timeout_s`: a connection the client leaves open, or a 
 ends after it, so no test hangs on its server.
 """
 
+import base64
 import contextlib
 from dataclasses import dataclass, field
+import hashlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -99,14 +102,96 @@ class Exchange:
         """Say nothing for `seconds` (default: the server's timeout), or until the server closes."""
         self.server.closed.wait(self.server.timeout_s if seconds is None else seconds)
 
-    def endless(self, chunk=b"\0" * 65536):
-        """Send until the client stops reading (a body with no end)."""
-        while not self.server.closed.is_set():
+    def websocket(self):
+        """Answer the upgrade and return a WebSocket (RFC 6455, unfragmented frames): enough for a ComfyUI /ws."""
+        key = self.request.header("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
+        self.handler.send_response(101)
+        self.handler.send_header("Upgrade", "websocket")
+        self.handler.send_header("Connection", "Upgrade")
+        self.handler.send_header("Sec-WebSocket-Accept", accept)
+        self.handler.end_headers()
+        self.handler.wfile.flush()
+        self.handler.close_connection = True
+        return WebSocket(self.handler, self.server)
+
+    def endless(self, chunk=b"\0" * 65536, limit_bytes=1024**3):
+        """Send until the client stops reading (a body with no end), or `limit_bytes` (a client that never
+        stops fails its test instead of running forever)."""
+        sent = 0
+        while not self.server.closed.is_set() and sent < limit_bytes:
             try:
                 self.handler.wfile.write(chunk)
             except OSError:
                 return
+            sent += len(chunk)
             self.server.sent_bytes += len(chunk)
+
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class WebSocket:
+    """The server end of one websocket. Sends may come from any thread; `serve()` reads the client's frames
+    (answering pings and the close) until the client leaves or the server closes."""
+
+    def __init__(self, handler, server):
+        self.handler, self.server = handler, server
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+
+    def _frame(self, opcode, payload):
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x80 | opcode, length)
+        elif length < 2**16:
+            header = struct.pack("!BBH", 0x80 | opcode, 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+        with self.lock:
+            if self.closed.is_set():
+                return
+            try:
+                self.handler.wfile.write(header + payload)
+                self.handler.wfile.flush()
+            except OSError:
+                self.closed.set()
+
+    def send_text(self, text):
+        self._frame(0x1, text.encode())
+
+    def send_json(self, value):
+        self.send_text(json.dumps(value))
+
+    def send_bytes(self, data):
+        self._frame(0x2, data)
+
+    def serve(self):
+        """Read frames until a close, the client leaving, or the server closing (checked each second)."""
+        self.handler.connection.settimeout(1.0)
+        reader = self.handler.rfile
+        while not self.closed.is_set() and not self.server.closed.is_set():
+            try:
+                head = reader.read(2)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+            if len(head) < 2:
+                break
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", reader.read(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", reader.read(8))
+            mask = reader.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+            payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(reader.read(length)))
+            if opcode == 0x9:
+                self._frame(0xA, payload)
+            elif opcode == 0x8:
+                self._frame(0x8, payload[:2])
+                break
+        self.closed.set()
 
 
 class MisbehavingServer:
