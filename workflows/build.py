@@ -252,7 +252,7 @@ def model_entry(filename, manifest):
     for entry in manifest["files"]:
         if entry["filename"] == filename:
             return {"name": filename, "url": entry.get("url"), "directory": entry["folder"]}
-    raise KeyError(f"{filename} is not in wanfit/manifest.json")
+    raise KeyError(f"{filename} is not in wanfit/models/manifest.json")
 
 
 def note_text(name, workflow, manifest, spec):
