@@ -12,6 +12,7 @@ Every check that can fail runs before anything is downloaded or started, and eac
 """
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
@@ -381,12 +382,16 @@ def load_worker_manifest(path=None):
 # --- the whole step ------------------------------------------------------------------------
 
 
+@dataclass
 class Prepared:
     """What the start step decided: ComfyUI's arguments and environment, and what it downloaded."""
 
-    def __init__(self, args, env, yaml_path, downloaded, plan, core):
-        self.args, self.env, self.yaml_path = list(args), dict(env), Path(yaml_path)
-        self.downloaded, self.plan, self.core = list(downloaded), plan, core
+    args: list
+    env: dict
+    yaml_path: Path
+    downloaded: list  # Paths written
+    plan: object  # the Plan whose launch flags ComfyUI gets
+    core: object  # the ComfyUI checkout's core description
 
 
 def prepare(environ, volume, comfyui_path, state_dir, download_file=None):
@@ -424,5 +429,5 @@ def prepare(environ, volume, comfyui_path, state_dir, download_file=None):
             log.info("all model files of %s are on %s; nothing to download", ", ".join(workflows), volume)
     output_dir(volume).mkdir(parents=True, exist_ok=True)
     yaml_path = write_atomically(Path(state_dir) / "extra_model_paths.yaml", extra_model_paths_yaml(volume))
-    return Prepared(comfyui_args(plan.launch_args, yaml_path, volume), plan.launch_env, yaml_path, downloaded,
-                    plan, core)
+    return Prepared(comfyui_args(plan.launch_args, yaml_path, volume), dict(plan.launch_env), Path(yaml_path),
+                    list(downloaded), plan, core)
