@@ -12,7 +12,7 @@ def models():
 
 
 def loading():
-    from ..wanfit import loading as module
+    from ..wanfit.models import load_options as module
 
     return module
 
@@ -70,7 +70,7 @@ def check_vae_file(path):
 def load_diffusion_model(path, info, weight_dtype_option, plan):
     import comfy.sd
 
-    from ..wanfit.loading import choose_weight_dtype, diffusion_model_options
+    from ..wanfit.models.load_options import choose_weight_dtype, diffusion_model_options
 
     weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled)
     from ..wanfit.experts import remember_source

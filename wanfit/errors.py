@@ -26,7 +26,3 @@ def _short_repr(value, limit=80):
     if len(text) <= limit:
         return text
     return f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text)} characters)"
-
-
-class ComfyUINotFoundError(WanFitError):
-    """No ComfyUI checkout where one is needed (tests, demo)."""

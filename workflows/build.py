@@ -252,7 +252,7 @@ def model_entry(filename, manifest):
     for entry in manifest["files"]:
         if entry["filename"] == filename:
             return {"name": filename, "url": entry.get("url"), "directory": entry["folder"]}
-    raise KeyError(f"{filename} is not in wanfit/manifest.json")
+    raise KeyError(f"{filename} is not in wanfit/models/manifest.json")
 
 
 def note_text(name, workflow, manifest, spec):
@@ -311,7 +311,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     args = parser.parse_args()
-    from wanfit.client import ComfyClient
+    from wanfit.remote.client import ComfyClient
 
     build(ComfyClient(args.server).object_info())
     print("wrote workflows/api, workflows/ui, example_workflows")

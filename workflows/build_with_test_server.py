@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 from tests.comfy_import import comfyui_path  # noqa: E402
 from tests.fixtures.generate import ensure_fixtures, fixture_dir  # noqa: E402
 from tests.host.server import ComfyServer  # noqa: E402
-from wanfit.client import ComfyClient  # noqa: E402
+from wanfit.remote.client import ComfyClient  # noqa: E402
 from workflows.build import build  # noqa: E402
 
 

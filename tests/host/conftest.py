@@ -5,7 +5,7 @@ import pytest
 from tests.comfy_import import comfyui_path
 from tests.fixtures.generate import ensure_fixtures, fixture_dir
 from tests.host.server import ComfyServer
-from wanfit.client import ComfyClient
+from wanfit.remote.client import ComfyClient
 
 
 @pytest.fixture(scope="session")

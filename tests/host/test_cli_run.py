@@ -8,12 +8,12 @@ input map (via WANFIT_WORKFLOWS_DIR) says which node holds the prompt, image, si
 import json
 import os
 from pathlib import Path
-import socket
 import subprocess
 import sys
 
 from tests.host import graphs
 from tests.host.video import probe_video
+from tests.misbehaving_server import refusing_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,10 +98,8 @@ def test_node_error_reaches_stderr_with_exit_1(server, tmp_path):
 
 
 def test_unreachable_server_exits_2_and_says_how_to_start_comfyui(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused
-        workflows_dir, files = write_inputs(tmp_path)
+    workflows_dir, files = write_inputs(tmp_path)
+    with refusing_url() as url:
         result = wanfit_run("--workflow", "plan_only", "--workflow-file", str(files["plan_only"]), "--prompt", "x",
                             "--server", url, "--out", str(tmp_path / "out"), workflows_dir=workflows_dir,
                             timeout_s=60)

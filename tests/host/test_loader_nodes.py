@@ -12,7 +12,7 @@ import torch
 from tests.host import graphs
 from tests.host.latents import load_saved_latent
 from tests.model_files import sd15_unet, write_safetensors
-from wanfit.client import PromptFailedError, PromptRejectedError
+from wanfit.remote.client import PromptFailedError, PromptRejectedError
 
 FULL_LOAD_TIER = "DATACENTER_80GB"  # TI2V-5B and an A14B expert stay fully resident, 16-bit weights
 

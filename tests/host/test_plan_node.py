@@ -5,7 +5,7 @@ import urllib.parse
 
 import pytest
 
-from wanfit.client import PromptFailedError
+from wanfit.remote.client import PromptFailedError
 
 
 def plan_graph(**inputs):

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tests.host import graphs
-from wanfit.client import PromptFailedError
+from wanfit.remote.client import PromptFailedError
 
 
 def decode_graph(vae_name, latent_channels, frames_latent, size_latent, budget_mb=0, overlap=0, seed=0):

@@ -7,14 +7,12 @@ in the image it hands over to worker-comfyui's /start.sh instead, tested here wi
 """
 
 import hashlib
-import http.server
 import json
 import os
 from pathlib import Path
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -25,8 +23,9 @@ from tests.fixtures.workflows import for_tiny_fixtures
 from tests.host import graphs
 from tests.host.server import PACKAGE_LINK_NAME, REPO_ROOT, free_port, stop_process
 from tests.host.video import probe_video
+from tests.misbehaving_server import MisbehavingServer
 from tests.model_files import write_safetensors
-from wanfit.client import ComfyClient
+from wanfit.remote.client import ComfyClient
 from wanfit.models import load_manifest
 from wanfit.plan import GPU_TIERS
 from wanfit.workflows import load_api_workflow, substitute_files
@@ -47,52 +46,37 @@ class FileHost:
         self.files = dict(files)  # "/folder/name" -> Path
         self.head_lengths = {}  # "/folder/name" -> Content-Length a HEAD answers instead of the real one
         self.truncate = set()  # "/folder/name" whose GET sends only the first half of the promised bytes
-        self.requests = []
-        host = self
+        self.server = MisbehavingServer(fallback=self.answer, timeout_s=START_TIMEOUT_S)
+        self.url = self.server.url()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    @property
+    def requests(self):
+        return [(request.method, request.path) for request in self.server.requests]
 
-            def _send(self, with_body):
-                host.requests.append((self.command, self.path))
-                path = host.files.get(self.path)
-                if path is None:
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                if self.headers.get("Range", "").startswith("bytes="):
-                    start = int(self.headers["Range"][6:].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                length = len(data) - start
-                if not with_body and self.path in host.head_lengths:
-                    length = host.head_lengths[self.path]
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                if with_body:
-                    end = start + (len(data) - start) // 2 if self.path in host.truncate else len(data)
-                    self.wfile.write(data[start:end])
-
-            def do_GET(self):
-                self._send(True)
-
-            def do_HEAD(self):
-                self._send(False)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, exchange):
+        request = exchange.request
+        path = self.files.get(request.path)
+        if path is None:
+            return exchange.reply(404, b"not found", content_type="text/plain")
+        data = path.read_bytes()
+        start, status, headers = 0, 200, {}
+        range_header = request.header("Range") or ""
+        if range_header.startswith("bytes="):
+            start = int(range_header[6:].split("-")[0])
+            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+        if request.method == "HEAD":
+            return exchange.head(status, headers, length=self.head_lengths.get(request.path, len(data) - start))
+        exchange.head(status, headers, length=len(data) - start)
+        if request.path in self.truncate:
+            exchange.write(data[start:start + (len(data) - start) // 2])
+            return exchange.drop()
+        exchange.write(data[start:])
 
     def gets(self):
         return sorted(path for method, path in self.requests if method == "GET")
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def umt5_stand_in(path):
@@ -223,7 +207,7 @@ def test_start_step_downloads_what_is_missing_starts_comfyui_and_a_fresh_worker_
     (volume / "models" / "vae").mkdir(parents=True)
     shutil.copyfile(fixture_dir() / "vae" / graphs.VAE_22, volume / "models" / "vae" / VAE)  # already there
     env = worker_env(comfyui, host)
-    host.requests.clear()
+    host.server.requests.clear()
 
     worker = StartedWorker(volume, tmp_path / "first", env, custom_nodes_config)
     try:
@@ -265,7 +249,7 @@ def test_start_step_downloads_what_is_missing_starts_comfyui_and_a_fresh_worker_
     assert (volume / "output" / latent_name).is_file(), "the saved latent is not on the volume"
 
     # a fresh worker on the same volume: nothing downloaded, the saved latent decodes there
-    host.requests.clear()
+    host.server.requests.clear()
     worker = StartedWorker(volume, tmp_path / "second", env, custom_nodes_config)
     try:
         assert host.gets() == [], host.requests
@@ -309,7 +293,7 @@ def test_deploy_start_script_hands_over_to_the_worker_start_script_with_the_flag
     env = worker_env(comfyui, host, WANFIT_TEST_OUT=str(tmp_path), WANFIT_VOLUME=str(volume),
                      WANFIT_STATE_DIR=str(tmp_path / "state"), WANFIT_HANDOVER=str(script))
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])  # the image's `python`
-    host.requests.clear()
+    host.server.requests.clear()
     result = subprocess.run(["bash", str(REPO_ROOT / "deploy/runpod/start.sh")], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -338,7 +322,7 @@ def bad_input(comfyui, host, tmp_path):
     """(volume, run(**env overrides)) with an empty, writable volume."""
     volume = tmp_path / "volume"
     volume.mkdir()
-    host.requests.clear()
+    host.server.requests.clear()
 
     def run(volume=volume, **overrides):
         return run_start_step(volume, tmp_path / "state", worker_env(comfyui, host, **overrides))

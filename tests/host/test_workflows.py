@@ -122,7 +122,7 @@ def test_api_workflow_runs_end_to_end_on_tiny_models(client, server, tmp_path, n
 def test_a_shipped_workflow_with_a_missing_model_is_refused_whole_with_the_loaders_message(client, name):
     """The official files are not on this server: /prompt must refuse the graph (so the editor shows the
     loader's message), never run the plan alone around the broken loader and report success."""
-    from wanfit.client import PromptRejectedError
+    from wanfit.remote.client import PromptRejectedError
 
     history_before = set(client.get_json("/history"))
     with pytest.raises(PromptRejectedError) as rejection:

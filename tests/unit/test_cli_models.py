@@ -9,7 +9,7 @@ import pytest
 import wanfit.cli.models as cli_models
 from wanfit.cli.models import main
 from wanfit.models import load_manifest
-from tests.unit.test_download import FileServer
+from tests.misbehaving_server import FileServer
 from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
 
 
@@ -81,45 +81,45 @@ def safetensors_bytes(tmp_path, tensors):
 
 
 @pytest.fixture
-def local_manifest(monkeypatch, tmp_path):
+def local_manifest(tmp_path):
     """The real manifest with the Wan 2.1 VAE (a tiny file with its real header) served from 127.0.0.1."""
     payload = safetensors_bytes(tmp_path, wan_vae(False))
     server = FileServer(payload)
     manifest = copy.deepcopy(load_manifest())
     entry = next(f for f in manifest["files"] if f["filename"] == "wan_2.1_vae.safetensors")
     entry.update(url=server.url, sha256=hashlib.sha256(payload).hexdigest(), size_bytes=len(payload))
-    monkeypatch.setattr(cli_models, "load_manifest", lambda: manifest)
-    yield server, entry
+    yield server, entry, manifest
     server.close()
 
 
 def test_download_fetches_resumes_and_verifies(models_dir, local_manifest, capsys):
-    server, entry = local_manifest
+    server, entry, manifest = local_manifest
     server.drop_after_bytes = 1000
     argv = ["--models-dir", str(models_dir), "--workflow", "a14b_t2v", "--download", "wan_2.1_vae.safetensors"]
-    assert main(argv) == 2
+    assert main(argv, manifest) == 2
     err = capsys.readouterr().err
     assert "error: Download of wan_2.1_vae.safetensors was interrupted at 1000 of" in err
     assert not (models_dir / "vae" / "wan_2.1_vae.safetensors").exists()
-    assert main(argv) == 0
+    assert main(argv, manifest) == 0
     out = capsys.readouterr().out
     size = len(server.payload)
     assert f"downloaded: {models_dir / 'vae' / 'wan_2.1_vae.safetensors'} ({size} bytes, sha256 verified)" in out
     assert server.requests[-1] == "bytes=1000-"
     assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == server.payload
-    assert main(argv) == 0 and "present, skipped: vae/wan_2.1_vae.safetensors" in capsys.readouterr().out
+    assert main(argv, manifest) == 0 and "present, skipped: vae/wan_2.1_vae.safetensors" in capsys.readouterr().out
 
 
 def test_download_wrong_checksum_exits_2(models_dir, local_manifest, capsys):
-    _server, entry = local_manifest
+    _server, entry, manifest = local_manifest
     entry["sha256"] = "f" * 64
-    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"], manifest) == 2
     assert "error: Checksum mismatch for wan_2.1_vae.safetensors: expected sha256 ffff" in capsys.readouterr().err
     assert not list((models_dir / "vae").glob("wan_2.1_vae*"))
 
 
 def test_download_all_picks_missing_defaults_of_the_workflow(models_dir, local_manifest):
-    names = cli_models._resolve_download_names("all", ["a14b_t2v"], models_dir, cli_models.load_manifest())
+    _server, _entry, manifest = local_manifest
+    names = cli_models.resolve_download_names("all", ["a14b_t2v"], models_dir, manifest)
     assert names == ["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
                      "wan_2.1_vae.safetensors"]  # umt5 is already there
 
@@ -137,31 +137,35 @@ LOGIN_PAGE = b"<html><body>Please log in</body></html>"
 
 
 @pytest.mark.parametrize("served, expected", [
-    (LOGIN_PAGE, "it looks like an HTML/XML page (often a login or error page saved instead of the model)"),
+    (LOGIN_PAGE, "error: Download of wan_2.1_vae.safetensors refused: http://127.0.0.1:"),
     ("sd15", "it looks like a Stable Diffusion 1.x/2.x/SDXL UNet checkpoint"),
     ("wan22_vae", "it looks like the Wan 2.2 VAE (z=48, 16x16 spatial), but wan_2.1_vae.safetensors should be"),
 ], ids=["html login page", "another model", "the other WAN VAE"])
 def test_download_without_a_reference_hash_needs_the_right_header(models_dir, local_manifest, tmp_path, capsys,
                                                                    served, expected):
-    server, entry = local_manifest
+    server, entry, manifest = local_manifest
     if served == "sd15":
         served = safetensors_bytes(tmp_path, sd15_unet())
     elif served == "wan22_vae":
         served = safetensors_bytes(tmp_path, wan_vae(True))
     server.payload = served
     entry.update(sha256=None, size_bytes=None)  # most manifest entries: the header check is the guard
-    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"], manifest) == 2
     err = capsys.readouterr().err
-    assert "error: Downloaded file is not the expected model: wan_2.1_vae.safetensors from http://127.0.0.1:" in err
-    assert expected in err and "The download was deleted, not installed." in err, err
+    assert expected in err, err
+    if served == LOGIN_PAGE:  # refused from its first bytes, before any header check
+        assert "answered with an HTML page (Content-Type: none) instead of the file. Nothing was saved." in err
+    else:
+        assert "error: Downloaded file is not the expected model: wan_2.1_vae.safetensors from http://127.0.0.1:" in err
+        assert "The download was deleted, not installed." in err, err
     assert not list((models_dir / "vae").glob("wan_2.1_vae*")), "nothing under the final name, no partial"
-    assert main(["--models-dir", str(models_dir), "--workflow", "a14b_t2v"]) == 0
+    assert main(["--models-dir", str(models_dir), "--workflow", "a14b_t2v"], manifest) == 0
     assert "missing  vae" in capsys.readouterr().out
 
 
 def test_download_reports_a_present_file_that_is_not_the_model(models_dir, local_manifest, capsys):
     (models_dir / "vae" / "wan_2.1_vae.safetensors").write_bytes(LOGIN_PAGE)  # left by an older downloader
-    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"]) == 2
+    assert main(["--models-dir", str(models_dir), "--download", "wan_2.1_vae.safetensors"], local_manifest[2]) == 2
     err = capsys.readouterr().err
     assert "error: present but not the model: Not a safetensors file:" in err and "present, skipped" not in err
     assert (models_dir / "vae" / "wan_2.1_vae.safetensors").read_bytes() == LOGIN_PAGE, "never overwritten"

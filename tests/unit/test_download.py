@@ -1,111 +1,22 @@
 """Resumable, verified downloads against a real HTTP server on 127.0.0.1 (Range support, drops on demand)."""
 
 import hashlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import io
 import os
-import threading
 import time
-
 import pytest
 
-from wanfit.download import ChecksumError, DownloadError, download_file, partial_path
+from wanfit.remote.download import ChecksumError, DownloadError, download_file, partial_path
+from tests.misbehaving_server import FileServer, MisbehavingServer, closed_port
 from wanfit.errors import WanFitError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # a few chunks, not a multiple of anything
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class FileServer:
-    """Serves `payload` at /model.safetensors; `drop_after_bytes` cuts the connection mid-body once.
-    Misbehaviour on demand: `range_answer` "from_zero" (206 with the whole file and an honest Content-Range
-    from byte 0), "lying" (206 with the whole file under the Content-Range asked for), "other_start" (206
-    from a byte other than the one asked for); `trickle_s` (one byte per that many seconds, endless)."""
-
-    def __init__(self, payload=PAYLOAD):
-        self.payload = payload
-        self.drop_after_bytes = None
-        self.ignore_range = False
-        self.range_answer = None
-        self.trickle_s = None
-        self.sent_bytes = 0
-        self.requests = []  # the Range header of every request (None when absent)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                range_header = self.headers.get("Range")
-                server.requests.append(range_header)
-                if self.path != "/model.safetensors":
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                payload = server.payload
-                start = 0
-                if server.trickle_s is not None:
-                    return self.trickle()
-                if range_header and not server.ignore_range:
-                    start = int(range_header.split("=")[1].split("-")[0])
-                    if start >= len(payload):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(payload)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    shown_start = {"from_zero": 0, "other_start": start // 2}.get(server.range_answer, start)
-                    self.send_header("Content-Range", f"bytes {shown_start}-{len(payload) - 1}/{len(payload)}")
-                    if server.range_answer in ("from_zero", "lying"):
-                        start = 0
-                    elif server.range_answer == "other_start":
-                        start = shown_start
-                else:
-                    self.send_response(200)
-                body = payload[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if server.drop_after_bytes is not None:
-                    cut, server.drop_after_bytes = server.drop_after_bytes, None
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self.wfile.write(body)
-                server.sent_bytes += len(body)
-
-            def trickle(self):
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.payload)))
-                self.end_headers()
-                try:
-                    for byte in server.payload[:2000]:
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                        server.sent_bytes += 1
-                        time.sleep(server.trickle_s)
-                except OSError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.safetensors"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    file_server = FileServer()
+    file_server = FileServer(PAYLOAD)
     yield file_server
     file_server.close()
 
@@ -178,12 +89,10 @@ def test_http_404_and_unreachable_server(server, tmp_path):
     dest = tmp_path / "model.safetensors"
     with pytest.raises(DownloadError, match=r"returned HTTP 404 .* Fix: the file is not at that URL any more"):
         download_file(server.url.replace("model", "gone"), dest, progress_stream=None)
-    port = server.httpd.server_address[1]
-    server.close()
-    with pytest.raises(DownloadError, match=rf"cannot reach http://127.0.0.1:{port}/"):
-        download_file(server.url, dest, progress_stream=None, timeout_s=2)
+    url = f"http://127.0.0.1:{closed_port()}/model.safetensors"
+    with pytest.raises(DownloadError, match=rf"cannot reach {url}"):
+        download_file(url, dest, progress_stream=None, timeout_s=2)
     assert not dest.exists()
-    server.close = lambda: None  # already closed
 
 
 def test_download_errors_are_wanfit_errors():
@@ -268,3 +177,60 @@ def test_a_total_time_limit_ends_even_a_fast_enough_transfer(small_server, tmp_p
         download_file(small_server.url, dest, progress_stream=None, timeout_s=5, min_bytes_per_s=1,
                       total_timeout_s=0.5)
     assert time.monotonic() - started < 20 and not dest.exists()
+
+
+# --- a page instead of the file: refused without a verifier, nothing under the final name, no partial ---
+
+LOGIN_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log in to download</body></html>"
+JSON_ERROR = b'{"error": "Access to model Wan-AI/Wan2.2 is restricted. You must be authenticated."}'
+PAGES = [
+    # (case, body, Content-Type sent, the kind named in the message)
+    ("html page labelled html", LOGIN_PAGE, "text/html; charset=utf-8", "an HTML page (Content-Type: text/html"),
+    ("html page labelled as a file", LOGIN_PAGE, "application/octet-stream", "an HTML page (Content-Type: "
+                                                                            "application/octet-stream)"),
+    ("html page without a type", b"  \n" + LOGIN_PAGE * 3, None, "an HTML page (Content-Type: none)"),
+    ("json error labelled json", JSON_ERROR, "application/json", "a JSON document (Content-Type: application/json)"),
+    ("json error without a type", JSON_ERROR, None, "a JSON document (Content-Type: none)"),
+    ("short json error", b'{"detail":"x"}', "binary/octet-stream", "a JSON document"),
+    ("xml error from s3", b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", None, "an XML document"),
+    ("plain text", b"Entry not found", "text/plain", "a text page (text/plain)"),
+]
+
+
+@pytest.mark.parametrize("case, body, content_type, kind", PAGES, ids=[row[0] for row in PAGES])
+def test_a_page_served_with_200_is_refused_without_a_verifier(tmp_path, case, body, content_type, kind):
+    with MisbehavingServer({"/model.safetensors": lambda exchange: exchange.reply(200, body, content_type=content_type)},
+                           timeout_s=5) as server:
+        url = server.url("/model.safetensors")
+        dest = tmp_path / "wan2.2_ti2v_5B_fp16.safetensors"
+        with pytest.raises(DownloadError) as raised:
+            download_file(url, dest, progress_stream=None, timeout_s=5)
+    message = str(raised.value)
+    assert message.startswith(f"Download of {dest.name} refused: {url} answered with {kind}"), message
+    assert "instead of the file. Nothing was saved. Fix: open the URL in a browser" in message
+    assert list(tmp_path.iterdir()) == [], "nothing under the final name, no partial"
+
+
+def test_a_page_answering_a_resume_leaves_the_earlier_partial_alone(small_server, tmp_path):
+    dest = tmp_path / "model.safetensors"
+    partial_path(dest).write_bytes(SMALL[:1000])
+    small_server.payload, small_server.content_type = LOGIN_PAGE, "text/html"
+    small_server.ignore_range = True  # a login page answers whatever was asked
+    with pytest.raises(DownloadError, match="answered with an HTML page .* the partial file of 1000 bytes from "
+                                            "before is kept"):
+        download_file(small_server.url, dest, progress_stream=None, timeout_s=5)
+    assert not dest.exists() and partial_path(dest).read_bytes() == SMALL[:1000]
+
+
+@pytest.mark.parametrize("first_bytes", [
+    b"\x7b\x01\x00\x00\x00\x00\x00\x00{\"a\"",  # a safetensors length prefix whose first byte is "{"
+    b"<\x00\x00\x00\x00\x00\x00\x00{\"a\"",  # ... or "<"
+    b"GGUF\x03\x00\x00\x00",
+    b"PK\x03\x04",
+])
+def test_binary_files_that_open_like_text_are_still_files(first_bytes, tmp_path):
+    body = first_bytes + bytes(range(256)) * 4
+    with MisbehavingServer({"/f": lambda exchange: exchange.reply(200, body, content_type="application/octet-stream")},
+                           timeout_s=5) as server:
+        result = download_file(server.url("/f"), tmp_path / "f.bin", progress_stream=None, timeout_s=5)
+    assert (tmp_path / "f.bin").read_bytes() == body and result["size_bytes"] == len(body)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wanfit.loading import choose_text_encoder_device, choose_weight_dtype, diffusion_model_options
+from wanfit.models.load_options import choose_text_encoder_device, choose_weight_dtype, diffusion_model_options
 
 
 @pytest.mark.parametrize("option, plan_dtype, stored, fp8_scaled, expected", [

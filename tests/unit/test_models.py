@@ -18,7 +18,8 @@ import pytest
 from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_lora, wan_vae, write_safetensors
 from wanfit.errors import WanFitError
 from wanfit.models import (ModelFileError, ModelMismatchError, MissingModelError, check_diffusion_model,
-                           check_expert_pair, check_text_encoder, check_vae_for_model, detect_variant,
+                           check_expert_pair, check_text_encoder, check_vae_file, check_vae_for_model, detect_variant,
+                           model_variant_of,
                            load_manifest, manager_model_list, missing_model_error, noise_level_hint,
                            read_safetensors_header, special_file_in, WANFIT_MAX_HEADER_BYTES)
 
@@ -403,6 +404,45 @@ def test_right_vae_passes_and_accepts_model_info(files):
 def test_non_vae_given_as_vae(files):
     with pytest.raises(ModelMismatchError, match=r"^Not a WAN VAE: .* looks like a WAN 2.2 TI2V-5B"):
         check_vae_for_model(files["ti2v"], "ti2v_5b")
+
+
+@pytest.mark.parametrize("name", ["vae22", "vae21"])
+def test_any_wan_vae_passes_when_no_model_says_which(files, name):
+    assert check_vae_file(files[name]).kind == "vae"
+
+
+@pytest.mark.parametrize("name, looks_like", [("ti2v", "a WAN 2.2 TI2V-5B"), ("sd15", "a Stable Diffusion 1.x")])
+def test_not_a_wan_vae_names_both_vaes_and_the_models_command(files, name, looks_like):
+    with pytest.raises(ModelMismatchError) as raised:
+        check_vae_file(files[name])
+    message = str(raised.value)
+    assert message.startswith(f"Not a WAN VAE: {files[name]} looks like {looks_like}"), message
+    assert ("Expected the Wan 2.2 VAE (wan2.2_vae.safetensors, for TI2V-5B) or the Wan 2.1 VAE "
+            "(wan_2.1_vae.safetensors, for A14B) in models/vae. Fix: pick one of those; python -m wanfit models "
+            "lists them with their download links.") in message
+    assert raised.value.paths == [str(files[name])]
+
+
+def loaded_model(unet_config):
+    """The shape of a ComfyUI MODEL as model_variant_of reads it: model.model.model_config.unet_config."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(model=SimpleNamespace(model_config=SimpleNamespace(unet_config=unet_config)))
+
+
+@pytest.mark.parametrize("unet_config, variant", [
+    ({"image_model": "wan2.1", "in_dim": 48, "out_dim": 48}, "ti2v_5b"),
+    ({"image_model": "wan2.1", "in_dim": 16, "out_dim": 16}, "t2v_a14b"),
+    ({"image_model": "wan2.1", "in_dim": 36, "out_dim": 16}, "i2v_a14b"),
+    ({"image_model": "flux"}, None),
+    ({}, None),
+], ids=["ti2v_5b", "t2v_a14b", "i2v_a14b", "another model", "no config"])
+def test_model_variant_of_a_loaded_model(unet_config, variant):
+    assert model_variant_of(loaded_model(unet_config)) == variant
+
+
+def test_model_variant_of_nothing_is_none():
+    assert model_variant_of(None) is None and model_variant_of(object()) is None
 
 
 def test_text_encoder(files):

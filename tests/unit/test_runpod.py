@@ -1,16 +1,16 @@
 """`wanfit run --runpod` against a fake RunPod serverless API on 127.0.0.1 that follows RunPod's
-/run + /status contract and worker-comfyui's input/output format (see wanfit/runpod.py)."""
+/run + /status contract and worker-comfyui's input/output format (see wanfit/remote/runpod.py)."""
 
+import _thread
 import base64
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import threading
 
 import pytest
 
-import wanfit.runpod as runpod
-from wanfit.runpod import RunPodClient, RunPodError, job_error_text, output_files
+import wanfit.remote.runpod as runpod
+from wanfit.remote.runpod import RunPodClient, RunPodError, RunPodJobError, job_error_text, output_files
+from tests.misbehaving_server import MisbehavingServer, closed_port
 from tests.unit.test_cli_run import FAKE_MP4, NODE_ERROR, run_cli, workflows  # noqa: F401  (fixture)
 
 API_KEY = "rp_test_key"
@@ -24,82 +24,60 @@ class FakeRunPod:
 
     def __init__(self):
         self.jobs = {}
-        self.requests = []
         # misbehaviour on demand: a raw /run or /status answer, a final "output" to return, a redirect of
-        # /status, and extra routes (path -> handler(request_handler)) for hostile s3_url hosts
+        # /status, Ctrl-C (a real KeyboardInterrupt in the client) at the first /status, and extra routes
+        # (path -> handler(exchange)) for hostile s3_url hosts
         self.raw_run = None
         self.raw_status = None
         self.final_output = None
         self.redirect_status_to = None
-        self.routes = {}
-        fake = self
+        self.ctrl_c_at_status = False
+        self.server = MisbehavingServer({"/s3/video.mp4": lambda exchange: exchange.reply(200, FAKE_MP4,
+                                                                                          content_type="video/mp4")},
+                                        fallback=self.answer, timeout_s=10)
+        self.routes = self.server.routes
+        self.base = self.server.url("/v2")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    @property
+    def requests(self):
+        """(method, path, JSON body or None) of every request, in order."""
+        return [(r.method, r.path if not r.raw_query else f"{r.path}?{r.raw_query}",
+                 json.loads(r.body or b"{}") if r.method == "POST" else None) for r in self.server.requests]
 
-            def _reply(self, code, body, content_type="application/json"):
-                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+    def route(self, path, handler):
+        self.server.route(path, handler)
 
-            def _authorized(self):
-                if self.headers.get("Authorization") != f"Bearer {API_KEY}":
-                    self._reply(401, {"error": "Unauthorized"})
-                    return False
-                return True
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                fake.requests.append(("POST", self.path, body))
-                if not self._authorized():
-                    return
-                parts = self.path.strip("/").split("/")  # v2/<endpoint>/run | v2/<endpoint>/cancel/<id>
-                if parts[1] != ENDPOINT:
-                    return self._reply(404, {"error": "endpoint not found"})
-                if parts[2] == "run" and fake.raw_run is not None:
-                    return self._reply(200, fake.raw_run)
-                if parts[2] == "run":
-                    job_id = f"job-{len(fake.jobs) + 1}"
-                    fake.jobs[job_id] = {"body": body, "polls": 0, "cancelled": False}
-                    return self._reply(200, {"id": job_id, "status": "IN_QUEUE"})
-                if parts[2] == "cancel":
-                    fake.jobs[parts[3]]["cancelled"] = True
-                    return self._reply(200, {"id": parts[3], "status": "CANCELLED"})
-                self._reply(404, {"error": "no such route"})
-
-            def do_GET(self):
-                fake.requests.append(("GET", self.path, None))
-                if self.path == "/s3/video.mp4":  # a presigned URL: no RunPod key
-                    return self._reply(200, FAKE_MP4, "video/mp4")
-                if self.path in fake.routes:
-                    return fake.routes[self.path](self)
-                if not self._authorized():
-                    return
-                if fake.redirect_status_to:
-                    self.send_response(302)
-                    self.send_header("Location", fake.redirect_status_to)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if fake.raw_status is not None:
-                    return self._reply(200, fake.raw_status)
-                parts = self.path.strip("/").split("/")  # v2/<endpoint>/status/<id>
-                job = fake.jobs[parts[3]]
-                job["polls"] += 1
-                state = {1: "IN_QUEUE", 2: "IN_PROGRESS"}.get(job["polls"])
-                if state:
-                    return self._reply(200, {"id": parts[3], "status": state, "delayTime": 10})
-                self._reply(200, fake.final_status(parts[3], job["body"]))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+    def answer(self, exchange):
+        request = exchange.request
+        if request.header("Authorization") != f"Bearer {API_KEY}":
+            return exchange.reply_json({"error": "Unauthorized"}, 401)
+        parts = request.path.strip("/").split("/")  # v2/<endpoint>/run | status/<id> | cancel/<id>
+        if request.method == "POST":
+            if parts[1] != ENDPOINT:
+                return exchange.reply_json({"error": "endpoint not found"}, 404)
+            if parts[2] == "run" and self.raw_run is not None:
+                return exchange.reply_json(self.raw_run)
+            if parts[2] == "run":
+                job_id = f"job-{len(self.jobs) + 1}"
+                self.jobs[job_id] = {"body": json.loads(request.body or b"{}"), "polls": 0, "cancelled": False}
+                return exchange.reply_json({"id": job_id, "status": "IN_QUEUE"})
+            if parts[2] == "cancel":
+                self.jobs[parts[3]]["cancelled"] = True
+                return exchange.reply_json({"id": parts[3], "status": "CANCELLED"})
+            return exchange.reply_json({"error": "no such route"}, 404)
+        if self.redirect_status_to:
+            return exchange.reply(302, headers={"Location": self.redirect_status_to})
+        if self.raw_status is not None:
+            return exchange.reply_json(self.raw_status)
+        job = self.jobs[parts[3]]
+        job["polls"] += 1
+        if self.ctrl_c_at_status:
+            self.ctrl_c_at_status = False
+            _thread.interrupt_main()  # raised in the client once this answer reaches it
+        state = {1: "IN_QUEUE", 2: "IN_PROGRESS"}.get(job["polls"])
+        if state:
+            return exchange.reply_json({"id": parts[3], "status": state, "delayTime": 10})
+        exchange.reply_json(self.final_status(parts[3], job["body"]))
 
     def final_status(self, job_id, body):
         prompt = json.dumps(body["input"]["workflow"])
@@ -123,8 +101,7 @@ class FakeRunPod:
                                    "errors": ["Node 9 produced unhandled output keys: ['text']."]}}
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -219,7 +196,6 @@ def test_wrong_key_and_unknown_endpoint_say_what_to_fix(workflows, fake_runpod, 
 
 
 def test_unreachable_runpod(workflows, tmp_path, capsys, monkeypatch):
-    from tests.unit.test_cli_run import closed_port
 
     monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
     monkeypatch.setenv("RUNPOD_API_BASE", f"http://127.0.0.1:{closed_port()}/v2")
@@ -233,11 +209,8 @@ def test_bad_inputs_are_refused_before_anything_is_sent(workflows, fake_runpod, 
     assert fake_runpod.requests == []
 
 
-def test_ctrl_c_cancels_the_job(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
-    def interrupted(self, job_id):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunPodClient, "status", interrupted)
+def test_ctrl_c_cancels_the_job(workflows, fake_runpod, tmp_path, capsys):
+    fake_runpod.ctrl_c_at_status = True
     code, _, _ = run_runpod(capsys, tmp_path / "out")
     assert code == 130
     assert fake_runpod.jobs["job-1"]["cancelled"] and not (tmp_path / "out").exists()
@@ -297,55 +270,30 @@ def image(tmp_path):
 
 # --- hostile RunPod answers: the key stays home, files stay in --out, no traceback ---------------------
 
-class Recorder:
-    """A server on another origin (127.0.0.2 is loopback on Linux) that records what it is sent."""
-
-    def __init__(self, host="127.0.0.2"):
-        self.headers = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                recorder.headers.append(dict(self.headers))
-                payload = json.dumps({"id": "job-1", "status": "COMPLETED", "output": {}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def other_origin():
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
+    """A server on another origin (127.0.0.2 is loopback on Linux) that records what it is sent."""
+    completed = {"id": "job-1", "status": "COMPLETED", "output": {}}
+    with MisbehavingServer({f"/v2/{ENDPOINT}/status/job-1": lambda exchange: exchange.reply_json(completed)},
+                           host="127.0.0.2", timeout_s=10) as server:
+        yield server
 
 
 def test_api_key_never_follows_a_redirect_to_another_origin(workflows, fake_runpod, other_origin, tmp_path, capsys):
-    fake_runpod.redirect_status_to = other_origin.url + f"/v2/{ENDPOINT}/status/job-1"
+    fake_runpod.redirect_status_to = other_origin.url(f"/v2/{ENDPOINT}/status/job-1")
     code, out, err = run_runpod(capsys, tmp_path / "out")
-    assert all(API_KEY not in json.dumps(headers) for headers in other_origin.headers), other_origin.headers
-    assert other_origin.headers == [], "the redirect is refused, not followed without the key"
+    sent_headers = [request.headers for request in other_origin.requests]
+    assert all(API_KEY not in json.dumps(headers) for headers in sent_headers), sent_headers
+    assert sent_headers == [], "the redirect is refused, not followed without the key"
     assert code == 1 and out == "" and "Traceback" not in err
-    assert f"redirected (HTTP 302) to {other_origin.url}/v2/" in err and "carries the API key" in err
+    assert f"redirected (HTTP 302) to {other_origin.url()}/v2/" in err and "carries the API key" in err
     assert "Fix: check RUNPOD_API_BASE" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_a_redirect_on_the_same_origin_is_followed(workflows, fake_runpod, tmp_path, capsys):
-    fake_runpod.routes["/moved"] = lambda handler: handler._reply(
-        200, fake_runpod.final_status("job-1", fake_runpod.jobs["job-1"]["body"]))
+    fake_runpod.route("/moved", lambda exchange: exchange.reply_json(
+        fake_runpod.final_status("job-1", fake_runpod.jobs["job-1"]["body"])))
     fake_runpod.redirect_status_to = fake_runpod.base.replace("/v2", "/moved")
     code, _, err = run_runpod(capsys, tmp_path)
     assert code == 0, err
@@ -423,52 +371,38 @@ def test_run_answer_that_is_a_list(workflows, fake_runpod, tmp_path, capsys):
     assert code == 1 and "/run with JSON that is list, not an object" in err
 
 
-def endless(handler, announced=None):
-    handler.send_response(200)
-    if announced is not None:
-        handler.send_header("Content-Length", str(announced))
-    handler.end_headers()
-    sent = 0
-    try:
-        while sent < 64 * 1024**2:  # the test fails long before this if nothing stops the client
-            handler.wfile.write(b"\0" * 65536)
-            sent += 65536
-    except OSError:
-        pass
-    handler.server.sent_bytes = sent
-
-
-def test_s3_output_is_capped_and_leaves_nothing(workflows, fake_runpod, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runpod, "MAX_OUTPUT_BYTES", 1024**2)
-    fake_runpod.routes["/s3/endless"] = endless
-    fake_runpod.routes["/s3/huge"] = lambda handler: endless(handler, announced=10**12)
-    for route, phrase in (("/s3/endless", "it sent more than the 1048576-byte limit"),
-                          ("/s3/huge", "it announced 1000000000000 bytes, more than the 1048576-byte limit")):
-        fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url",
-                                                "data": fake_runpod.base.replace("/v2", route)}]}
-        code, out, err = run_runpod(capsys, tmp_path / "out")
-        assert code == 1 and out == ""
-        assert f"cannot download the job's output from {fake_runpod.base.replace('/v2', route)}: {phrase}" in err
-        assert list((tmp_path / "out").iterdir()) == []
+def test_s3_output_is_capped_and_leaves_nothing(fake_runpod, tmp_path):
+    fake_runpod.route("/s3/endless", lambda exchange: (exchange.head(200), exchange.endless()))
+    url = fake_runpod.base.replace("/v2", "/s3/endless")
+    status = {"id": "job-1", "status": "COMPLETED", "output": {"images": [{"filename": "v.mp4", "type": "s3_url",
+                                                                           "data": url}]}}
+    client = RunPodClient(ENDPOINT, API_KEY, fake_runpod.base, max_output_bytes=1024**2)
+    with pytest.raises(RunPodJobError) as raised:
+        client.save_outputs(status, tmp_path / "out")
+    assert f"cannot download the job's output from {url}: it sent more than the 1048576-byte limit" in str(raised.value)
+    assert list((tmp_path / "out").iterdir()) == []
     assert fake_runpod.server.sent_bytes < 24 * 1024**2, "the client stopped reading near the cap"
+
+
+def test_s3_output_announcing_more_than_the_cap_is_refused(workflows, fake_runpod, tmp_path, capsys):
+    fake_runpod.route("/s3/huge", lambda exchange: exchange.head(200, length=10**12))
+    route_url = fake_runpod.base.replace("/v2", "/s3/huge")
+    fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url", "data": route_url}]}
+    code, out, err = run_runpod(capsys, tmp_path / "out")
+    assert code == 1 and out == ""
+    assert (f"cannot download the job's output from {route_url}: it announced 1000000000000 bytes, more than the "
+            f"{runpod.MAX_OUTPUT_BYTES}-byte limit") in err, err
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_s3_output_that_stalls_ends_with_the_timeout(workflows, fake_runpod, tmp_path, capsys):
     import time
 
-    def trickle(handler):
-        handler.send_response(200)
-        handler.send_header("Content-Length", "1000000")
-        handler.end_headers()
-        try:
-            for _ in range(100):
-                handler.wfile.write(b"x")
-                handler.wfile.flush()
-                time.sleep(0.1)
-        except OSError:
-            pass
+    def trickle(exchange):
+        exchange.head(200, length=1000000)
+        exchange.trickle(b"x" * 100, 0.1)
 
-    fake_runpod.routes["/s3/slow"] = trickle
+    fake_runpod.route("/s3/slow", trickle)
     fake_runpod.final_output = {"images": [{"filename": "v.mp4", "type": "s3_url",
                                             "data": fake_runpod.base.replace("/v2", "/s3/slow")}]}
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The RunPod start step's pure parts (wanfit/worker.py); the whole step runs in tests/host/test_worker_start.py."""
+"""The RunPod start step's pure parts (wanfit/remote/worker.py); the whole step runs in tests/host/test_worker_start.py."""
 
 import pytest
 
@@ -6,7 +6,7 @@ from wanfit.core import core_from_version
 from wanfit.models import load_manifest
 from wanfit.plan import device_for_tier
 from wanfit.units import BYTES_PER_GIB
-from wanfit.worker import (FREE_SPACE_MARGIN_BYTES, WorkerStartError, check_free_space, download_estimate,
+from wanfit.remote.worker import (FREE_SPACE_MARGIN_BYTES, WorkerStartError, check_free_space, download_estimate,
                            download_url, extra_model_paths_yaml, launch_plan, missing_files, model_variants,
                            parse_plan_size, parse_workflows, patch_start_script)
 from wanfit.workflows import load_input_map

@@ -56,7 +56,7 @@ def run_demo(out_dir, width, height, frames, steps, log=print):
     from tests.fixtures.generate import ensure_fixtures, fixture_dir
     from tests.fixtures.workflows import for_tiny_fixtures
     from tests.host.server import ComfyServer
-    from ..client import ComfyClient
+    from ..remote.client import ComfyClient
     from ..workflows import fill_workflow, load_input_map
 
     import torch

@@ -13,13 +13,10 @@ import os
 from pathlib import Path
 import sys
 
-from ..download import DownloadError, download_file
 from ..errors import WanFitError
-from ..models import detect_variant, load_manifest, manager_model_list, manifest_entry
-
-# ComfyUI's folder_paths also searches these legacy folder names.
-FOLDER_ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
-                  "vae": ("vae",), "loras": ("loras",)}
+from ..models import (check_present_file, find_model_file, header_verifier, load_manifest, manager_model_list,
+                      manifest_entry, workflow_status)
+from ..remote.download import DownloadError, download_file
 
 
 class CliError(WanFitError):
@@ -31,75 +28,20 @@ def default_models_dir():
     return Path(comfyui_path) / "models"
 
 
-def find_model_file(models_dir, folder, filename):
-    """Where ComfyUI would find `filename` (folder, its legacy alias, or any subfolder), else None."""
-    for alias in FOLDER_ALIASES.get(folder, (folder,)):
-        base = Path(models_dir) / alias
-        direct = base / filename
-        if direct.is_file():
-            return direct
-        if base.is_dir():
-            for root, _dirs, files in os.walk(base, followlinks=True):
-                if filename in files:
-                    return Path(root) / filename
-    return None
-
-
-def workflow_status(models_dir, workflow_id, manifest=None):
-    """[(slot role, found path or None, manifest entry of the default file, all candidate file names)]."""
-    manifest = manifest or load_manifest()
-    rows = []
-    for slot in manifest["workflows"][workflow_id]["slots"]:
-        found = None
-        for filename in slot["any_of"]:
-            entry = manifest_entry(filename, manifest)
-            found = find_model_file(models_dir, entry["folder"], filename)
-            if found:
-                break
-        rows.append((slot["role"], found, manifest_entry(slot["any_of"][0], manifest), slot["any_of"]))
-    return rows
-
-
-def check_present_file(path, entry):
-    """None if the header matches the manifest entry's kind/variant, else a one-line problem."""
-    try:
-        info = detect_variant(path)
-    except WanFitError as error:
-        return str(error)
-    if (info.kind, info.variant) != (entry["kind"], entry["variant"]):
-        return (f"{path} looks like {info.looks_like}, but {entry['filename']} should be "
-                f"{entry['title']}. Fix: delete it and download it again (--download {entry['filename']}).")
-    return None
-
-
-def header_verifier(entry):
-    """verify(path) for download_file: None when the file's safetensors header is the model `entry` names
-    (models.py's loader check, read from the header alone), else what it is instead."""
-    def verify(path):
-        try:
-            info = detect_variant(path)
-        except WanFitError as error:
-            return str(error)
-        if (info.kind, info.variant) != (entry["kind"], entry["variant"]):
-            return f"it looks like {info.looks_like}, but {entry['filename']} should be {entry['title']}."
-        return None
-    return verify
-
-
 def _size_text(entry):
     if entry.get("size_bytes"):
         return f"{entry['size_bytes'] / 1e9:.2f} GB"
     return f"~{entry['approx_size_gb']} GB" if entry.get("approx_size_gb") else "size unknown"
 
 
-def _resolve_download_names(names_arg, workflow_ids, models_dir, manifest):
+def resolve_download_names(names_arg, workflow_ids, models_dir, manifest):
     """'all' = the default (first) file of every slot that is missing in the selected workflows."""
     if names_arg.strip() == "all":
         wanted = []
         for workflow_id in workflow_ids:
-            for _role, found, entry, _candidates in workflow_status(models_dir, workflow_id, manifest):
-                if not found and entry["filename"] not in wanted:
-                    wanted.append(entry["filename"])
+            for slot in workflow_status(models_dir, workflow_id, manifest):
+                if not slot.found and slot.entry["filename"] not in wanted:
+                    wanted.append(slot.entry["filename"])
         return wanted
     wanted = []
     for name in (n.strip() for n in names_arg.split(",") if n.strip()):
@@ -115,7 +57,8 @@ def _resolve_download_names(names_arg, workflow_ids, models_dir, manifest):
     return list(dict.fromkeys(wanted))
 
 
-def main(argv):
+def main(argv, manifest=None):
+    """`manifest` replaces WanFit's own (a test serves its files from 127.0.0.1)."""
     parser = argparse.ArgumentParser(prog="python -m wanfit models", description=__doc__.splitlines()[2].strip())
     parser.add_argument("--models-dir", default=None, help="ComfyUI models folder (default $COMFYUI_PATH/models "
                                                            "or ~/ComfyUI/models)")
@@ -127,14 +70,13 @@ def main(argv):
                         help="print (or write to PATH) the manifest in ComfyUI-Manager's model-list.json format")
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, manifest or load_manifest())
     except WanFitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-def _run(args):
-    manifest = load_manifest()
+def _run(args, manifest):
     if args.manager_json is not None:
         text = json.dumps(manager_model_list(manifest), indent=2) + "\n"
         if args.manager_json == "-":
@@ -155,7 +97,7 @@ def _run(args):
 
     failures = 0
     if args.download:
-        for filename in _resolve_download_names(args.download, workflow_ids, models_dir, manifest):
+        for filename in resolve_download_names(args.download, workflow_ids, models_dir, manifest):
             entry = manifest_entry(filename, manifest)
             present = find_model_file(models_dir, entry["folder"], filename)
             if present:
@@ -186,10 +128,11 @@ def _run(args):
     checked = {}
     for workflow_id in workflow_ids:
         rows = workflow_status(models_dir, workflow_id, manifest)
-        missing = sum(1 for row in rows if row[1] is None)
+        missing = sum(1 for slot in rows if slot.found is None)
         state = "ready" if not missing else f"{missing} missing"
         print(f"\n{workflow_id}: {manifest['workflows'][workflow_id]['title']} [{state}]")
-        for role, found, entry, candidates in rows:
+        for slot in rows:
+            role, found, entry, candidates = slot.role, slot.found, slot.entry, slot.candidates
             if found is None:
                 others = f" (or {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
                 print(f"  missing  {role:<18} {entry['folder']}/{entry['filename']}{others} - {_size_text(entry)}, "

@@ -18,11 +18,11 @@ import sys
 import tempfile
 import time
 
-from ..client import ComfyClient, ComfyServerError, ComfyUnreachableError, is_file_ref, unused_path
+from ..remote.client import ComfyClient, ComfyServerError, ComfyUnreachableError, is_file_ref
 from ..errors import InvalidInputError, WanFitError
-from ..progress import ProgressPrinter, PromptRun
-from ..runpod import RunPodClient, RunPodError
-from ..transfer import safe_file_name
+from ..remote.progress import ProgressPrinter, PromptRun
+from ..remote.runpod import RunPodClient, RunPodError
+from ..remote.transfer import safe_file_name, unused_path
 from ..workflows import fill_workflow, load_input_map, resolve_workflows_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"

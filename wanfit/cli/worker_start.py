@@ -3,7 +3,7 @@
 Reads WANFIT_WORKFLOWS (which models to put on the volume), GPU_TIER (plan for this tier instead
 of the GPU found), WANFIT_VOLUME (default /runpod-volume), COMFYUI_PATH (default /comfyui),
 WANFIT_MODEL_BASE_URL (a mirror holding <folder>/<filename>), WANFIT_MANIFEST (that mirror's
-sizes and sha256, in wanfit/manifest.json's format), WANFIT_PLAN_SIZE (the largest job,
+sizes and sha256, in wanfit/models/manifest.json's format), WANFIT_PLAN_SIZE (the largest job,
 WIDTHxHEIGHTxFRAMES) and WANFIT_STATE_DIR (default /tmp/wanfit-worker). Plans ComfyUI's launch
 flags, downloads the missing model files to <volume>/models, writes an extra-model-paths file,
 then replaces itself with worker-comfyui's start script carrying those flags (--handover, the
@@ -19,8 +19,8 @@ import shlex
 import sys
 
 from ..errors import WanFitError
-from ..transfer import write_atomically
-from ..worker import DEFAULT_COMFYUI, DEFAULT_VOLUME, WorkerStartError, patch_start_script, prepare
+from ..remote.transfer import write_atomically
+from ..remote.worker import DEFAULT_COMFYUI, DEFAULT_VOLUME, WorkerStartError, patch_start_script, prepare
 
 PREFIX = "wanfit worker-start: "
 

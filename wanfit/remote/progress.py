@@ -13,7 +13,8 @@ import math
 import sys
 import time
 
-from .client import ComfyServerError, _short
+from .client import ComfyServerError
+from .transfer import bounded_text
 
 FINAL_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
 IDLE_CHECK_S = 2.0
@@ -46,7 +47,7 @@ class ProgressPrinter:
 
     def node_name(self, node_id, class_type=None):
         name = self.node_names.get(str(node_id)) or class_type or "?"
-        return f"node {_short(node_id, 40)} ({_short(name, 80)})"
+        return f"node {bounded_text(node_id, 40)} ({bounded_text(name, 80)})"
 
     def __call__(self, kind, data):
         line, keep = self._describe(kind, data or {})
@@ -96,9 +97,9 @@ class ProgressPrinter:
             return "interrupted on the server", True
         if kind == "execution_error":
             return (f"{self.node_name(data.get('node_id'), data.get('node_type'))} failed: "
-                    f"{_short(data.get('exception_type'), 200)}", True)
+                    f"{bounded_text(data.get('exception_type'), 200)}", True)
         if kind == "runpod":
-            return (f"RunPod job {_short(data.get('job_id'), 80)}: {_short(data.get('status'), 40)}",
+            return (f"RunPod job {bounded_text(data.get('job_id'), 80)}: {bounded_text(data.get('status'), 40)}",
                     data.get("changed", True))
         if kind == "malformed":
             return f"ignoring malformed /ws messages ({data.get('reason')}); the result comes from /history", True

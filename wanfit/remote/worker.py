@@ -12,6 +12,7 @@ Every check that can fail runs before anything is downloaded or started, and eac
 """
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
@@ -21,9 +22,9 @@ import shutil
 import urllib.error
 import urllib.request
 
-from .errors import WanFitError
+from ..errors import WanFitError
 from .transfer import write_atomically
-from .units import BYTES_PER_GIB, format_gib
+from ..units import BYTES_PER_GIB, format_gib
 
 log = logging.getLogger("wanfit")
 
@@ -127,15 +128,15 @@ def output_dir(volume):
 
 def missing_files(volume, workflows, manifest):
     """Manifest entries of the files to download: the default file of each slot no candidate fills."""
-    from .cli.models import workflow_status  # the same presence rules as `wanfit models`
+    from ..models import workflow_status  # the same presence rules as `wanfit models`
 
     wanted = {}
     for workflow_id in workflows:
         if workflow_id not in manifest["workflows"]:
             continue  # decode_saved_latent: its VAE comes with the workflow that saved the latent
-        for _role, found, entry, _candidates in workflow_status(models_dir(volume), workflow_id, manifest):
-            if found is None:
-                wanted.setdefault(entry["filename"], entry)
+        for slot in workflow_status(models_dir(volume), workflow_id, manifest):
+            if slot.found is None:
+                wanted.setdefault(slot.entry["filename"], slot.entry)
     return list(wanted.values())
 
 
@@ -226,7 +227,7 @@ def volume_lock(volume):
 def download_missing(volume, rows, download_file=None):
     """Fetch each row (resumable; size, sha256 and safetensors header verified as `wanfit models --download`
     does); returns the paths written."""
-    from .cli.models import header_verifier
+    from ..models import header_verifier
     from .download import DownloadError
     from .download import download_file as default_download_file
 
@@ -322,8 +323,8 @@ def download_estimate(workflow_id, manifest):
 
 def worker_device(gpu_tier):
     """GPU_TIER's representative card when set (it wins over the card found), else the card torch sees."""
-    from .device import probe_device, system_ram_bytes
-    from .plan import GPU_TIERS, device_for_tier
+    from ..device import probe_device, system_ram_bytes
+    from ..plan import GPU_TIERS, device_for_tier
 
     if gpu_tier:
         if gpu_tier.strip().upper() not in GPU_TIERS:
@@ -337,7 +338,7 @@ def worker_device(gpu_tier):
     else:
         reason = ""
     if device is None or not device.is_gpu:
-        from .plan import GPU_TIERS
+        from ..plan import GPU_TIERS
 
         raise WorkerStartError(f"No GPU could be queried{reason} and GPU_TIER is not set. Fix: set GPU_TIER to one "
                                f"of {', '.join(GPU_TIERS)}.")
@@ -347,7 +348,7 @@ def worker_device(gpu_tier):
 def launch_plan(variants, device, core, plan_size=None):
     """The plan whose flags the worker launches with: of the named workflows' models, the one with the
     highest predicted RAM, then VRAM peak (flags are per process, so the most demanding model decides)."""
-    from .plan import PlanDoesNotFitError, plan_from_options
+    from ..plan import PlanDoesNotFitError, plan_from_options
 
     width, height, frames = plan_size or (None, None, None)
     plans = []
@@ -364,7 +365,7 @@ def launch_plan(variants, device, core, plan_size=None):
 
 def load_worker_manifest(path=None):
     """WanFit's manifest, or WANFIT_MANIFEST's (same format): a mirror whose files are not the official bytes."""
-    from .models import load_manifest
+    from ..models import load_manifest
 
     if not path:
         return load_manifest()
@@ -373,26 +374,30 @@ def load_worker_manifest(path=None):
         manifest["files"], manifest["workflows"]  # noqa: B018 (the two keys the worker reads)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise WorkerStartError(f"WANFIT_MANIFEST={path!r} is not a readable WanFit manifest ({error}). Fix: point it "
-                               "at a JSON file in the format of wanfit/manifest.json, or unset it.") from None
+                               "at a JSON file in the format of wanfit/models/manifest.json, or unset it.") from None
     return manifest
 
 
 # --- the whole step ------------------------------------------------------------------------
 
 
+@dataclass
 class Prepared:
     """What the start step decided: ComfyUI's arguments and environment, and what it downloaded."""
 
-    def __init__(self, args, env, yaml_path, downloaded, plan, core):
-        self.args, self.env, self.yaml_path = list(args), dict(env), Path(yaml_path)
-        self.downloaded, self.plan, self.core = list(downloaded), plan, core
+    args: list
+    env: dict
+    yaml_path: Path
+    downloaded: list  # Paths written
+    plan: object  # the Plan whose launch flags ComfyUI gets
+    core: object  # the ComfyUI checkout's core description
 
 
 def prepare(environ, volume, comfyui_path, state_dir, download_file=None):
     """Check everything, then download and write the yaml. Raises WorkerStartError before any side
     effect when an input is wrong (workflow, tier, core, volume, size, free space, host)."""
-    from . import core as cores
-    from .workflows import load_input_map
+    from .. import core as cores
+    from ..workflows import load_input_map
 
     manifest, input_map = load_worker_manifest(environ.get("WANFIT_MANIFEST")), load_input_map()
     workflows = parse_workflows(environ.get("WANFIT_WORKFLOWS", ""), manifest, input_map)
@@ -423,5 +428,5 @@ def prepare(environ, volume, comfyui_path, state_dir, download_file=None):
             log.info("all model files of %s are on %s; nothing to download", ", ".join(workflows), volume)
     output_dir(volume).mkdir(parents=True, exist_ok=True)
     yaml_path = write_atomically(Path(state_dir) / "extra_model_paths.yaml", extra_model_paths_yaml(volume))
-    return Prepared(comfyui_args(plan.launch_args, yaml_path, volume), plan.launch_env, yaml_path, downloaded,
-                    plan, core)
+    return Prepared(comfyui_args(plan.launch_args, yaml_path, volume), dict(plan.launch_env), Path(yaml_path),
+                    list(downloaded), plan, core)

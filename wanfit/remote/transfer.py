@@ -235,3 +235,20 @@ def safe_file_name(name, fallback):
         if last not in ("", ".", ".."):
             return last
     return fallback
+
+
+def bounded_text(value, limit=1000):
+    """A server-given value as text of bounded length, so a broken or hostile server cannot flood a message."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def unused_path(directory, filename):
+    """directory/filename, or name_1.ext, name_2.ext... so a rerun never overwrites an earlier video
+    (a restarted server or a fresh RunPod worker numbers its outputs from 00001 again)."""
+    candidate = Path(directory) / filename
+    stem, suffix, counter = candidate.stem, candidate.suffix, 1
+    while candidate.exists():
+        candidate = candidate.with_name(f"{stem}_{counter}{suffix}")
+        counter += 1
+    return candidate

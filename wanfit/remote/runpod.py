@@ -31,10 +31,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .client import unused_path
-from .errors import WanFitError
+from ..errors import WanFitError
 from .transfer import (RedirectRefused, TransferLimit, fetchable_opener, fetchable_url_problem, parse_json_object,
-                       read_body, safe_file_name, same_origin_opener, stream_to_file, write_atomically)
+                       read_body, safe_file_name, same_origin_opener, stream_to_file, unused_path, write_atomically)
 
 DEFAULT_API_BASE = "https://api.runpod.ai/v2"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -162,7 +161,8 @@ def _plain_id(value):
 
 
 class RunPodClient:
-    def __init__(self, endpoint_id, api_key=None, api_base=None, request_timeout_s=60):
+    def __init__(self, endpoint_id, api_key=None, api_base=None, request_timeout_s=60,
+                 max_output_bytes=MAX_OUTPUT_BYTES):
         if not endpoint_id or not re.fullmatch(r"[A-Za-z0-9_-]+", endpoint_id):
             raise RunPodError(f"--runpod {endpoint_id!r} is not an endpoint id. Fix: pass the id shown on the "
                               "endpoint's Overview page in the RunPod console (e.g. --runpod abc123xyz).")
@@ -172,7 +172,7 @@ class RunPodClient:
         self.request_timeout_s = request_timeout_s
         self.deadline = None  # time.monotonic() by which the output downloads must be done (--timeout), or None
         self.max_response_bytes = MAX_RESPONSE_BYTES
-        self.max_output_bytes = MAX_OUTPUT_BYTES
+        self.max_output_bytes = max_output_bytes
 
     def _deadline(self):
         """One API answer gets REQUEST_TOTAL_S of its own (the job's --timeout is checked between polls: a

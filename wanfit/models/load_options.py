@@ -4,13 +4,6 @@ The loading itself is ComfyUI's (comfy.sd); this only turns the plan, the user's
 what the file header says into the options ComfyUI's own loaders take.
 """
 
-import logging
-
-log = logging.getLogger("wanfit")
-
-from .choices import LOADER_TEXT_ENCODER_DEVICES as TEXT_ENCODER_DEVICE_OPTIONS  # noqa: E402
-from .choices import LOADER_WEIGHT_DTYPES as WEIGHT_DTYPE_OPTIONS  # noqa: E402
-
 _FP8_STORED = ("float8_e4m3fn", "float8_e5m2")
 _SIXTEEN_BIT = {"fp16": "float16", "bf16": "bfloat16"}
 

@@ -11,6 +11,9 @@ Rules (each one answers a real deployment pain):
 - A resumed answer must start where we asked (its Content-Range start equals the offset; a 206 from
   byte 0 is taken as a fresh start), and the bytes received never exceed the size the manifest or the
   server announced: a server that sends more is cut off and the bytes of that answer are dropped.
+- A model file is never a page: an answer whose Content-Type is HTML, JSON, XML or text, or whose first
+  bytes are markup or JSON, is refused and its bytes deleted, verifier or not (a login page served with
+  HTTP 200 never becomes `wan2.2_ti2v_5B_fp16.safetensors`, and a JSON error never becomes a .partial to resume).
 - A caller-supplied `verify(path)` (the models command passes a safetensors header check of the
   expected model) must accept the complete file before it takes the final name: an HTML login page
   served with HTTP 200 never becomes `wan2.2_ti2v_5B_fp16.safetensors`.
@@ -32,9 +35,9 @@ import time
 import urllib.error
 import urllib.request
 
-from .errors import WanFitError
+from ..errors import WanFitError
 from .transfer import TransferLimit, TransferTooLarge, iter_body
-from .units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
+from ..units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
 
 PARTIAL_SUFFIX = ".partial"
 CHUNK_BYTES = 4 * BYTES_PER_MIB
@@ -43,6 +46,7 @@ USER_AGENT = "ComfyUI-WanFit-downloader"
 MIN_BYTES_PER_S = 1024  # slower than this over a whole timeout_s window counts as stalled
 TOTAL_TIMEOUT_S = 12 * 3600  # a 28.6 GB expert at 1 MB/s takes 8 h
 MAX_SIZE_BYTES = 64 * BYTES_PER_GIB  # when neither the manifest nor the server says how big the file is
+SNIFF_BYTES = 64  # the first bytes that tell a page (HTML, JSON, XML) from a file
 
 
 class DownloadError(WanFitError):
@@ -60,6 +64,45 @@ class ChecksumError(DownloadError):
         self.expected = expected
         self.actual = actual
         super().__init__(path, message)
+
+
+class PageInsteadOfFileError(DownloadError):
+    """The server answered with a page (HTML, JSON, XML, text) instead of the file; none of it was kept."""
+
+
+def page_kind(content_type, first_bytes=b""):
+    """'an HTML page', 'a JSON document', ... when an answer is a page rather than a model file, else None.
+
+    A model file is binary: a safetensors file starts with an 8-byte length whose high bytes are zero, so
+    16 bytes of printable text that open with markup or a JSON object are a page, whatever the headers say."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if "html" in media:
+        return "an HTML page"
+    if "json" in media:
+        return "a JSON document"
+    if "xml" in media:
+        return "an XML document"
+    if media.startswith("text/"):
+        return f"a text page ({media})"
+    head = first_bytes.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not head or not all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head[:16]):
+        return None
+    if head[:5].lower() == b"<?xml":
+        return "an XML document"
+    if head[:1] == b"<":
+        return "an HTML page"
+    if head[:1] in b"{[" and head[1:].lstrip()[:1] in (b'"', b"{", b"[", b"}", b"]"):
+        return "a JSON document"
+    return None
+
+
+def _page_error(url, dest_path, kind, content_type, kept_bytes):
+    kept = f"; the partial file of {kept_bytes} bytes from before is kept" if kept_bytes else ""
+    return PageInsteadOfFileError(dest_path, (
+        f"Download of {dest_path.name} refused: {url} answered with {kind} (Content-Type: "
+        f"{content_type or 'none'}) instead of the file. Nothing was saved{kept}. Fix: open the URL in a browser: "
+        f"a login page means the file is gated (log in, download it there and copy it into {dest_path.parent}); "
+        f"an error page means the file moved and WanFit's manifest needs updating."))
 
 
 def partial_path(dest_path):
@@ -178,6 +221,10 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
             else:
                 offset_bytes = 0  # server ignored Range (or resent the file from byte 0): start over
                 mode = "wb"
+            content_type = response.headers.get("Content-Type")
+            kind = page_kind(content_type)
+            if kind:  # refused before the .partial is opened: nothing written, an earlier .partial untouched
+                raise _page_error(url, dest_path, kind, content_type, partial.stat().st_size if partial.exists() else 0)
             server_total = _total_from_response(response, offset_bytes)
             total_bytes = total_bytes or server_total
             if expected_size_bytes is not None and server_total is not None and server_total != expected_size_bytes:
@@ -188,6 +235,7 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
             # never more than the file has: the manifest's size, else the server's, else a generous cap
             size_cap_bytes = min(size for size in (expected_size_bytes, server_total, max_size_bytes)
                                  if size is not None)
+            first_bytes = b"" if mode == "wb" else None  # a resumed answer starts mid-file: nothing to sniff
             with open(partial, mode) as handle:
                 try:
                     for block in iter_body(response, timeout_s, deadline, size_cap_bytes, min_bytes_per_s,
@@ -196,6 +244,10 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
                         hasher.update(block)
                         done_bytes += len(block)
                         bar.update(done_bytes)
+                        if first_bytes is not None and len(first_bytes) < SNIFF_BYTES:
+                            first_bytes += block[:SNIFF_BYTES]
+                            if len(first_bytes) >= SNIFF_BYTES:
+                                _refuse_page(url, dest_path, partial, handle, content_type, first_bytes, stream)
                 except TransferTooLarge as limit:
                     handle.truncate(offset_bytes)  # drop this answer's bytes, keep what was verified before
                     if stream is not None:
@@ -215,6 +267,8 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
                     if stream is not None:
                         stream.write("\n")  # end the progress line before the error is printed
                     raise _interrupted(url, dest_path, partial, done_bytes, total_bytes, error) from None
+                if first_bytes is not None and len(first_bytes) < SNIFF_BYTES:  # a body shorter than the sniff
+                    _refuse_page(url, dest_path, partial, handle, content_type, first_bytes, stream)
                 handle.flush()
                 os.fsync(handle.fileno())
             if server_total is not None and done_bytes < server_total:
@@ -250,6 +304,18 @@ def download_file(url, dest_path, expected_size_bytes=None, expected_sha256=None
     os.replace(partial, dest_path)
     return {"path": str(dest_path), "size_bytes": actual_size_bytes, "sha256": actual_sha256,
             "resumed_from_bytes": resumed_from_bytes}
+
+
+def _refuse_page(url, dest_path, partial, handle, content_type, first_bytes, stream):
+    """Delete what a page answer wrote (it was written from byte 0) and raise, when the first bytes are a page."""
+    kind = page_kind(content_type, first_bytes)
+    if kind is None:
+        return
+    handle.close()
+    partial.unlink(missing_ok=True)
+    if stream is not None:
+        stream.write("\n")
+    raise _page_error(url, dest_path, kind, content_type, 0)
 
 
 def _interrupted(url, dest_path, partial, done_bytes, total_bytes, error):

@@ -13,8 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .errors import WanFitError
-from .transfer import (TransferDeadline, TransferLimit, parse_json_object, read_body, safe_file_name,
+from ..errors import WanFitError
+from .transfer import (TransferDeadline, TransferLimit, bounded_text, parse_json_object, read_body, safe_file_name,
                        stream_to_file)
 
 MAX_JSON_BYTES = 256 * 1024**2  # /object_info of a big install is tens of MB; /history entries far less
@@ -38,16 +38,16 @@ class PromptRejectedError(WanFitError):
         self.response = response
         error = response.get("error", {}) if isinstance(response, dict) else {}
         error = error if isinstance(error, dict) else {"message": error}
-        lines = [f"ComfyUI rejected the workflow: {_short(error.get('message', response))}"]
+        lines = [f"ComfyUI rejected the workflow: {bounded_text(error.get('message', response))}"]
         if error.get("details"):
-            lines.append(f"  {_short(error['details'])}")
+            lines.append(f"  {bounded_text(error['details'])}")
         node_errors = response.get("node_errors") if isinstance(response, dict) else None
         for node_id, node_error in (node_errors if isinstance(node_errors, dict) else {}).items():
             items = node_error.get("errors") if isinstance(node_error, dict) else None
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict):
-                    lines.append(f"  node {_short(node_id, 40)} ({_short(node_error.get('class_type'), 80)}): "
-                                 f"{_short(item.get('message'))}: {_short(item.get('details'))}")
+                    lines.append(f"  node {bounded_text(node_id, 40)} ({bounded_text(node_error.get('class_type'), 80)}): "
+                                 f"{bounded_text(item.get('message'))}: {bounded_text(item.get('details'))}")
         super().__init__("\n".join(lines))
 
 
@@ -65,9 +65,9 @@ class PromptFailedError(WanFitError):
                     isinstance(message[1], dict):
                 self.execution_error = message[1]
         error = self.execution_error
-        message = (f"prompt {prompt_id} failed in node {_short(error.get('node_id'), 40)} "
-                   f"({_short(error.get('node_type'), 80)}): {_short(error.get('exception_type'), 200)}: "
-                   f"{_short(str(error.get('exception_message') or '').strip(), 4000)}")
+        message = (f"prompt {prompt_id} failed in node {bounded_text(error.get('node_id'), 40)} "
+                   f"({bounded_text(error.get('node_type'), 80)}): {bounded_text(error.get('exception_type'), 200)}: "
+                   f"{bounded_text(str(error.get('exception_message') or '').strip(), 4000)}")
         super().__init__(message)
 
 
@@ -75,12 +75,13 @@ class ComfyClient:
     """`deadline` (a time.monotonic() value, or None) bounds every request and download, `request_timeout_s`
     each wait for data; answers are read within MAX_JSON_BYTES, /view files within MAX_DOWNLOAD_BYTES."""
 
-    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60, deadline=None):
+    def __init__(self, server="http://127.0.0.1:8188", request_timeout_s=60, deadline=None,
+                 max_download_bytes=MAX_DOWNLOAD_BYTES):
         self.server = server.rstrip("/")
         self.request_timeout_s = request_timeout_s
         self.deadline = deadline
         self.max_json_bytes = MAX_JSON_BYTES
-        self.max_download_bytes = MAX_DOWNLOAD_BYTES
+        self.max_download_bytes = max_download_bytes
         self.client_id = uuid.uuid4().hex
 
     def _deadline(self):
@@ -105,10 +106,10 @@ class ComfyClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
-                raise ComfyServerError(f"ComfyUI at {self.server} did not answer {method} {_short(path, 200)} "
+                raise ComfyServerError(f"ComfyUI at {self.server} did not answer {method} {bounded_text(path, 200)} "
                                        f"within {wait_s:.3g} s. Fix: check that the server is not stuck, or pass "
                                        f"a larger --timeout.") from None
-            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}{_short(path, 200)}: {error}. "
+            raise ComfyUnreachableError(f"cannot reach ComfyUI at {self.server}{bounded_text(path, 200)}: {error}. "
                                         "Fix: start ComfyUI or pass the right --server URL.") from error
 
     def _request(self, method, path, body=None):
@@ -119,11 +120,11 @@ class ComfyClient:
         except urllib.error.HTTPError as error:
             return error.code, error.read(ERROR_BODY_BYTES)
         except TransferLimit as limit:
-            raise ComfyServerError(f"ComfyUI's answer to {method} {_short(path, 200)} was cut off: "
+            raise ComfyServerError(f"ComfyUI's answer to {method} {bounded_text(path, 200)} was cut off: "
                                    f"{_limit_text(limit)}. Fix: check that --server {self.server} is a ComfyUI, "
                                    f"or pass a larger --timeout.") from None
         except (OSError, http.client.HTTPException) as error:
-            raise ComfyServerError(f"ComfyUI's answer to {method} {_short(path, 200)} broke off ({error}). Fix: "
+            raise ComfyServerError(f"ComfyUI's answer to {method} {bounded_text(path, 200)} broke off ({error}). Fix: "
                                    f"check the server's log and run the command again.") from None
 
     def get_json(self, path):
@@ -133,7 +134,7 @@ class ComfyClient:
             raise ComfyServerError(f"GET {path} answered HTTP {status}: {payload[:500].decode(errors='replace')}")
         parsed, problem = parse_json_object(payload)
         if problem:
-            raise ComfyServerError(f"ComfyUI answered GET {_short(path, 200)} with {problem}. Fix: check that "
+            raise ComfyServerError(f"ComfyUI answered GET {bounded_text(path, 200)} with {problem}. Fix: check that "
                                    f"--server {self.server} is a ComfyUI.")
         return parsed
 
@@ -153,7 +154,7 @@ class ComfyClient:
             return str(response["prompt_id"])
         if status == 200:
             raise ComfyServerError(f"ComfyUI answered POST /prompt without a prompt_id: "
-                                   f"{_short(json.dumps(response), 300)}. Fix: check that --server {self.server} "
+                                   f"{bounded_text(json.dumps(response), 300)}. Fix: check that --server {self.server} "
                                    f"is a ComfyUI.")
         raise PromptRejectedError(response)
 
@@ -207,13 +208,13 @@ class ComfyClient:
         a failed or cut-off transfer leaves nothing under the final name."""
         if not is_file_ref(file_ref):
             raise ComfyServerError(f"ComfyUI listed an output that is not a file reference: "
-                                   f"{_short(json.dumps(file_ref, default=str), 200)}. Fix: check that --server "
+                                   f"{bounded_text(json.dumps(file_ref, default=str), 200)}. Fix: check that --server "
                                    f"{self.server} is a ComfyUI.")
         server_name = file_ref["filename"]
         query = urllib.parse.urlencode({"filename": server_name, "subfolder": str(file_ref.get("subfolder") or ""),
                                         "type": str(file_ref.get("type") or "output")})
         destination = Path(destination_dir) / safe_file_name(filename or server_name, "comfyui_output")
-        shown = _short(server_name, 120)
+        shown = bounded_text(server_name, 120)
         try:
             with self._open("GET", f"/view?{query}") as response:
                 return stream_to_file(response, destination, self._wait_s(), self.deadline, self.max_download_bytes)
@@ -301,24 +302,7 @@ def is_file_ref(item):
         all(isinstance(item.get(key) or "", str) for key in ("subfolder", "type"))
 
 
-def _short(value, limit=1000):
-    """A server-given value as text of bounded length, for messages."""
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _limit_text(limit):
     if isinstance(limit, TransferDeadline):
         return "the time limit (--timeout) ran out"
     return str(limit)
-
-
-def unused_path(directory, filename):
-    """directory/filename, or name_1.ext, name_2.ext... so a rerun never overwrites an earlier video
-    (a restarted server or a fresh RunPod worker numbers its outputs from 00001 again)."""
-    candidate = Path(directory) / filename
-    stem, suffix, counter = candidate.stem, candidate.suffix, 1
-    while candidate.exists():
-        candidate = candidate.with_name(f"{stem}_{counter}{suffix}")
-        counter += 1
-    return candidate

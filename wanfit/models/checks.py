@@ -1,0 +1,169 @@
+"""The loaders' gates: refuse a file that is not the model the slot needs, naming the file and the fix.
+
+Each check reads the header alone (detection.py), so a wrong file is refused in milliseconds, not
+after ComfyUI has spent a minute and 28 GB of RAM loading it.
+"""
+
+from dataclasses import dataclass
+import os
+from pathlib import Path
+import re
+
+from .detection import VARIANT_TITLES, ModelInfo, detect_variant
+from .errors import DOWNLOAD_HINT, ModelMismatchError
+from .manifest import download_phrase
+
+# Which VAE file each diffusion variant needs (file names from the manifest).
+VAE_FOR_MODEL = {"ti2v_5b": "wan22_vae", "t2v_a14b": "wan21_vae", "i2v_a14b": "wan21_vae"}
+VAE_FILE_FOR_VARIANT = {"wan22_vae": "wan2.2_vae.safetensors", "wan21_vae": "wan_2.1_vae.safetensors"}
+EXPERT_FILES = {
+    "t2v_a14b": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+    "i2v_a14b": ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
+}
+
+
+@dataclass
+class ExpertPair:
+    high: ModelInfo
+    low: ModelInfo
+    task: str  # t2v_a14b | i2v_a14b
+    roles: str  # human sentence saying which file is which and why we think so
+
+
+def check_diffusion_model(path, expected_variant=None):
+    """The node's gate before comfy.sd.load_diffusion_model: refuse anything that is not WAN 2.2."""
+    info = detect_variant(path)
+    wan22 = ("ti2v_5b", "t2v_a14b", "i2v_a14b")
+    if info.kind != "diffusion_model" or info.variant not in wan22:
+        raise ModelMismatchError(
+            f"Not a WAN 2.2 model: {path} looks like {info.looks_like}. Expected a WAN 2.2 diffusion model "
+            f"(TI2V-5B, or a T2V-A14B / I2V-A14B high- or low-noise expert) in models/diffusion_models, e.g. "
+            f"wan2.2_ti2v_5B_fp16.safetensors. Fix: pick a WAN 2.2 diffusion model file; {DOWNLOAD_HINT}.",
+            [path])
+    if expected_variant is not None and info.variant != expected_variant:
+        raise ModelMismatchError(
+            f"Wrong WAN 2.2 model: {path} is {info.looks_like} ({info.variant}), but this slot expects "
+            f"{_article(VARIANT_TITLES.get(expected_variant, expected_variant))} ({expected_variant}). "
+            f"Fix: {_variant_fix(expected_variant)}", [path])
+    return info
+
+
+def check_expert_pair(high_path, low_path):
+    """Both A14B experts must be the same task and architecture, two different files, in the right slots."""
+    if _same_file(high_path, low_path):
+        raise ModelMismatchError(
+            f"The same file was given as both A14B experts: high-noise = {high_path}, low-noise = {low_path}. "
+            f"A14B needs two different files: the high-noise expert (…_high_noise_14B…) for the early steps "
+            f"and the low-noise expert (…_low_noise_14B…) for the late steps. Fix: set the low-noise input to "
+            f"the matching low-noise file, e.g. {EXPERT_FILES['t2v_a14b'][1]} or {EXPERT_FILES['i2v_a14b'][1]}.",
+            [high_path, low_path])
+    infos = {}
+    for slot, path in (("high-noise", high_path), ("low-noise", low_path)):
+        info = check_diffusion_model(path)
+        if info.variant == "ti2v_5b":
+            raise ModelMismatchError(
+                f"TI2V-5B is a single model, not an A14B expert: {path} was given as the {slot} expert. "
+                f"Fix: load it with WanFit Load Diffusion Model, or give this node a T2V-A14B or I2V-A14B "
+                f"high-noise/low-noise pair.", [high_path, low_path])
+        infos[slot] = info
+    high, low = infos["high-noise"], infos["low-noise"]
+    if high.variant != low.variant:
+        fix_files = EXPERT_FILES[high.variant]
+        raise ModelMismatchError(
+            f"The A14B experts are for different tasks: high-noise {high_path} is {high.looks_like} "
+            f"(in_dim {high.dims.in_dim}), low-noise {low_path} is {low.looks_like} (in_dim {low.dims.in_dim}). "
+            f"Both experts must be T2V, or both I2V. Fix: for {VARIANT_TITLES[high.variant]}s use "
+            f"{fix_files[0]} with {fix_files[1]}.", [high_path, low_path])
+    if high.dims.as_dict() != low.dims.as_dict():
+        raise ModelMismatchError(
+            f"The A14B experts have different architectures: high-noise {high_path} has {high.dims.as_dict()}, "
+            f"low-noise {low_path} has {low.dims.as_dict()}. Fix: use the high- and low-noise files of the same "
+            f"release, e.g. {EXPERT_FILES[high.variant][0]} with {EXPERT_FILES[high.variant][1]}.",
+            [high_path, low_path])
+    high_hint, low_hint = noise_level_hint(high_path), noise_level_hint(low_path)
+    if high_hint == "low" or low_hint == "high":
+        raise ModelMismatchError(
+            f"The A14B experts look swapped: the high-noise input is {high_path} (name says "
+            f"{high_hint or 'nothing'}-noise) and the low-noise input is {low_path} (name says "
+            f"{low_hint or 'nothing'}-noise). Fix: put the …high_noise… file in high_noise_model and the "
+            f"…low_noise… file in low_noise_model.", [high_path, low_path])
+    roles = (f"high-noise expert: {Path(high_path).name} ("
+             + ("file name says high-noise" if high_hint else "no high/low hint in the name; trusted by slot")
+             + f"); low-noise expert: {Path(low_path).name} ("
+             + ("file name says low-noise" if low_hint else "no high/low hint in the name; trusted by slot") + ")")
+    return ExpertPair(high=high, low=low, task=high.variant, roles=roles)
+
+
+def noise_level_hint(path):
+    """'high' / 'low' when the file name says which expert it is, else None."""
+    name = Path(path).name.lower()
+    found = set(re.findall(r"(?<![a-z])(high|low)(?=[_\-. ]?noise|[_\-.]|$)", name))
+    return found.pop() if len(found) == 1 else None
+
+
+def check_vae_for_model(vae_path, model_variant, model_path=None):
+    """TI2V-5B decodes 48-channel latents (Wan 2.2 VAE), A14B 16-channel ones (Wan 2.1 VAE)."""
+    if isinstance(model_variant, ModelInfo):
+        model_path = model_path or model_variant.path
+        model_variant = model_variant.variant
+    if model_variant not in VAE_FOR_MODEL:
+        raise ModelMismatchError(f"Unknown WAN 2.2 model variant {model_variant!r} for the VAE check. Expected one "
+                                 f"of {sorted(VAE_FOR_MODEL)}. Fix: pass the variant detect_variant() reported.",
+                                 [vae_path])
+    info = detect_variant(vae_path)
+    wanted = VAE_FOR_MODEL[model_variant]
+    model_label = f"{model_path} ({VARIANT_TITLES[model_variant]})" if model_path else VARIANT_TITLES[model_variant]
+    if info.kind != "vae":
+        raise ModelMismatchError(
+            f"Not a WAN VAE: {vae_path} looks like {info.looks_like}. The model {model_label} needs the "
+            f"{VARIANT_TITLES[wanted]}. Fix: load {VAE_FILE_FOR_VARIANT[wanted]} from models/vae "
+            f"({download_phrase(VAE_FILE_FOR_VARIANT[wanted])}).", [vae_path])
+    if info.variant != wanted:
+        raise ModelMismatchError(
+            f"Wrong VAE for this model: {vae_path} is the {VARIANT_TITLES[info.variant]}, but the model "
+            f"{model_label} needs the {VARIANT_TITLES[wanted]}. Fix: load {VAE_FILE_FOR_VARIANT[wanted]} from "
+            f"models/vae instead ({download_phrase(VAE_FILE_FOR_VARIANT[wanted])}).",
+            [vae_path] + ([model_path] if model_path else []))
+    return info
+
+
+def check_text_encoder(path):
+    """WAN conditions on umt5-xxl (4096 wide, 256384 tokens); a Flux T5-XXL or CLIP gives garbage or fails late."""
+    info = detect_variant(path)
+    if info.kind != "text_encoder" or info.variant != "umt5_xxl":
+        raise ModelMismatchError(
+            f"Not the umt5-xxl text encoder: {path} looks like {info.looks_like}. WAN 2.2 needs umt5-xxl in "
+            f"models/text_encoders. Fix: load umt5_xxl_fp8_e4m3fn_scaled.safetensors (or umt5_xxl_fp16.safetensors) "
+            f"instead ({download_phrase('umt5_xxl_fp8_e4m3fn_scaled.safetensors')}).", [path])
+    return info
+
+
+
+def check_vae_file(path):
+    """Any WAN VAE, when no model or plan says which one the slot needs."""
+    info = detect_variant(path)
+    if info.variant not in ("wan22_vae", "wan21_vae"):
+        raise ModelMismatchError(
+            f"Not a WAN VAE: {path} looks like {info.looks_like}. Expected the Wan 2.2 VAE (wan2.2_vae.safetensors, "
+            "for TI2V-5B) or the Wan 2.1 VAE (wan_2.1_vae.safetensors, for A14B) in models/vae. Fix: pick one of "
+            "those; python -m wanfit models lists them with their download links.", [path])
+    return info
+
+
+def _same_file(path_a, path_b):
+    try:
+        return os.path.samefile(path_a, path_b)
+    except OSError:
+        return os.path.realpath(path_a) == os.path.realpath(path_b)
+
+
+def _article(text):
+    return ("an " if text[:1].lower() in "aeiou" else "a ") + text
+
+
+def _variant_fix(variant):
+    if variant == "ti2v_5b":
+        return "load wan2.2_ti2v_5B_fp16.safetensors from models/diffusion_models."
+    if variant in EXPERT_FILES:
+        return f"load {EXPERT_FILES[variant][0]} / {EXPERT_FILES[variant][1]} from models/diffusion_models."
+    return DOWNLOAD_HINT + "."
