@@ -1,5 +1,5 @@
 // WanFit front-end extension.
-// - Every WanFit node that reports (nodes return {"ui": {"text": [...]}}) carries a read-only, multi-line,
+// - Every WanFit node that reports (its io.NodeOutput carries ui {"text": [...]}) carries a read-only, multi-line,
 //   scrollable report area of a fixed height from the start, so a run never grows the node over its neighbours.
 // - The Offload Plan node shows, before Run and live as its widgets change, what GET /wanfit/plan/preview says of
 //   the job on this machine: whether it fits, predicted VRAM/RAM, the main choices, or what would fit.

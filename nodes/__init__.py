@@ -1,13 +1,22 @@
-"""Node classes only; each file declares its nodes and calls into wanfit/."""
+"""Node classes only (ComfyUI's V3 schema); each file declares its nodes and calls into wanfit/."""
 
-from . import attention, device_info, latent, lean_forward, loaders, plan, schedule, vae_decode
-from .routes import register_with_comfyui
+from comfy_api.latest import ComfyExtension
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+from .attention import WanFitAttentionReport, WanFitSageAttention
+from .device_info import WanFitDeviceInfo
+from .latent import WanFitLoadSavedLatent
+from .lean_forward import WanFitLeanForward
+from .loaders import (WanFitLoadA14BExperts, WanFitLoadDiffusionModel, WanFitLoadTextEncoder, WanFitLoadVAE,
+                      WanFitSwitchToLowNoiseExpert)
+from .plan import WanFitOffloadPlan
+from .schedule import WanFitExpertSwitchStep
+from .vae_decode import WanFitVAEDecode
 
-for _module in (device_info, plan, loaders, attention, lean_forward, schedule, latent, vae_decode):
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+NODES = [WanFitDeviceInfo, WanFitOffloadPlan, WanFitLoadDiffusionModel, WanFitLoadA14BExperts,
+         WanFitSwitchToLowNoiseExpert, WanFitLoadTextEncoder, WanFitLoadVAE, WanFitSageAttention,
+         WanFitAttentionReport, WanFitLeanForward, WanFitExpertSwitchStep, WanFitLoadSavedLatent, WanFitVAEDecode]
 
-register_with_comfyui()
+
+class WanFitExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)

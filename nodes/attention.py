@@ -1,82 +1,62 @@
-from ..wanfit.choices import ATTENTION_MODES as MODES
+from comfy_api.latest import io
 
-MODE_TOOLTIP = ("auto: the fastest sageattention kernel this GPU supports, verified against SDPA on first use; "
-                "PyTorch SDPA when sageattention, a GPU or a supported architecture is missing. "
-                "disabled: ComfyUI's own attention (removes an earlier WanFit patch). "
-                "The other entries force one sageattention kernel family (falls back, with the reason, "
-                "if this card cannot run it).")
+from ..wanfit.choices import ATTENTION_MODES
+from .sockets import output, plan_input, shown
 
 
-class WanFitSageAttention:
-    DESCRIPTION = ("Routes this model's attention through a sageattention kernel when the package, the GPU and "
-                   "the shapes allow it, and through ComfyUI's own attention (PyTorch SDPA) otherwise. Returns a "
-                   "patched clone: the input model is untouched, so each A14B expert can be patched on its own. "
-                   "NaN/Inf from the kernel switches that model back to SDPA for the rest of the run.")
-    CATEGORY = "WanFit"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "report")
-    OUTPUT_TOOLTIPS = ("A clone of the model with the attention override set.",
-                       "Which backend runs and why (call counts appear in WanFit Attention Report after sampling).")
+class WanFitSageAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitSageAttention", display_name="WanFit Sage Attention", category="WanFit",
+            description="Routes this model's attention through a sageattention kernel where it runs, else PyTorch SDPA.",
+            inputs=[
+                io.Model.Input("model", tooltip="The WAN 2.2 diffusion model (TI2V-5B, or one A14B expert)."),
+                io.Combo.Input("mode", options=list(ATTENTION_MODES), default="auto",
+                               tooltip="auto: the fastest verified kernel, else SDPA; disabled: ComfyUI's own "
+                                       "attention; the others force one kernel family."),
+                io.Boolean.Input("keep_cross_attention_on_sdpa", default=False,
+                                 tooltip="Run the text cross-attention on SDPA; turn on if sage output ignores the "
+                                         "prompt."),
+                io.Int.Input("nan_check_calls", default=8, min=0, max=10000,
+                             tooltip="How many first kernel outputs are checked for NaN/Inf; 0 disables the check."),
+                plan_input("Optional WanFit Offload Plan: its attention preference applies when mode is auto."),
+            ],
+            outputs=[output(io.Model, "model", "A clone of the model with the attention override set."),
+                     output(io.String, "report", "Which backend runs and why.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The WAN 2.2 diffusion model (TI2V-5B, or one A14B expert)."}),
-                "mode": (list(MODES), {"default": "auto", "tooltip": MODE_TOOLTIP}),
-                "keep_cross_attention_on_sdpa": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Run the text cross-attention on SDPA and only self-attention on the kernel. "
-                               "Turn on if sage output looks washed out or ignores the prompt.",
-                }),
-                "nan_check_calls": ("INT", {
-                    "default": 8, "min": 0, "max": 10000,
-                    "tooltip": "How many first kernel outputs are checked for NaN/Inf (black-video guard). "
-                               "0 disables the check.",
-                }),
-            },
-            "optional": {
-                "plan": ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: its attention preference "
-                                                    "applies when mode is auto."}),
-            },
-        }
-
-    def patch(self, model, mode, keep_cross_attention_on_sdpa, nan_check_calls, plan=None):
+    def execute(cls, model, mode, keep_cross_attention_on_sdpa, nan_check_calls, plan=None):
         from ..wanfit.attention import patch_model_attention
 
         patched, report = patch_model_attention(model, mode, plan=plan,
                                                 keep_cross_attention_on_sdpa=keep_cross_attention_on_sdpa or None,
                                                 nan_check_calls=nan_check_calls)
-        return {"ui": {"text": [report]}, "result": (patched, report)}
+        return shown(report, patched, report)
 
 
-class WanFitAttentionReport:
-    DESCRIPTION = ("Reports, after sampling, which attention backend actually ran on a model patched by WanFit "
-                   "Sage Attention and how many calls went to the kernel or the fallback (and why). Put it after "
-                   "the sampler; the latent passes through unchanged.")
-    CATEGORY = "WanFit"
-    FUNCTION = "report"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("LATENT", "STRING")
-    RETURN_NAMES = ("samples", "report")
-    OUTPUT_TOOLTIPS = ("The input latent, unchanged.", "Backend, reason and call counts since the last report.")
+class WanFitAttentionReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitAttentionReport", display_name="WanFit Attention Report", category="WanFit",
+            description="Reports, after sampling, which attention backend ran and how many calls went where.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model that was sampled (the output of WanFit Sage Attention)."),
+                io.Latent.Input("samples", tooltip="The sampler's output, so the report runs after sampling."),
+                io.Boolean.Input("reset_counts", default=True,
+                                 tooltip="Zero the call counts after reporting, so each run reports its own calls."),
+            ],
+            outputs=[output(io.Latent, "samples", "The input latent, unchanged."),
+                     output(io.String, "report", "Backend, reason and call counts since the last report.")],
+            is_output_node=True)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The model that was sampled (the output of WanFit Sage Attention)."}),
-            "samples": ("LATENT", {"tooltip": "The sampler's output; connecting it makes the report run after "
-                                              "sampling."}),
-            "reset_counts": ("BOOLEAN", {"default": True, "tooltip": "Zero the call counts after reporting, so "
-                                                                     "the next run reports only its own calls."}),
-        }}
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
+    def fingerprint_inputs(cls, **inputs):
         return float("nan")  # counts change with every run of the sampler
 
-    def report(self, model, samples, reset_counts):
+    @classmethod
+    def execute(cls, model, samples, reset_counts):
         from ..wanfit.attention import find_override
         from ..wanfit.lean_forward import lean_report
 
@@ -93,9 +73,4 @@ class WanFitAttentionReport:
         lean = lean_report(model)  # the model came through WanFit Lean Forward: which blocks ran, and the check
         if lean:
             text = f"{text}\n{lean}"
-        return {"ui": {"text": [text], "wanfit_attention": [counts]}, "result": (samples, text)}
-
-
-NODE_CLASS_MAPPINGS = {"WanFitSageAttention": WanFitSageAttention, "WanFitAttentionReport": WanFitAttentionReport}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitSageAttention": "WanFit Sage Attention",
-                              "WanFitAttentionReport": "WanFit Attention Report"}
+        return shown(text, samples, text, wanfit_attention=[counts])

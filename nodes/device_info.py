@@ -1,31 +1,26 @@
+from comfy_api.latest import io
+
 from ..wanfit.device import probe_comfyui_device
+from .sockets import Device, output, shown
 
 
-class WanFitDeviceInfo:
-    DESCRIPTION = ("Reports the device ComfyUI runs on: GPU name, compute capability, total and free VRAM, "
-                   "system RAM, torch/CUDA/ComfyUI versions and which attention backends are importable. "
-                   "Run it first on a new machine (or a rented GPU) to see what WanFit will plan for.")
-    CATEGORY = "WanFit"
-    FUNCTION = "report"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "WANFIT_DEVICE")
-    RETURN_NAMES = ("summary", "device")
-    OUTPUT_TOOLTIPS = ("Human-readable summary of the device, memory and versions.",
-                       "The probe as a dict, for WanFit's offload planner.")
+class WanFitDeviceInfo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitDeviceInfo", display_name="WanFit Device Info", category="WanFit",
+            description="Reports the GPU, VRAM, system RAM, versions and attention backends WanFit plans for.",
+            inputs=[],
+            outputs=[output(io.String, "summary", "The device, memory and versions as text."),
+                     output(Device, "device", "The probed device, for WanFit Offload Plan's device input.")],
+            is_output_node=True)
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
+    def fingerprint_inputs(cls, **inputs):
+        return float("nan")  # free VRAM changes between runs: always probe again
 
     @classmethod
-    def IS_CHANGED(cls):
-        return float("nan")  # free VRAM changes between runs: always re-probe
-
-    def report(self):
+    def execute(cls):
         info = probe_comfyui_device()
         summary = info.summary()
-        return {"ui": {"text": [summary]}, "result": (summary, info.as_dict())}
-
-
-NODE_CLASS_MAPPINGS = {"WanFitDeviceInfo": WanFitDeviceInfo}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitDeviceInfo": "WanFit Device Info"}
+        return shown(summary, summary, info)

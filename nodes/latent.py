@@ -1,7 +1,10 @@
 import hashlib
 
+from comfy_api.latest import io
+
 from ..wanfit.errors import WanFitError
 from ..wanfit.latents import list_saved_latents, load_saved_latent, resolve_saved_latent
+from .sockets import output
 
 
 def output_dir():
@@ -10,23 +13,18 @@ def output_dir():
     return folder_paths.get_output_directory()
 
 
-class WanFitLoadSavedLatent:
-    DESCRIPTION = ("Loads a latent that SaveLatent wrote to the output folder (the shipped workflows save one "
-                   "before decoding), so a decode that failed, or one you want at another budget, can be redone "
-                   "without sampling again. Stock Load Latent only sees the input folder.")
-    CATEGORY = "WanFit"
-    FUNCTION = "load"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("samples",)
-    OUTPUT_TOOLTIPS = ("The saved latent, as the sampler produced it.",)
+class WanFitLoadSavedLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitLoadSavedLatent", display_name="WanFit Load Saved Latent", category="WanFit",
+            description="Loads a latent saved in the output folder, to decode it again without sampling again.",
+            inputs=[io.Combo.Input("latent", options=list_saved_latents(output_dir()) or [""],
+                                   tooltip="A .latent file under the output folder, newest first.")],
+            outputs=[output(io.Latent, "samples", "The saved latent, as the sampler produced it.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"latent": (list_saved_latents(output_dir()) or [""], {
-            "tooltip": "A .latent file under the output folder, newest first (e.g. latents/wanfit_a14b_t2v_00001_.latent)."})}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, latent):
+    def validate_inputs(cls, latent):
         try:
             resolve_saved_latent(output_dir(), latent)
         except WanFitError as error:
@@ -34,13 +32,9 @@ class WanFitLoadSavedLatent:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, latent):
-        path = resolve_saved_latent(output_dir(), latent)
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+    def fingerprint_inputs(cls, latent):
+        return hashlib.sha256(resolve_saved_latent(output_dir(), latent).read_bytes()).hexdigest()
 
-    def load(self, latent):
-        return (load_saved_latent(resolve_saved_latent(output_dir(), latent)),)
-
-
-NODE_CLASS_MAPPINGS = {"WanFitLoadSavedLatent": WanFitLoadSavedLatent}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitLoadSavedLatent": "WanFit Load Saved Latent"}
+    @classmethod
+    def execute(cls, latent):
+        return io.NodeOutput(load_saved_latent(resolve_saved_latent(output_dir(), latent)))

@@ -1,12 +1,11 @@
 """WanFit Lean Forward: the WAN model with a lean block forward (wanfit/lean_forward.py)."""
 
+from comfy_api.latest import io
+
+from ..wanfit.plan_field import plan_field as _planned
+from .sockets import output, plan_input
+
 MODES = ("auto", "on", "off")
-MODE_TOOLTIP = ("auto: follow the connected WanFit Offload Plan: lean blocks when the plan needs them for the job "
-                "to fit, ComfyUI's own blocks (the model passes through unchanged) when they fit; without a plan, "
-                "lean blocks. Before the first step the lean block is compared with this ComfyUI's own block on the "
-                "real input; if they differ, ComfyUI's own blocks run and the report says why. on: always lean "
-                "blocks (same result, less activation memory), and the run stops if that check fails. off: "
-                "ComfyUI's own blocks, the model passes through unchanged (to compare, or to rule this node out).")
 
 
 def _show_on_node(node_id):
@@ -21,78 +20,53 @@ def _show_on_node(node_id):
     return notify if node_id is not None else None
 
 
-def _planned(plan, key):
-    if plan is None:
-        return None
-    return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
+def patch(model, mode="auto", chunk_tokens=0, plan=None, unique_id=None):
+    from ..wanfit.errors import InvalidInputError
+    from ..wanfit.lean_forward import LeanForwardError, patch_model_lean
+
+    if mode not in MODES:
+        raise InvalidInputError("mode", mode, " / ".join(MODES), "pick one of the listed modes")
+    if mode == "off":
+        report = "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
+        return {"ui": {"text": [report]}, "result": (model, report)}
+    if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
+        report = ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the model passes "
+                  "through unchanged; mode on forces the lean forward)")
+        return {"ui": {"text": [report]}, "result": (model, report)}
+    chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
+    try:
+        patched, report = patch_model_lean(model, chunk, fallback=mode == "auto", notify=_show_on_node(unique_id))
+    except LeanForwardError as error:
+        if mode != "auto":
+            raise
+        # a model or core the lean forward cannot take: auto keeps ComfyUI's own blocks and says why
+        report = f"Lean forward not applied, ComfyUI's own blocks run (the model passes through unchanged): {error}"
+        return {"ui": {"text": [report]}, "result": (model, report)}
+    if mode == "auto" and plan is not None:
+        report += " (the plan needs it for this job to fit)"
+    return {"ui": {"text": [report]}, "result": (patched, report)}
 
 
-class WanFitLeanForward:
-    DESCRIPTION = ("Runs this WAN model's transformer blocks over token chunks: the same result as ComfyUI's own "
-                   "blocks (checked on each supported core), with about 5 hidden states of activation memory instead "
-                   "of 9-13.5, so bigger videos fit a small card. Before it runs, it compares itself with this ComfyUI's "
-                   "own block on the real input (once per process); where they differ, ComfyUI's own blocks run (mode "
-                   "auto) or the run stops (mode on). With mode auto and a plan connected it patches only "
-                   "when the plan needs it. Returns a patched clone; the input model is untouched, so each A14B expert "
-                   "is patched on its own. Works with WanFit Sage Attention, LoRAs and fp8 weights; refuses a model "
-                   "that already carries another block-replacing patch.")
-    CATEGORY = "WanFit"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "report")
-    OUTPUT_TOOLTIPS = ("A clone of the model whose blocks run lean, or the input model unchanged when the lean "
-                       "forward is off (mode off, or auto with a plan that fits without it).",
-                       "What was installed and the activation memory it saves, or why nothing was.")
+class WanFitLeanForward(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitLeanForward", display_name="WanFit Lean Forward", category="WanFit",
+            description="Runs the WAN blocks over token chunks: the same result with less activation memory.",
+            inputs=[
+                io.Model.Input("model", tooltip="The WAN 2.2 diffusion model (TI2V-5B, or one A14B expert)."),
+                io.Combo.Input("mode", options=list(MODES), default="auto",
+                               tooltip="auto: lean blocks when the plan needs them (checked against this ComfyUI "
+                                       "first); on: always; off: ComfyUI's own blocks."),
+                io.Int.Input("chunk_tokens", default=0, min=0, max=1_000_000, step=256,
+                             tooltip="Tokens per chunk; 0 = auto (the plan's chunk size, else 1/8 of the sequence)."),
+                plan_input("Optional WanFit Offload Plan: decides, with mode auto, whether the lean forward runs."),
+            ],
+            outputs=[output(io.Model, "model", "A clone whose blocks run lean, or the input model unchanged."),
+                     output(io.String, "report", "What was installed and the memory it saves, or why nothing was.")],
+            hidden=[io.Hidden.unique_id])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The WAN 2.2 diffusion model (TI2V-5B, or one A14B expert). Apply "
-                                               "the lean forward to both experts of an A14B pair."}),
-                "mode": (list(MODES), {"default": "auto", "tooltip": MODE_TOOLTIP}),
-                "chunk_tokens": ("INT", {
-                    "default": 0, "min": 0, "max": 1_000_000, "step": 256,
-                    "tooltip": "Tokens per chunk. 0 = auto (the plan's chunk size, else 1/8 of the sequence, at "
-                               "least 4096 tokens): the memory saving with GPU-sized matmuls. Smaller saves a "
-                               "little more memory during the FFN and costs speed; it must not exceed the job's "
-                               "token count.",
-                }),
-            },
-            "optional": {
-                "plan": ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: with mode auto it decides "
-                                                    "whether the lean forward runs; its chunk size applies when "
-                                                    "chunk_tokens is 0 (auto)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
-
-    def patch(self, model, mode="auto", chunk_tokens=0, plan=None, unique_id=None):
-        from ..wanfit.errors import InvalidInputError
-        from ..wanfit.lean_forward import LeanForwardError, patch_model_lean
-
-        if mode not in MODES:
-            raise InvalidInputError("mode", mode, " / ".join(MODES), "pick one of the listed modes")
-        if mode == "off":
-            report = "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
-            report = ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the model passes "
-                      "through unchanged; mode on forces the lean forward)")
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
-        try:
-            patched, report = patch_model_lean(model, chunk, fallback=mode == "auto", notify=_show_on_node(unique_id))
-        except LeanForwardError as error:
-            if mode != "auto":
-                raise
-            # a model or core the lean forward cannot take: auto keeps ComfyUI's own blocks and says why
-            report = f"Lean forward not applied, ComfyUI's own blocks run (the model passes through unchanged): {error}"
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        if mode == "auto" and plan is not None:
-            report += " (the plan needs it for this job to fit)"
-        return {"ui": {"text": [report]}, "result": (patched, report)}
-
-
-NODE_CLASS_MAPPINGS = {"WanFitLeanForward": WanFitLeanForward}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitLeanForward": "WanFit Lean Forward"}
+    def execute(cls, model, mode="auto", chunk_tokens=0, plan=None):
+        answer = patch(model, mode, chunk_tokens, plan, unique_id=cls.hidden.unique_id)
+        return io.NodeOutput(*answer["result"], ui=answer["ui"])

@@ -1,9 +1,13 @@
 """Loader nodes. The checks (wanfit.models) and load options (wanfit.loading) are imported when a node
 runs, not when ComfyUI starts: the widget choices come from wanfit.choices."""
 
-from ..wanfit.choices import LOADER_TEXT_ENCODER_DEVICES as TEXT_ENCODER_DEVICE_OPTIONS
-from ..wanfit.choices import LOADER_WEIGHT_DTYPES as WEIGHT_DTYPE_OPTIONS
+from comfy_api.latest import io
+
+from ..wanfit.choices import LOADER_TEXT_ENCODER_DEVICES, LOADER_WEIGHT_DTYPES
 from ..wanfit.errors import WanFitError
+from ..wanfit.plan_field import plan_field
+from .sockets import output, plan_input, shown
+
 
 def models():
     from ..wanfit import models as module
@@ -17,16 +21,20 @@ def loading():
     return module
 
 
-PLAN_INPUT = ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: weight dtype, text-encoder device and the "
-                                         "model variant to check against come from it."})
-WEIGHT_DTYPE_TOOLTIP = ("auto: follow the plan (fp8 on small cards), or load as stored without a plan. default: as "
-                        "stored. fp8_*: cast at load to save half the memory. bf16/fp16: cast 16-bit weights.")
-
-
 def filenames(folder):
     import folder_paths
 
     return folder_paths.get_filename_list(folder)
+
+
+def weight_dtype_input():
+    return io.Combo.Input("weight_dtype", options=list(LOADER_WEIGHT_DTYPES), default="auto",
+                          tooltip="auto follows the plan (fp8 on small cards); default loads as stored; the others "
+                                  "cast at load.")
+
+
+def loader_plan_input():
+    return plan_input("Optional WanFit Offload Plan: weight dtype, text-encoder device and model variant to check.")
 
 
 def full_path(folder, name):
@@ -46,7 +54,7 @@ def full_path(folder, name):
 
 
 def validation_message(check):
-    """For VALIDATE_INPUTS: True, or the error text, so /prompt refuses a bad file before it is queued
+    """For validate_inputs: True, or the error text, so /prompt refuses a bad file before it is queued
     (ComfyUI then skips its own 'Value not in list', whose text names neither the folder nor the fix)."""
     try:
         check()
@@ -80,34 +88,37 @@ def load_diffusion_model(path, info, weight_dtype_option, plan):
     return model, reason
 
 
-def plan_variant(plan):
-    return getattr(plan, "model_variant", None) if plan is not None else None
+def model_variant_of(model):
+    """ti2v_5b | t2v_a14b | i2v_a14b for a loaded WAN MODEL (ComfyUI's detected config), else None."""
+    if model is None:
+        return None
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    unet_config = getattr(config, "unet_config", {}) or {}
+    if unet_config.get("image_model") != "wan2.1":
+        return None
+    if unet_config.get("out_dim") == 48:
+        return "ti2v_5b"
+    return "i2v_a14b" if unet_config.get("in_dim") == 36 else "t2v_a14b"
 
 
-class WanFitLoadDiffusionModel:
-    DESCRIPTION = ("Loads a WAN 2.2 diffusion model (TI2V-5B, or one A14B expert) after checking its header: a wrong "
-                   "or damaged file is refused in milliseconds, before anything is loaded, with the fix. Follows the "
-                   "plan's weight dtype when one is connected.")
-    CATEGORY = "WanFit/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "info")
-    OUTPUT_TOOLTIPS = ("The diffusion model.", "What the file is and how it was loaded.")
+class WanFitLoadDiffusionModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitLoadDiffusionModel", display_name="WanFit Load Diffusion Model", category="WanFit/loaders",
+            description="Loads a WAN 2.2 diffusion model after checking its header, following the plan's weight dtype.",
+            inputs=[io.Combo.Input("model_name", options=filenames("diffusion_models"),
+                                   tooltip="File in models/diffusion_models, e.g. wan2.2_ti2v_5B_fp16.safetensors."),
+                    weight_dtype_input(), loader_plan_input()],
+            outputs=[output(io.Model, "model", "The diffusion model."),
+                     output(io.String, "info", "What the file is and how it was loaded.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (filenames("diffusion_models"), {
-                "tooltip": "File in models/diffusion_models, e.g. wan2.2_ti2v_5B_fp16.safetensors."}),
-            "weight_dtype": (list(WEIGHT_DTYPE_OPTIONS), {"default": "auto", "tooltip": WEIGHT_DTYPE_TOOLTIP}),
-        }, "optional": {"plan": PLAN_INPUT}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model_name):
+    def validate_inputs(cls, model_name):
         return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models", model_name)))
 
     @classmethod
-    def IS_CHANGED(cls, model_name, **kwargs):
+    def fingerprint_inputs(cls, model_name, **inputs):
         """Load again after WanFit released these weights (A14B hand-over); otherwise ComfyUI's cache holds."""
         import folder_paths
 
@@ -115,88 +126,79 @@ class WanFitLoadDiffusionModel:
 
         return f"{model_name}#{released_generation(folder_paths.get_full_path('diffusion_models', model_name))}"
 
-    def load(self, model_name, weight_dtype, plan=None):
+    @classmethod
+    def execute(cls, model_name, weight_dtype, plan=None):
         path = full_path("diffusion_models", model_name)
-        info = models().check_diffusion_model(path, plan_variant(plan))
+        info = models().check_diffusion_model(path, plan_field(plan, "model_variant"))
         model, reason = load_diffusion_model(path, info, weight_dtype, plan)
         text = f"{model_name}: {info.title} ({info.precision_label}); {reason}"
-        return {"ui": {"text": [text]}, "result": (model, text)}
+        return shown(text, model, text)
 
 
-class WanFitLoadA14BExperts:
-    DESCRIPTION = ("Loads the WAN 2.2 A14B expert pair (high-noise for the early steps, low-noise for the late steps) "
-                   "after checking that both are experts of the same task (T2V with T2V, I2V with I2V), of the same "
-                   "architecture, and two different files.")
-    CATEGORY = "WanFit/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = ("MODEL", "MODEL", "STRING")
-    RETURN_NAMES = ("high_noise_model", "low_noise_model", "info")
-    OUTPUT_TOOLTIPS = ("The high-noise expert (first part of the schedule).",
-                       "The low-noise expert (the rest of the schedule).", "Which file is which, and how loaded.")
-
+class WanFitLoadA14BExperts(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         names = filenames("diffusion_models")
-        return {"required": {
-            "high_noise_model": (names, {"tooltip": "The high-noise expert, e.g. "
-                                                    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors."}),
-            "low_noise_model": (names, {"tooltip": "The low-noise expert of the same task, e.g. "
-                                                   "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors."}),
-            "weight_dtype": (list(WEIGHT_DTYPE_OPTIONS), {"default": "auto", "tooltip": WEIGHT_DTYPE_TOOLTIP}),
-        }, "optional": {"plan": PLAN_INPUT}}
+        return io.Schema(
+            node_id="WanFitLoadA14BExperts", display_name="WanFit Load A14B Experts", category="WanFit/loaders",
+            description="Loads the A14B high-noise and low-noise experts after checking they are one pair.",
+            inputs=[io.Combo.Input("high_noise_model", options=names,
+                                   tooltip="The high-noise expert, e.g. wan2.2_t2v_high_noise_14B_fp8_scaled."),
+                    io.Combo.Input("low_noise_model", options=names,
+                                   tooltip="The low-noise expert of the same task, e.g. "
+                                           "wan2.2_t2v_low_noise_14B_fp8_scaled."),
+                    weight_dtype_input(), loader_plan_input()],
+            outputs=[output(io.Model, "high_noise_model", "The high-noise expert (first part of the schedule)."),
+                     output(io.Model, "low_noise_model", "The low-noise expert (the rest of the schedule)."),
+                     output(io.String, "info", "Which file is which, and how it was loaded.")])
 
     @classmethod
-    def VALIDATE_INPUTS(cls, high_noise_model, low_noise_model):
+    def validate_inputs(cls, high_noise_model, low_noise_model):
         return validation_message(lambda: models().check_expert_pair(full_path("diffusion_models", high_noise_model),
-                                                            full_path("diffusion_models", low_noise_model)))
+                                                                     full_path("diffusion_models", low_noise_model)))
 
-    def load(self, high_noise_model, low_noise_model, weight_dtype, plan=None):
+    @classmethod
+    def execute(cls, high_noise_model, low_noise_model, weight_dtype, plan=None):
         high_path = full_path("diffusion_models", high_noise_model)
         low_path = full_path("diffusion_models", low_noise_model)
         pair = models().check_expert_pair(high_path, low_path)
-        expected = plan_variant(plan)
+        expected = plan_field(plan, "model_variant")
         if expected in ("t2v_a14b", "i2v_a14b") and pair.high.variant != expected:
             models().check_diffusion_model(high_path, expected)  # raises the wrong-variant message
         high, reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
         low, _ = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
         text = f"{pair.roles}; {reason}"
-        return {"ui": {"text": [text]}, "result": (high, low, text)}
+        return shown(text, high, low, text)
 
 
-class WanFitSwitchToLowNoiseExpert:
-    DESCRIPTION = ("Hands an A14B run over from the high-noise to the low-noise expert: after the high-noise "
-                   "sampler it checks the pair (same task, same architecture, different files), releases the "
-                   "high-noise expert from VRAM and RAM when the plan says RAM is short, and only then loads the "
-                   "low-noise expert, so the two 14B experts are never in memory together. The latent passes "
-                   "through to the low-noise sampler.")
-    CATEGORY = "WanFit/loaders"
-    FUNCTION = "switch"
-    RETURN_TYPES = ("MODEL", "LATENT", "STRING")
-    RETURN_NAMES = ("low_noise_model", "samples", "info")
-    OUTPUT_TOOLTIPS = ("The low-noise expert.", "The high-noise sampler's latent, unchanged.",
-                       "What was released and loaded, and why.")
+class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitSwitchToLowNoiseExpert", display_name="WanFit Switch To Low-Noise Expert",
+            category="WanFit/loaders",
+            description="Hands an A14B run over to the low-noise expert, releasing the high-noise one when RAM is short.",
+            inputs=[io.Model.Input("high_noise_model", tooltip="The high-noise expert as loaded; released here when "
+                                                               "the plan says so."),
+                    io.Latent.Input("samples", tooltip="The high-noise sampler's output: the switch waits for it."),
+                    io.Combo.Input("low_noise_model", options=filenames("diffusion_models"),
+                                   tooltip="The low-noise expert of the same task, e.g. "
+                                           "wan2.2_t2v_low_noise_14B_fp8_scaled."),
+                    weight_dtype_input(),
+                    io.Combo.Input("release_high_noise", options=["auto", "always", "never"], default="auto",
+                                   tooltip="auto releases the high-noise expert when the plan says RAM is short."),
+                    loader_plan_input()],
+            outputs=[output(io.Model, "low_noise_model", "The low-noise expert."),
+                     output(io.Latent, "samples", "The high-noise sampler's latent, unchanged."),
+                     output(io.String, "info", "What was released and loaded, and why.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "high_noise_model": ("MODEL", {"tooltip": "The high-noise expert as loaded (WanFit Load Diffusion "
-                                                      "Model); it is released here when the plan says so."}),
-            "samples": ("LATENT", {"tooltip": "The high-noise sampler's output: the switch waits for it."}),
-            "low_noise_model": (filenames("diffusion_models"), {
-                "tooltip": "The low-noise expert of the same task, e.g. "
-                           "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors."}),
-            "weight_dtype": (list(WEIGHT_DTYPE_OPTIONS), {"default": "auto", "tooltip": WEIGHT_DTYPE_TOOLTIP}),
-            "release_high_noise": (["auto", "always", "never"], {
-                "default": "auto", "tooltip": "auto: release when the plan says RAM is short (the next run then "
-                                              "reloads it from disk); always / never override the plan."}),
-        }, "optional": {"plan": PLAN_INPUT}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, low_noise_model):
+    def validate_inputs(cls, low_noise_model):
         return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models",
                                                                                    low_noise_model)))
 
-    def switch(self, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
+    @classmethod
+    def execute(cls, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
         import comfy.model_management as model_management
 
         from ..wanfit.experts import release_model, should_release, source_path
@@ -218,33 +220,29 @@ class WanFitSwitchToLowNoiseExpert:
         low, reason = load_diffusion_model(low_path, low_info, weight_dtype, plan)
         lines.append(f"loaded {low_noise_model}: {reason}")
         text = "\n".join(lines)
-        return {"ui": {"text": [text]}, "result": (low, samples, text)}
+        return shown(text, low, samples, text)
 
 
-class WanFitLoadTextEncoder:
-    DESCRIPTION = ("Loads the umt5-xxl text encoder WAN 2.2 uses (any precision ComfyUI supports, e.g. "
-                   "umt5_xxl_fp8_e4m3fn_scaled) after checking the file, on the CPU when the plan says so.")
-    CATEGORY = "WanFit/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = ("CLIP", "STRING")
-    RETURN_NAMES = ("clip", "info")
-    OUTPUT_TOOLTIPS = ("The text encoder, for CLIPTextEncode.", "What the file is and where it runs.")
+class WanFitLoadTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitLoadTextEncoder", display_name="WanFit Load Text Encoder", category="WanFit/loaders",
+            description="Loads the umt5-xxl text encoder after checking the file, on the CPU when the plan says so.",
+            inputs=[io.Combo.Input("clip_name", options=filenames("text_encoders"),
+                                   tooltip="File in models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors."),
+                    io.Combo.Input("device", options=list(LOADER_TEXT_ENCODER_DEVICES), default="auto",
+                                   tooltip="auto follows the plan; cpu keeps about 6 GB of VRAM free."),
+                    loader_plan_input()],
+            outputs=[output(io.Clip, "clip", "The text encoder, for CLIPTextEncode."),
+                     output(io.String, "info", "What the file is and where it runs.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "clip_name": (filenames("text_encoders"), {
-                "tooltip": "File in models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors."}),
-            "device": (list(TEXT_ENCODER_DEVICE_OPTIONS), {
-                "default": "auto", "tooltip": "auto: the plan's choice. cpu keeps ~6 GB of VRAM free for the "
-                                              "diffusion model at the cost of a slower prompt encode."}),
-        }, "optional": {"plan": PLAN_INPUT}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, clip_name):
+    def validate_inputs(cls, clip_name):
         return validation_message(lambda: models().check_text_encoder(full_path("text_encoders", clip_name)))
 
-    def load(self, clip_name, device, plan=None):
+    @classmethod
+    def execute(cls, clip_name, device, plan=None):
         import comfy.sd
         import folder_paths
         import torch
@@ -258,73 +256,37 @@ class WanFitLoadTextEncoder:
         clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
                                   clip_type=comfy.sd.CLIPType.WAN, model_options=model_options)
         text = f"{clip_name}: {info.title} ({info.precision_label}); {reason}"
-        return {"ui": {"text": [text]}, "result": (clip, text)}
+        return shown(text, clip, text)
 
 
-class WanFitLoadVAE:
-    DESCRIPTION = ("Loads the WAN VAE after checking it matches the model: the Wan 2.2 VAE (48 latent channels) for "
-                   "TI2V-5B, the Wan 2.1 VAE (16 channels) for A14B. Connect the model (or a plan) to have the "
-                   "pairing checked before anything is decoded.")
-    CATEGORY = "WanFit/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = ("VAE", "STRING")
-    RETURN_NAMES = ("vae", "info")
-    OUTPUT_TOOLTIPS = ("The VAE.", "Which VAE this is.")
+class WanFitLoadVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitLoadVAE", display_name="WanFit Load VAE", category="WanFit/loaders",
+            description="Loads the WAN VAE after checking it matches the model (Wan 2.2 VAE for 5B, Wan 2.1 for A14B).",
+            inputs=[io.Combo.Input("vae_name", options=filenames("vae"),
+                                   tooltip="File in models/vae: wan2.2_vae for TI2V-5B, wan_2.1_vae for A14B."),
+                    io.Model.Input("model", optional=True,
+                                   tooltip="Optional: the diffusion model this VAE decodes for, to refuse a mismatch."),
+                    loader_plan_input()],
+            outputs=[output(io.Vae, "vae", "The VAE."), output(io.String, "info", "Which VAE this is.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "vae_name": (filenames("vae"), {"tooltip": "File in models/vae: wan2.2_vae.safetensors for TI2V-5B, "
-                                                       "wan_2.1_vae.safetensors for A14B."}),
-        }, "optional": {
-            "model": ("MODEL", {"tooltip": "Optional: the diffusion model this VAE will decode for; a mismatch is "
-                                           "refused with the right file to use."}),
-            "plan": PLAN_INPUT,
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, vae_name):
+    def validate_inputs(cls, vae_name):
         return validation_message(lambda: check_vae_file(full_path("vae", vae_name)))
 
-    def load(self, vae_name, model=None, plan=None):
+    @classmethod
+    def execute(cls, vae_name, model=None, plan=None):
         import comfy.sd
         import comfy.utils
 
         path = full_path("vae", vae_name)
-        variant = model_variant_of(model) or plan_variant(plan)
+        variant = model_variant_of(model) or plan_field(plan, "model_variant")
         if variant is not None:
             info = models().check_vae_for_model(path, variant)
         else:
             info = check_vae_file(path)
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
         text = f"{vae_name}: {info.title}" + (f", checked for {variant}" if variant else "")
-        return {"ui": {"text": [text]}, "result": (vae, text)}
-
-
-def model_variant_of(model):
-    """ti2v_5b | t2v_a14b | i2v_a14b for a loaded WAN MODEL (ComfyUI's detected config), else None."""
-    if model is None:
-        return None
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    unet_config = getattr(config, "unet_config", {}) or {}
-    if unet_config.get("image_model") != "wan2.1":
-        return None
-    if unet_config.get("out_dim") == 48:
-        return "ti2v_5b"
-    return "i2v_a14b" if unet_config.get("in_dim") == 36 else "t2v_a14b"
-
-
-NODE_CLASS_MAPPINGS = {
-    "WanFitLoadDiffusionModel": WanFitLoadDiffusionModel,
-    "WanFitLoadA14BExperts": WanFitLoadA14BExperts,
-    "WanFitSwitchToLowNoiseExpert": WanFitSwitchToLowNoiseExpert,
-    "WanFitLoadTextEncoder": WanFitLoadTextEncoder,
-    "WanFitLoadVAE": WanFitLoadVAE,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WanFitLoadDiffusionModel": "WanFit Load Diffusion Model",
-    "WanFitLoadA14BExperts": "WanFit Load A14B Experts",
-    "WanFitSwitchToLowNoiseExpert": "WanFit Switch To Low-Noise Expert",
-    "WanFitLoadTextEncoder": "WanFit Load Text Encoder",
-    "WanFitLoadVAE": "WanFit Load VAE",
-}
+        return shown(text, vae, text)

@@ -40,7 +40,7 @@ def register_routes(routes, web, probe_device, probe_core=None):
 
 
 def register_with_comfyui():
-    """Called at package import; outside a running ComfyUI server there is nothing to register."""
+    """Called by comfy_entrypoint; outside a running ComfyUI server there is nothing to register."""
     try:
         from aiohttp import web
         from server import PromptServer

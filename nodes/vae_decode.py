@@ -1,10 +1,9 @@
-from ..wanfit.units import BYTES_PER_MIB, format_gib
+from comfy_api.latest import io
 
-DECODE_MODES = ("auto", "on", "off")  # wanfit.decode.api.DECODE_MODES (kept here: the node imports no torch)
-MODE_TOOLTIP = ("auto: WanFit's tiled decode where it reproduces this ComfyUI's own VAE decode (checked once per "
-                "process on a small latent), else ComfyUI's own decode (tiled by ComfyUI when the budget needs it); "
-                "the report says which ran and why. on: WanFit's tiled decode, or an error when that check fails. "
-                "off: ComfyUI's own VAE decode.")
+from ..wanfit.choices import DECODE_MODES
+from ..wanfit.plan_field import plan_field
+from ..wanfit.units import BYTES_PER_MIB, format_gib
+from .sockets import output, plan_input, shown
 
 
 def auto_budget_bytes(vae, plan, model_management):
@@ -15,51 +14,39 @@ def auto_budget_bytes(vae, plan, model_management):
     model_management.get_free_memory."""
     patcher_free = getattr(getattr(vae, "patcher", None), "get_free_memory", None)
     free = patcher_free(vae.device) if patcher_free is not None else model_management.get_free_memory(vae.device)
-    reserve = getattr(plan, "reserve_vram_bytes", 0) if plan is not None and vae.device.type != "cpu" else 0
+    reserve = plan_field(plan, "reserve_vram_bytes", 0) if vae.device.type != "cpu" else 0
     budget = free - reserve
-    planned = getattr(plan, "vae_decode_budget_bytes", None) if plan is not None else None
+    planned = plan_field(plan, "vae_decode_budget_bytes")
     if planned and vae.device.type != "cpu":
         budget = min(budget, planned) if budget > 0 else planned
     return max(int(budget), 0)
 
 
-class WanFitVAEDecode:
-    DESCRIPTION = ("Decodes a WAN latent within a memory budget, as a drop-in for VAE Decode: picks the largest "
-                   "spatial tiles that fit before it starts (no OOM needed to find out), keeps the causal time "
-                   "axis whole so there are no temporal seams, gives each tile the halo the decoder needs so tiles "
-                   "match the untiled decode (when the budget is too small for that, it blends tiles and the report "
-                   "says so, with the budget that would be exact), moves finished frames off the GPU, frees other "
-                   "models first when the budget needs it, and retries a tile smaller (then on the CPU) if the GPU "
-                   "still runs out. Before its first tiled decode it checks itself against this ComfyUI's own VAE "
-                   "decode on a small latent; where they differ, ComfyUI's own decode runs (mode auto).")
-    CATEGORY = "WanFit"
-    FUNCTION = "decode"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "report")
-    OUTPUT_TOOLTIPS = ("The decoded frames, like VAE Decode's output.", "Budget and tiles used.")
+class WanFitVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanFitVAEDecode", display_name="WanFit VAE Decode", category="WanFit",
+            description="Decodes a WAN latent within a memory budget, as a drop-in for VAE Decode.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The sampled latent (TI2V-5B: 48 channels; A14B: 16 channels)."),
+                io.Vae.Input("vae", tooltip="The WAN VAE that matches the model."),
+                io.Int.Input("budget_mb", default=0, min=0, max=1 << 20, step=64,
+                             tooltip="Working memory for the decode in MB; 0 = auto (free memory minus the "
+                                     "plan's reserve)."),
+                io.Int.Input("overlap", default=0, min=0, max=64,
+                             tooltip="0 = exact halos when the budget allows; a number caps the halo and blends "
+                                     "tiles (approximate)."),
+                plan_input("Optional WanFit Offload Plan: its reserve and decode budget apply when budget_mb is 0."),
+                io.Combo.Input("mode", options=list(DECODE_MODES), default="auto", optional=True,
+                               tooltip="auto: WanFit's tiles where they match this ComfyUI's decode, else its own; "
+                                       "on: WanFit's tiles or an error; off: ComfyUI's own decode."),
+            ],
+            outputs=[output(io.Image, "images", "The decoded frames, like VAE Decode's output."),
+                     output(io.String, "report", "Budget and tiles used.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "samples": ("LATENT", {"tooltip": "The sampled latent (TI2V-5B: 48 channels, Wan 2.2 VAE; A14B: 16 "
-                                              "channels, Wan 2.1 VAE)."}),
-            "vae": ("VAE", {"tooltip": "The WAN VAE that matches the model."}),
-            "budget_mb": ("INT", {"default": 0, "min": 0, "max": 1 << 20, "step": 64,
-                                  "tooltip": "Working memory for the decode, in MB. 0 = auto: the device's free "
-                                             "memory minus the plan's reserve."}),
-            "overlap": ("INT", {"default": 0, "min": 0, "max": 64,
-                                "tooltip": "0 = exact when the budget allows: each tile gets the full halo the decoder "
-                                           "needs, so there are no seams (a budget too small for that blends tiles "
-                                           "and the report says APPROXIMATE, with the budget that would be exact). "
-                                           "A number caps the halo at that many latent pixels and blends tiles: "
-                                           "less work, always approximate (seams can differ by tens of /255)."}),
-        }, "optional": {
-            "plan": ("WANFIT_PLAN", {"tooltip": "Optional WanFit Offload Plan: its reserve and decode budget "
-                                                "apply when budget_mb is 0."}),
-            "mode": (list(DECODE_MODES), {"default": "auto", "tooltip": MODE_TOOLTIP}),
-        }}
-
-    def decode(self, samples, vae, budget_mb, overlap, plan=None, mode="auto"):
+    def execute(cls, samples, vae, budget_mb, overlap, plan=None, mode="auto"):
         import comfy.model_management as model_management
         import comfy.utils
 
@@ -90,8 +77,4 @@ class WanFitVAEDecode:
         report = (f"decoded {images.shape[0]} frames of {images.shape[2]}x{images.shape[1]} within "
                   f"{format_gib(budget)} ({'auto' if not budget_mb else 'set on the node'}): {how}"
                   + "".join(f"\n{note}" for note in notes))
-        return {"ui": {"text": [report]}, "result": (images, report)}
-
-
-NODE_CLASS_MAPPINGS = {"WanFitVAEDecode": WanFitVAEDecode}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitVAEDecode": "WanFit VAE Decode"}
+        return shown(report, images, report)

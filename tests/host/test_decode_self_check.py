@@ -120,7 +120,7 @@ def test_the_node_offers_the_modes_the_decode_knows(object_info):
     from wanfit.decode.api import DECODE_MODES
 
     mode = object_info["WanFitVAEDecode"]["input"]["optional"]["mode"]
-    assert mode[0] == list(DECODE_MODES) and mode[1]["default"] == "auto" and "on:" in mode[1]["tooltip"], mode
+    assert mode[1]["options"] == list(DECODE_MODES) and mode[1]["default"] == "auto" and "on:" in mode[1]["tooltip"], mode
 
 
 def test_mode_off_is_the_cores_decode(vae):

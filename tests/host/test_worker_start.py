@@ -233,7 +233,7 @@ def test_start_step_downloads_what_is_missing_starts_comfyui_and_a_fresh_worker_
                 "text_encoders": ["models/text_encoders", "models/clip"],
                 "vae": ["models/vae"], "loras": ["models/loras"]}
         # 4. ComfyUI finds the models through it and runs the shipped workflow
-        listed = worker.client.object_info()["WanFitLoadDiffusionModel"]["input"]["required"]["model_name"][0]
+        listed = worker.client.object_info()["WanFitLoadDiffusionModel"]["input"]["required"]["model_name"][1]["options"]
         assert MODEL in listed, listed
         workflow, spec = tiny_workflow(tmp_path / "first" / "input")
         entry = worker.client.run(workflow, timeout_s=300)

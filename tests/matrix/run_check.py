@@ -321,12 +321,20 @@ def check_decode_wan22(release):
     return replay_checks.check_decode(release, "wan22", failed=CheckFailed)
 
 
+def check_node_schemas(release):
+    """Every WanFit node's V3 schema builds on this release, and the shipped workflows' widget values fit it."""
+    import node_schemas
+
+    return node_schemas.check(release, failed=CheckFailed)
+
+
 # name -> function(release) -> details; tests/matrix/test_releases.py runs each against each release (the
 # decode checks against the releases tests/matrix/releases.txt marks "decode"). check_imports runs on
 # demand (--check imports): every other check fails naming the module a release cannot import.
 ON_DEMAND = {"imports": check_imports}
 DECODE_CHECKS = ("decode_wan21", "decode_wan22")
 CHECKS = {
+    "node_schemas": check_node_schemas,
     "launch_flags": check_launch_flags,
     "lean_forward": check_lean_forward,
     "decode_wan21": check_decode_wan21,

@@ -143,7 +143,7 @@ def _decode_untiled(module, latent, device, dtype, output_device, progress):
     return out
 
 
-DECODE_MODES = ("auto", "on", "off")
+from ..choices import DECODE_MODES  # noqa: E402  (spelled once, where the node widgets read it)
 
 
 def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,

@@ -9,6 +9,7 @@ encoder returns no pooled output.
 """
 
 import hashlib
+import sys
 
 import torch
 
@@ -88,8 +89,30 @@ class WanFitTestCompareImages:
         return {"ui": {"comparison": [stats]}}
 
 
-NODE_CLASS_MAPPINGS = {"WanFitTestTextEncode": WanFitTestTextEncode, "WanFitTestCompareImages": WanFitTestCompareImages,
+class WanFitTestDevice:
+    """TESTS ONLY: a device other than the one the server runs on, as WanFit Device Info's output carries it."""
+
+    CATEGORY = "WanFit/testing"
+    FUNCTION = "make"
+    RETURN_TYPES = ("WANFIT_DEVICE",)
+    DESCRIPTION = "TESTS ONLY: a CPU device with the name and system RAM given, for WanFit Offload Plan's device input."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": "stand-in CPU", "tooltip": "name"}),
+                             "ram_gb": ("INT", {"default": 512, "min": 1, "max": 4096, "tooltip": "system RAM"})}}
+
+    def make(self, name, ram_gb):
+        # the DeviceInfo class of the WanFit package this server loaded (under its folder's name)
+        device = next(module for key, module in sys.modules.items() if key.endswith(".wanfit.device"))
+        ram = ram_gb << 30
+        return (device.DeviceInfo(kind="cpu", name=name, total_vram_bytes=0, free_vram_bytes=0, total_ram_bytes=ram,
+                                  free_ram_bytes=ram),)
+
+
+NODE_CLASS_MAPPINGS = {"WanFitTestDevice": WanFitTestDevice, "WanFitTestTextEncode": WanFitTestTextEncode, "WanFitTestCompareImages": WanFitTestCompareImages,
                        "WanFitTestRandomLatent": WanFitTestRandomLatent}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanFitTestTextEncode": "WanFit Test Text Encode (tests only)",
+NODE_DISPLAY_NAME_MAPPINGS = {"WanFitTestDevice": "WanFit Test Device (tests only)",
+                              "WanFitTestTextEncode": "WanFit Test Text Encode (tests only)",
                               "WanFitTestCompareImages": "WanFit Test Compare Images (tests only)",
                               "WanFitTestRandomLatent": "WanFit Test Random Latent (tests only)"}
