@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..wanfit.plan_field import plan_field as _planned
+from ..wanfit.plan.types import plan_field as _planned
 from .sockets import output, plan_input
 
 MODES = ("auto", "on", "off")

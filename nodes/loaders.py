@@ -1,11 +1,11 @@
-"""Loader nodes. The checks (wanfit.models) and load options (wanfit.loading) are imported when a node
+"""Loader nodes. The checks, paths and load options (wanfit.models) are imported when a node
 runs, not when ComfyUI starts: the widget choices come from wanfit.choices."""
 
 from comfy_api.latest import io
 
 from ..wanfit.choices import LOADER_TEXT_ENCODER_DEVICES, LOADER_WEIGHT_DTYPES
 from ..wanfit.errors import WanFitError
-from ..wanfit.plan_field import plan_field
+from ..wanfit.plan.types import plan_field
 from .sockets import output, plan_input, shown
 
 
@@ -37,22 +37,6 @@ def loader_plan_input():
     return plan_input("Optional WanFit Offload Plan: weight dtype, text-encoder device and model variant to check.")
 
 
-def full_path(folder, name):
-    """The file's path, or an error that names the folder it belongs in and where to download it."""
-    import folder_paths
-
-    from ..wanfit.models import missing_model_error, not_a_regular_file_error, special_file_in
-
-    path = folder_paths.get_full_path(folder, name)
-    if path is None:
-        special = special_file_in(folder_paths.get_folder_paths(folder), name)
-        if special is not None:
-            raise not_a_regular_file_error(special)
-        models_dir = getattr(folder_paths, "models_dir", None)
-        raise missing_model_error(name, folder, models_dir)
-    return path
-
-
 def validation_message(check):
     """For validate_inputs: True, or the error text, so /prompt refuses a bad file before it is queued
     (ComfyUI then skips its own 'Value not in list', whose text names neither the folder nor the fix)."""
@@ -61,18 +45,6 @@ def validation_message(check):
     except WanFitError as error:
         return str(error)
     return True
-
-
-def check_vae_file(path):
-    from ..wanfit.models import ModelMismatchError, detect_variant
-
-    info = detect_variant(path)
-    if info.variant not in ("wan22_vae", "wan21_vae"):
-        raise ModelMismatchError(
-            f"Not a WAN VAE: {path} looks like {info.looks_like}. Expected the Wan 2.2 VAE (wan2.2_vae.safetensors, "
-            "for TI2V-5B) or the Wan 2.1 VAE (wan_2.1_vae.safetensors, for A14B) in models/vae. Fix: pick one of "
-            "those; python -m wanfit models lists them with their download links.", [path])
-    return info
 
 
 def load_diffusion_model(path, info, weight_dtype_option, plan):
@@ -86,19 +58,6 @@ def load_diffusion_model(path, info, weight_dtype_option, plan):
     model = comfy.sd.load_diffusion_model(path, model_options=diffusion_model_options(weight_dtype))
     remember_source(model, path)
     return model, reason
-
-
-def model_variant_of(model):
-    """ti2v_5b | t2v_a14b | i2v_a14b for a loaded WAN MODEL (ComfyUI's detected config), else None."""
-    if model is None:
-        return None
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    unet_config = getattr(config, "unet_config", {}) or {}
-    if unet_config.get("image_model") != "wan2.1":
-        return None
-    if unet_config.get("out_dim") == 48:
-        return "ti2v_5b"
-    return "i2v_a14b" if unet_config.get("in_dim") == 36 else "t2v_a14b"
 
 
 class WanFitLoadDiffusionModel(io.ComfyNode):
@@ -115,7 +74,8 @@ class WanFitLoadDiffusionModel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name):
-        return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models", model_name)))
+        return validation_message(
+            lambda: models().check_diffusion_model(models().resolve_model_path("diffusion_models", model_name)))
 
     @classmethod
     def fingerprint_inputs(cls, model_name, **inputs):
@@ -128,7 +88,7 @@ class WanFitLoadDiffusionModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype, plan=None):
-        path = full_path("diffusion_models", model_name)
+        path = models().resolve_model_path("diffusion_models", model_name)
         info = models().check_diffusion_model(path, plan_field(plan, "model_variant"))
         model, reason = load_diffusion_model(path, info, weight_dtype, plan)
         text = f"{model_name}: {info.title} ({info.precision_label}); {reason}"
@@ -154,13 +114,14 @@ class WanFitLoadA14BExperts(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, high_noise_model, low_noise_model):
-        return validation_message(lambda: models().check_expert_pair(full_path("diffusion_models", high_noise_model),
-                                                                     full_path("diffusion_models", low_noise_model)))
+        path_of = models().resolve_model_path
+        return validation_message(lambda: models().check_expert_pair(path_of("diffusion_models", high_noise_model),
+                                                                     path_of("diffusion_models", low_noise_model)))
 
     @classmethod
     def execute(cls, high_noise_model, low_noise_model, weight_dtype, plan=None):
-        high_path = full_path("diffusion_models", high_noise_model)
-        low_path = full_path("diffusion_models", low_noise_model)
+        high_path = models().resolve_model_path("diffusion_models", high_noise_model)
+        low_path = models().resolve_model_path("diffusion_models", low_noise_model)
         pair = models().check_expert_pair(high_path, low_path)
         expected = plan_field(plan, "model_variant")
         if expected in ("t2v_a14b", "i2v_a14b") and pair.high.variant != expected:
@@ -194,8 +155,8 @@ class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_noise_model):
-        return validation_message(lambda: models().check_diffusion_model(full_path("diffusion_models",
-                                                                                   low_noise_model)))
+        return validation_message(
+            lambda: models().check_diffusion_model(models().resolve_model_path("diffusion_models", low_noise_model)))
 
     @classmethod
     def execute(cls, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
@@ -203,7 +164,7 @@ class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
 
         from ..wanfit.experts import release_model, should_release, source_path
 
-        low_path = full_path("diffusion_models", low_noise_model)
+        low_path = models().resolve_model_path("diffusion_models", low_noise_model)
         high_path = source_path(high_noise_model)
         if high_path:
             pair = models().check_expert_pair(high_path, low_path)
@@ -239,7 +200,8 @@ class WanFitLoadTextEncoder(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, clip_name):
-        return validation_message(lambda: models().check_text_encoder(full_path("text_encoders", clip_name)))
+        return validation_message(
+            lambda: models().check_text_encoder(models().resolve_model_path("text_encoders", clip_name)))
 
     @classmethod
     def execute(cls, clip_name, device, plan=None):
@@ -247,7 +209,7 @@ class WanFitLoadTextEncoder(io.ComfyNode):
         import folder_paths
         import torch
 
-        path = full_path("text_encoders", clip_name)
+        path = models().resolve_model_path("text_encoders", clip_name)
         info = models().check_text_encoder(path)
         chosen, reason = loading().choose_text_encoder_device(device, plan)
         model_options = {}
@@ -274,19 +236,19 @@ class WanFitLoadVAE(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae_name):
-        return validation_message(lambda: check_vae_file(full_path("vae", vae_name)))
+        return validation_message(lambda: models().check_vae_file(models().resolve_model_path("vae", vae_name)))
 
     @classmethod
     def execute(cls, vae_name, model=None, plan=None):
         import comfy.sd
         import comfy.utils
 
-        path = full_path("vae", vae_name)
-        variant = model_variant_of(model) or plan_field(plan, "model_variant")
+        path = models().resolve_model_path("vae", vae_name)
+        variant = models().model_variant_of(model) or plan_field(plan, "model_variant")
         if variant is not None:
             info = models().check_vae_for_model(path, variant)
         else:
-            info = check_vae_file(path)
+            info = models().check_vae_file(path)
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
         text = f"{vae_name}: {info.title}" + (f", checked for {variant}" if variant else "")
         return shown(text, vae, text)

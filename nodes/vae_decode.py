@@ -1,7 +1,7 @@
 from comfy_api.latest import io
 
 from ..wanfit.choices import DECODE_MODES
-from ..wanfit.plan_field import plan_field
+from ..wanfit.plan.types import plan_field
 from ..wanfit.units import BYTES_PER_MIB, format_gib
 from .sockets import output, plan_input, shown
 

@@ -4,16 +4,10 @@ The loading itself is ComfyUI's (comfy.sd); this only turns the plan, the user's
 what the file header says into the options ComfyUI's own loaders take.
 """
 
+from ..plan.types import plan_field
+
 _FP8_STORED = ("float8_e4m3fn", "float8_e5m2")
 _SIXTEEN_BIT = {"fp16": "float16", "bf16": "bfloat16"}
-
-
-def _plan_value(plan, name, default=None):
-    if plan is None:
-        return default
-    if isinstance(plan, dict):
-        return plan.get(name, default)
-    return getattr(plan, name, default)
 
 
 def choose_weight_dtype(option, plan, stored_dtype, fp8_scaled=False):
@@ -24,7 +18,7 @@ def choose_weight_dtype(option, plan, stored_dtype, fp8_scaled=False):
     """
     if option != "auto":
         return option, f"weight dtype {option} (chosen on the node)"
-    wanted = _plan_value(plan, "weight_dtype")
+    wanted = plan_field(plan, "weight_dtype")
     if wanted is None:
         return "default", f"weight dtype as stored ({'fp8 scaled' if fp8_scaled else stored_dtype}); no plan connected"
     stored_is_fp8 = fp8_scaled or stored_dtype in _FP8_STORED
@@ -65,7 +59,7 @@ def choose_text_encoder_device(option, plan):
     """-> ('default' | 'cpu', reason); CLIPLoader's device widget has the same two values."""
     if option != "auto":
         return option, f"text encoder device {option} (chosen on the node)"
-    wanted = _plan_value(plan, "text_encoder_device")
+    wanted = plan_field(plan, "text_encoder_device")
     if wanted == "cpu":
         return "cpu", "plan puts umt5-xxl on the CPU (saves its VRAM for the diffusion model)"
     if wanted == "gpu":

@@ -7,7 +7,7 @@ otherwise refuses with what would fit. One module per job:
 
 - catalogue: model variants, named GPUs, GPU_TIER names (device_for_tier)
 - footprint: what WAN 2.2 occupies (weights, activations, sampler state, overheads)
-- types: Job, Overrides, PlanRequest, Plan, PlanDoesNotFitError
+- types: Job, Overrides, PlanRequest, Plan, PlanDoesNotFitError, plan_field (a field of a Plan or its dict)
 - validation: the inputs, checked field by field
 - memory_manager: dynamic VRAM, partial loading or the CPU
 - search: the candidates, simulated phase by phase (a typed Evaluation each)
@@ -23,8 +23,8 @@ from .catalogue import GPU_TIERS, MODEL_VARIANTS, cpu_device, device_for_gpu, de
 from .options import plan_from_options, plan_from_query
 from .planner import plan
 from .runtime import apply_runtime_settings
-from .types import Job, Overrides, Plan, PlanDoesNotFitError
+from .types import Job, Overrides, Plan, PlanDoesNotFitError, plan_field
 
 __all__ = ["GPU_TIERS", "MODEL_VARIANTS", "Job", "Overrides", "Plan", "PlanDoesNotFitError", "apply_runtime_settings",
-           "cpu_device", "device_for_gpu", "device_for_tier", "plan", "plan_from_options", "plan_from_query",
-           "tier_for_vram"]
+           "cpu_device", "device_for_gpu", "device_for_tier", "plan", "plan_field", "plan_from_options",
+           "plan_from_query", "tier_for_vram"]
