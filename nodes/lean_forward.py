@@ -21,12 +21,6 @@ def _show_on_node(node_id):
     return notify if node_id is not None else None
 
 
-def _planned(plan, key):
-    if plan is None:
-        return None
-    return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
-
-
 class WanFitLeanForward:
     DESCRIPTION = ("Runs this WAN model's transformer blocks over token chunks: the same result as ComfyUI's own "
                    "blocks (checked on each supported core), with about 5 hidden states of activation memory instead "
@@ -68,29 +62,9 @@ class WanFitLeanForward:
         }
 
     def patch(self, model, mode="auto", chunk_tokens=0, plan=None, unique_id=None):
-        from ..wanfit.errors import InvalidInputError
-        from ..wanfit.lean_forward import LeanForwardError, patch_model_lean
+        from ..wanfit.lean_forward import apply_lean_forward
 
-        if mode not in MODES:
-            raise InvalidInputError("mode", mode, " / ".join(MODES), "pick one of the listed modes")
-        if mode == "off":
-            report = "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
-            report = ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the model passes "
-                      "through unchanged; mode on forces the lean forward)")
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
-        try:
-            patched, report = patch_model_lean(model, chunk, fallback=mode == "auto", notify=_show_on_node(unique_id))
-        except LeanForwardError as error:
-            if mode != "auto":
-                raise
-            # a model or core the lean forward cannot take: auto keeps ComfyUI's own blocks and says why
-            report = f"Lean forward not applied, ComfyUI's own blocks run (the model passes through unchanged): {error}"
-            return {"ui": {"text": [report]}, "result": (model, report)}
-        if mode == "auto" and plan is not None:
-            report += " (the plan needs it for this job to fit)"
+        patched, report = apply_lean_forward(model, mode, chunk_tokens, plan, notify=_show_on_node(unique_id))
         return {"ui": {"text": [report]}, "result": (patched, report)}
 
 
