@@ -619,7 +619,7 @@ def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, mode
                           else f"{failed.describe()}: mode on stops the run")
     else:
         checked = (f"; checked against ComfyUI {replay.core}'s own block on the first step "
-                   f"({'its own blocks run instead if they differ' if mode == 'auto' else 'mode on stops the run if they differ'})")
+                   f"({'its own blocks run instead' if mode == 'auto' else 'mode on stops the run'} if they differ)")
     report = (f"Lean forward on {len(diffusion_model.blocks)} blocks, chunks {chunk_text}: activations peak at ~5 "
               f"hidden states instead of {stock_block_units(diffusion_model, replay.core):.1f}{checked}")
     log.info("WanFit lean forward: %s", report)
@@ -696,4 +696,3 @@ def lean_transformer_options(num_blocks, core_version=None, chunk_tokens="auto",
     replace[PATCH_NAME] = blocks
     options["patches_replace"] = replace
     return options
-

@@ -64,7 +64,8 @@ def check_once(replay, against, subject, key, tolerance, compare, core=None, on_
     try:
         difference, detail, matched = compare()
     except Exception as error:  # noqa: BLE001 - the check itself failing is a verdict, not a crash
-        difference, detail, matched = math.inf, f"the check itself raised {type(error).__name__}: {str(error)[:300]}", None
+        difference, matched = math.inf, None
+        detail = f"the check itself raised {type(error).__name__}: {str(error)[:300]}"
     passed = difference <= tolerance  # NaN compares false: a NaN difference fails
     check = ReplayCheck(replay, against, core, subject, full_key, passed, difference, tolerance, detail,
                         matched if passed else None)

@@ -96,7 +96,8 @@ def check_lean_forward(release, failed=CheckFailed):
             problems.append(f"{name}: {lean_calls} of {len(blocks)} blocks ran lean")
         if not difference <= LEAN_TOLERANCE:
             problems.append(f"{name}: max |lean - stock| / max |stock| = {difference:.3g}, expected <= {LEAN_TOLERANCE}")
-    checks = {" ".join(map(str, check.key)): check.describe() for check in replay_check.cached_checks(lean_forward.REPLAY)}
+    checks = {" ".join(map(str, check.key)): check.describe()
+              for check in replay_check.cached_checks(lean_forward.REPLAY)}
     replay = lean_forward.replay_for_running_core()
     details = {"models": results, "checks": checks, "fingerprint": lean_forward.block_source_fingerprint()[:12],
                "replay": {"block_patches": replay.block_patches, "fused_ffn_activation": replay.fused_ffn_activation,

@@ -38,7 +38,8 @@ def test_a_check_runs_once_per_key_and_core_and_is_kept_for_the_process():
     again, runs_again = run(1.0, on_new=heard.append)  # the cached verdict wins, compare is not called
     other_core, _ = run(1.0, core="0.3.64")
     assert (runs, runs_again) == ([1], []) and again is first and heard == [first]
-    assert first.passed and first.key == ("lean forward", "0.33.0", "WanModel", "float32") and first.matched == "matched"
+    assert first.passed and first.matched == "matched"
+    assert first.key == ("lean forward", "0.33.0", "WanModel", "float32")
     assert not other_core.passed and other_core.matched is None
     assert replay_check.cached_checks("lean forward") == [first, other_core] and replay_check.cached_checks("x") == []
 
@@ -58,7 +59,8 @@ def test_reports_name_the_replay_the_core_the_subject_and_the_difference():
                                  "float32 on cpu): max difference 2e-07")
     assert failed.describe() == ("lean forward check against the core's own block failed (ComfyUI 0.33.0, WanModel, "
                                  "float32 on cpu): max difference 0.5")
-    assert replay_check.fallback_note(failed, "ComfyUI's own blocks") == failed.describe() + "; instead: ComfyUI's own blocks"
+    note = replay_check.fallback_note(failed, "ComfyUI's own blocks")
+    assert note == failed.describe() + "; instead: ComfyUI's own blocks"
 
 
 @pytest.mark.parametrize("mode, passed, expected", [
@@ -66,8 +68,8 @@ def test_reports_name_the_replay_the_core_the_subject_and_the_difference():
 def test_the_mode_policy(mode, passed, expected):
     check, _ = run(0.0 if passed else 1.0)
     if expected is replay_check.ReplayMismatchError:
-        with pytest.raises(expected, match=r"WanFit Lean Forward \(mode on\): .*failed \(ComfyUI 0.33.0.*max difference 1"
-                                           r".*mode to auto \(it then runs ComfyUI's own blocks\) or off"):
+        with pytest.raises(expected, match=r"WanFit Lean Forward \(mode on\): .*failed \(ComfyUI 0.33.0.*max "
+                                           r"difference 1.*mode to auto \(it then runs ComfyUI's own blocks\) or off"):
             replay_check.follow(check, mode, "WanFit Lean Forward", "ComfyUI's own blocks")
     else:
         assert replay_check.follow(check, mode, "WanFit Lean Forward", "ComfyUI's own blocks") is expected

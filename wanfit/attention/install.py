@@ -39,4 +39,3 @@ def install_hint(caps=None):
         "Restart ComfyUI after installing.",
     ]
     return "\n".join(lines)
-

@@ -43,7 +43,6 @@ class KernelSpec:
         return 0 < head_dim <= self.max_head_dim
 
 
-
 AMPERE_TO_HOPPER = ((8, 0), (8, 6), (8, 7), (8, 9), (9, 0))
 
 KERNELS = {
@@ -70,7 +69,6 @@ KERNELS = {
         head_dims=(64, 128), layouts=("HND",), mutates_k=True,
         description="SageAttention3 FP4 (Blackwell)"),
 }
-
 
 
 def sage_major(version):
@@ -122,7 +120,6 @@ def _sage1_spec():
     return KernelSpec(base.name, base.module, base.function, 1, AMPERE_TO_HOPPER, head_dims=(64, 96, 128),
                       mutates_k=True,
                       description="sageattention 1.x Triton kernel")
-
 
 
 @functools.lru_cache(maxsize=None)

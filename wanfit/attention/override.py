@@ -42,7 +42,6 @@ class AttentionStats:
         self.__init__()
 
 
-
 def core_sdpa(func):
     """ComfyUI's own attention_pytorch, from the module of `func` (its attention_sage when ComfyUI was started
     with --use-sage-attention): the honest fallback and the NaN guard's recompute must be real SDPA."""
@@ -224,7 +223,6 @@ def make_attention_override(kernel, kernel_name, keep_cross_attention_on_sdpa=Fa
                              nan_check_calls=nan_check_calls, **options)
 
 
-
 def build_report(requested, backend, reason, stats=None):
     """Short multi-line STRING for the node output and logs."""
     lines = [
@@ -238,4 +236,3 @@ def build_report(requested, backend, reason, stats=None):
         for why, count in stats.fallback_reasons.most_common(4):
             lines.append(f"  fallback {count}x: {why}")
     return "\n".join(lines)
-

@@ -19,7 +19,6 @@ def _plan_value(plan, key):
     return getattr(plan, key, None)
 
 
-
 def find_override(model_patcher):
     """The WanFit override set on a patched model, or None (host tests read its stats)."""
     options = getattr(model_patcher, "model_options", {}) or {}

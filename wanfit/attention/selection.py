@@ -94,7 +94,6 @@ def select_kernel(mode, caps):
     return Selection(mode, mode, f"{mode} requested; {caps.arch} supports it")
 
 
-
 def resolve_attention(mode="auto", caps=None, verify=True, verify_dtype=None, kernel_loader=None,
                       verify_device="cuda"):
     """Mode -> (kernel or None, kernel_spec or None, Selection): import and verify before trusting a kernel.
@@ -123,4 +122,3 @@ def resolve_attention(mode="auto", caps=None, verify=True, verify_dtype=None, ke
             return None, None, Selection(mode, SDPA, f"{selection.kernel_name} {why}; PyTorch SDPA runs")
         selection = Selection(mode, selection.kernel_name, f"{selection.reason}; {why}")
     return kernel, spec, selection
-

@@ -51,7 +51,6 @@ def verify_kernel(kernel, device, dtype=None, heads=8, tokens=1560, head_dim=128
     return True, relative_l1, "verified: " + detail
 
 
-
 @functools.lru_cache(maxsize=16)
 def verified(kernel, device, dtype_name):
     """verify_kernel once per (kernel, device, dtype) in a process: (ok, relative_l1_error, reason)."""
