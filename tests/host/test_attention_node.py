@@ -3,7 +3,7 @@ against this core's own attention (comfy.ldm.modules.attention.attention_pytorch
 kernel in sageattention's calling convention proves the layout conversions for every ComfyUI call shape;
 a NaN kernel and a raising one prove the guards."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 import pytest
 import torch
 
@@ -139,7 +139,7 @@ def test_every_call_shape_matches_the_cores_attention(core_attention, skip_resha
     assert override.stats.kernel_calls == 1 and override.stats.fallback_calls == 0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 2), heads=st.integers(1, 4), q_len=st.integers(1, 20), k_len=st.integers(1, 20),
        head_dim=st.sampled_from([8, 16, 64]), skip_reshape=st.booleans(), skip_output_reshape=st.booleans())
 def test_layout_conversion_property(core_attention, batch, heads, q_len, k_len, head_dim, skip_reshape,
