@@ -3,7 +3,7 @@
 Side by side, interleaved repeats (ABBA order) of a WAN-shaped block of attention calls: one
 self-attention over the video tokens and one cross-attention over 512 text tokens per block, the call
 shapes WanSelfAttention / WanT2VCrossAttention make (q, k, v as (B, N, heads*128), heads=...).
-The fallback is wanfit.attention.sdpa_attention (ComfyUI's attention_pytorch semantics), so only the override's own cost differs.
+The fallback is ComfyUI's own attention_pytorch ($COMFYUI_PATH), so only the override's own cost differs.
 
     python bench/attention_overhead.py [--tokens 1560] [--heads 2] [--blocks 4] [--repeats 15]
 """
@@ -19,7 +19,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wanfit.attention import make_attention_override  # noqa: E402
-from wanfit.attention import sdpa_attention as attention_pytorch  # noqa: E402  (ComfyUI attention_pytorch semantics)
+from tests.comfy_import import import_comfy  # noqa: E402
+
+import_comfy()  # $COMFYUI_PATH or ~/ComfyUI: the fallback is ComfyUI's own attention_pytorch
+from comfy.ldm.modules.attention import attention_pytorch  # noqa: E402
 
 
 def run_blocks(call, tensors, heads, blocks):

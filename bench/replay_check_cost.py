@@ -41,7 +41,7 @@ def timed(function):
 
 def lean_check_seconds(model, repeats):
     """The first forward of a lean model runs the check; later ones do not: the difference, median."""
-    from wanfit import lean_forward
+    from wanfit import lean_forward, replay_check
 
     # 1 x 32 x 32 latent -> 1 x 16 x 16 = 256 tokens: the check runs on all of them (CHECK_TOKENS)
     generator = torch.Generator().manual_seed(1)
@@ -50,13 +50,13 @@ def lean_check_seconds(model, repeats):
     timestep = torch.tensor([500.0])
     costs = []
     for _ in range(repeats):
-        lean_forward._CHECKS.clear()
-        options = lean_forward.lean_transformer_options(len(model.blocks), fallback=False)
+        replay_check.forget_checks()
+        options = lean_forward.lean_transformer_options(len(model.blocks), mode="on")
         with torch.inference_mode():
             first, _ = timed(lambda: model(x, timestep, context, transformer_options=options))
             second, _ = timed(lambda: model(x, timestep, context, transformer_options=options))
         costs.append(first - second)
-    (check,) = lean_forward.cached_checks().values()
+    (check,) = replay_check.cached_checks(lean_forward.REPLAY)
     return sorted(costs)[len(costs) // 2], check
 
 
@@ -78,13 +78,14 @@ def decode_check_seconds(core_path, repeats):
     import comfy.sd
     import comfy.utils
 
-    from wanfit.decode import api, self_check
+    from wanfit import replay_check
+    from wanfit.decode import api
 
     files = ensure_fixtures(core_path)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(files["vae"]["wanfit_random_wan_2.1_vae.safetensors"])))
     costs = []
     for _ in range(repeats):
-        self_check._CHECKS.clear()
+        replay_check.forget_checks()
         with torch.inference_mode():
             seconds, check = timed(lambda: api.check_against_core(vae))
         costs.append(seconds)

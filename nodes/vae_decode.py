@@ -1,6 +1,6 @@
 from comfy_api.latest import io
 
-from ..wanfit.choices import DECODE_MODES
+from ..wanfit.choices import REPLAY_MODES
 from ..wanfit.plan.types import plan_field
 from ..wanfit.units import BYTES_PER_MIB, format_gib
 from .sockets import output, plan_input, shown
@@ -38,7 +38,7 @@ class WanFitVAEDecode(io.ComfyNode):
                              tooltip="0 = exact halos when the budget allows; a number caps the halo and blends "
                                      "tiles (approximate)."),
                 plan_input("Optional WanFit Offload Plan: its reserve and decode budget apply when budget_mb is 0."),
-                io.Combo.Input("mode", options=list(DECODE_MODES), default="auto", optional=True,
+                io.Combo.Input("mode", options=list(REPLAY_MODES), default="auto", optional=True,
                                tooltip="auto: WanFit's tiles where they match this ComfyUI's decode, else its own; "
                                        "on: WanFit's tiles or an error; off: ComfyUI's own decode."),
             ],

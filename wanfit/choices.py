@@ -19,4 +19,4 @@ LOADER_TEXT_ENCODER_DEVICES = ("auto", "default", "cpu")
 # string, a NaN that passes ComfyUI's min/max check) with an error naming the field.
 PLAN_INPUT_LIMITS = {"width": (16, 8192), "height": (16, 8192), "frames": (1, 1025), "batch": (1, 64),
                      "reserve_vram_gb": (0.0, 256.0)}
-DECODE_MODES = ("auto", "on", "off")  # WanFit VAE Decode: auto (checked tiles, else the core's), on, off
+REPLAY_MODES = ("auto", "on", "off")  # WanFit VAE Decode and Lean Forward: auto (checked replay, else the core's), on, off

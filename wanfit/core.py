@@ -309,17 +309,26 @@ def default_checkout():
 # --- the running process ------------------------------------------------------
 
 
-def running_core():
-    """The core this process runs in (call inside ComfyUI): version, its parser's flags, dynamic VRAM now."""
-    import comfy.cli_args as cli_args
+UNKNOWN_CORE = "unknown"
 
+
+def running_core_version():
+    """comfyui_version.__version__ of the ComfyUI this process runs in, or UNKNOWN_CORE: the one name of
+    the running core that plans, replay checks and reports use."""
     module = sys.modules.get("comfyui_version")
     if module is None:
         try:
             import comfyui_version as module
         except ImportError:
-            module = None
-    text = getattr(module, "__version__", "") if module is not None else ""
+            return UNKNOWN_CORE
+    return str(getattr(module, "__version__", "") or UNKNOWN_CORE)
+
+
+def running_core():
+    """The core this process runs in (call inside ComfyUI): version, its parser's flags, dynamic VRAM now."""
+    import comfy.cli_args as cli_args
+
+    text = running_core_version()
     flags = frozenset(option for option in cli_args.parser._option_string_actions
                       if option.startswith("--") and option != "--help")  # argparse's own, as in a static read
     dynamic = hasattr(cli_args, "enables_dynamic_vram")

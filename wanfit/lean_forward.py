@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from . import replay_check
+from .core import format_version, parse_version, running_core_version
 from .errors import InvalidInputError, WanFitError
 from .plan.footprint import LEAN_AUTO_CHUNKS, LEAN_AUTO_MIN_CHUNK_TOKENS, lean_auto_chunk_tokens
 
@@ -52,14 +54,10 @@ class CoreReplay:
     (`check_against_core`) decides whether the replay runs at all.
     """
 
-    version: tuple  # the running core, for reports
+    core: str  # the running core's name (core.running_core_version), for check keys and reports
     block_patches: bool  # attn1_patch / attn2_patch inside the block (0.11 on)
     fused_ffn_activation: bool  # FFN down-projection through comfy.ops.linear_input_act where the block's ffn is WanFeedForward (0.31 on)
     offloadable_casts: bool  # cast_bias_weight(offloadable=True) + uncast_bias_weight (dynamic-VRAM era)
-
-
-def _format_version(version):
-    return ".".join(str(part) for part in version)
 
 
 def _source(function):
@@ -98,21 +96,23 @@ def wan_module():
 
 
 def replay_for_running_core(core_version=None):
-    """The replay variant for the ComfyUI imported in this process, read from its code."""
+    """The replay variant for the ComfyUI imported in this process, read from its code.
+
+    core_version ((0, 45, 0) or "0.45.0") names the core in keys and reports; None reads the running core."""
     wan = wan_module()
     import comfy.ops
 
     if core_version is None:
-        from .core import running_core
-
-        core_version = running_core().version
+        core = running_core_version()
+    else:
+        core = str(core_version) if isinstance(core_version, str) else format_version(core_version)
     self_attention = _source(wan.WanSelfAttention.forward)
     block_patches = self_attention is None or "attn1_patch" in self_attention
     feed_forward = getattr(wan, "WanFeedForward", None)
     fused = feed_forward is not None and "linear_input_act" in (_source(feed_forward.forward) or "linear_input_act")
     cast_parameters = inspect.signature(comfy.ops.cast_bias_weight).parameters
     offloadable = "offloadable" in cast_parameters and hasattr(comfy.ops, "uncast_bias_weight")
-    return CoreReplay(tuple(core_version), block_patches=block_patches, fused_ffn_activation=fused,
+    return CoreReplay(core, block_patches=block_patches, fused_ffn_activation=fused,
                       offloadable_casts=offloadable)
 
 
@@ -158,7 +158,7 @@ def _closure_value(function, name, default=None):
     return function.__closure__[code.co_freevars.index(name)].cell_contents
 
 
-def _linear_path(module):
+def linear_path(module):
     """How the core's op computes this Linear: 'standard' (cast_bias_weight + F.linear),
     'scaled_fp8' (0.3.64 scaled fp8 without fp8 matmul: cast, times the scale), 'mixed_cast'
     (0.33 mixed-precision op on its dequantizing path) or 'module' (anything else: the module is
@@ -195,10 +195,9 @@ class _Linear:
         self.module = module
         self.replay = replay
         self.full_input_numel = full_input_numel
-        self.path = _linear_path(module)
+        self.path = linear_path(module)
         self.weight = self.bias = None
         self.input_scale = None
-        self._release = None
         self._ready = False
 
     def _prepare(self, like):
@@ -255,8 +254,9 @@ class _Linear:
 # --- the block ------------------------------------------------------------------------
 
 
-def _rows(e, tokens, start, stop):
-    """repeat_e(e, x)[:, start:stop] of comfy/ldm/wan/model.py without the full-size repeat."""
+def modulation_rows(e, tokens, start, stop):
+    """repeat_e(e, x)[:, start:stop] of comfy/ldm/wan/model.py without the full-size repeat (public: the host
+    tier compares it with the core's own repeat_e)."""
     frames = e.size(1)
     if frames <= 1:
         return e
@@ -302,8 +302,8 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
 
     def modulated(norm, shift, scale, start, stop):
         part = x_now[:, start:stop]
-        return torch.addcmul(_rows(shift, tokens, start, stop), norm(part),
-                             1 + _rows(scale, tokens, start, stop))
+        return torch.addcmul(modulation_rows(shift, tokens, start, stop), norm(part),
+                             1 + modulation_rows(scale, tokens, start, stop))
 
     def linear(module):
         return _Linear(module, replay, batch * tokens * module.in_features)
@@ -355,7 +355,7 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     layer = linear(attn.o)
     try:
         for start, stop in spans:
-            piece = torch.addcmul(x[:, start:stop], layer(out[:, start:stop]), _rows(e[2], tokens, start, stop))
+            piece = torch.addcmul(x[:, start:stop], layer(out[:, start:stop]), modulation_rows(e[2], tokens, start, stop))
             if x_own is None:
                 x_own = _buffer_like(piece, tokens)
             x_own[:, start:stop] = piece
@@ -404,7 +404,7 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
                     hidden = down(comfy.ops.INPUT_ACT_EAGER["gelu_tanh"](hidden))
             else:
                 hidden = down(activation(hidden))
-            scale = _rows(e[5], tokens, start, stop)
+            scale = modulation_rows(e[5], tokens, start, stop)
             if x_ffn is x_now:
                 x_ffn[:, start:stop].addcmul_(hidden, scale)
             else:
@@ -416,9 +416,6 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     return x_ffn
 
 
-# --- installing it on a model ----------------------------------------------------------
-
-
 # --- the check against the core's own block ----------------------------------------------
 
 CHECK_TOKENS = 256  # tokens of the real input the check runs both blocks on
@@ -426,37 +423,21 @@ CHECK_CHUNKS = 3  # the lean side runs them in this many chunks, so the chunk se
 FP32_TOLERANCE = 1e-5  # max |lean - stock| relative to max |stock|
 ROUNDING_ULPS = 4  # other dtypes: this many of the dtype's rounding steps (torch.finfo(dtype).eps)
 
-
-@dataclass(frozen=True)
-class ReplayCheck:
-    """One comparison of the lean block with the core's own block on the same module and input."""
-
-    key: tuple
-    passed: bool
-    relative_difference: float  # max |lean - stock| / max |stock|; inf when the check raised
-    tolerance: float
-    detail: str  # what ran, or what went wrong
-
-    def describe(self):
-        core, model_class, dtype, weight, _, device = self.key
-        what = f"ComfyUI {core}, {model_class}, {dtype} compute on {weight} weights, {device}"
-        if self.passed:
-            return (f"lean forward checked against the core's own block ({what}): max relative difference "
-                    f"{self.relative_difference:.2g} <= {self.tolerance:.2g}")
-        return (f"lean forward check against the core's own block failed ({what}): {self.detail}")
-
-
-_CHECKS = {}  # key -> ReplayCheck, once per process
+REPLAY = "lean forward"  # the replay's name in replay_check keys and reports
+AGAINST = "the core's own block"
+CORE_PATH = "ComfyUI's own blocks"  # what mode auto runs where the check failed
 
 
 def tolerance_for(dtype):
     return FP32_TOLERANCE if dtype in (torch.float32, torch.float64) else ROUNDING_ULPS * torch.finfo(dtype).eps
 
 
-def check_key(replay, model_class, block, x):
-    weight = getattr(getattr(block.self_attn.q, "weight", None), "dtype", None)
-    return (_format_version(replay.version), model_class, str(x.dtype).replace("torch.", ""),
-            str(weight).replace("torch.", ""), type(block.self_attn.q).__qualname__, str(x.device))
+def check_subject(model_class, block, x):
+    """(key without the core, report text): everything that changes the block's arithmetic."""
+    weight = str(getattr(getattr(block.self_attn.q, "weight", None), "dtype", None)).replace("torch.", "")
+    dtype = str(x.dtype).replace("torch.", "")
+    key = (model_class, dtype, weight, type(block.self_attn.q).__qualname__, str(x.device))
+    return key, f"{model_class}, {dtype} compute on {weight} weights, {x.device}"
 
 
 def _token_rows(e, tokens, count):
@@ -464,19 +445,20 @@ def _token_rows(e, tokens, count):
     rows = e.size(1)
     if rows <= 1:
         return e
-    return _rows(e, tokens, 0, count)
+    return modulation_rows(e, tokens, 0, count)
 
 
-def check_against_core(block, args, original_block, replay, model_class, tokens=CHECK_TOKENS):
-    """Run the core's own block and the lean replay on the first `tokens` tokens of the real input.
+def check_against_core(block, args, original_block, replay, model_class, tokens=CHECK_TOKENS, on_new=None):
+    """The process's replay_check.ReplayCheck of the lean block against the core's own `original_block`.
 
-    Same module, weights, dtype, device and transformer_options as the run; the lean side in
-    CHECK_CHUNKS chunks. Returns a ReplayCheck; never raises (a check that fails to run is a failed check).
+    On first use both run on the first `tokens` tokens of the real input: same module, weights, dtype,
+    device and transformer_options as the run; the lean side in CHECK_CHUNKS chunks. Never raises.
     """
     x = args["img"]
-    key = check_key(replay, model_class, block, x)
+    key, subject = check_subject(model_class, block, x)
     tolerance = tolerance_for(x.dtype)
-    try:
+
+    def compare():
         count = min(x.shape[1], tokens)
         e = args["vec"]
         if e.ndim == 4:
@@ -492,25 +474,17 @@ def check_against_core(block, args, original_block, replay, model_class, tokens=
         lean = lean_block_forward(block, sample.clone(), e, pe, trial["txt"], args["transformer_options"], replay,
                                   max(1, math.ceil(count / CHECK_CHUNKS)))
         if stock.shape != lean.shape:
-            return ReplayCheck(key, False, math.inf, tolerance,
-                               f"shapes differ (core {tuple(stock.shape)}, lean {tuple(lean.shape)})")
+            return math.inf, f"shapes differ (core {tuple(stock.shape)}, lean {tuple(lean.shape)})", None
         stock, lean = stock.float(), lean.float()
         scale = stock.abs().max().item()
         difference = (lean - stock).abs().max().item() / max(scale, 1e-30)
         if not math.isfinite(difference) and torch.equal(stock, lean):
             difference = 0.0
-        passed = difference <= tolerance
-        detail = (f"{count} tokens, max relative difference {difference:.3g} "
-                  f"{'<=' if passed else 'exceeds the tolerance'} {tolerance:.2g}")
-        return ReplayCheck(key, passed, difference, tolerance, detail)
-    except Exception as error:  # noqa: BLE001 - the check itself failing (OOM on a tiny card, a new signature)
-        return ReplayCheck(key, False, math.inf, tolerance,
-                           f"the check itself raised {type(error).__name__}: {str(error)[:300]}")
+        verdict = "<=" if difference <= tolerance else "exceeds the tolerance"
+        return difference, f"{count} tokens, max relative difference {difference:.3g} {verdict} {tolerance:.2g}", None
 
-
-def cached_checks():
-    """Every check run in this process (reports and tests read them)."""
-    return dict(_CHECKS)
+    return replay_check.check_once(REPLAY, AGAINST, subject, key, tolerance, compare, core=replay.core,
+                                     on_new=on_new)
 
 
 class LeanBlock:
@@ -518,17 +492,17 @@ class LeanBlock:
     patch(args, {"original_block": block_wrap}) -> {"img": x}.
 
     Before the first lean run of a (core, model class, dtype, device) in this process, the lean block is
-    compared with the core's own block on the real input (check_against_core). Failed: with
-    fallback (mode auto) every block runs the core's own code and the report says why; without
-    (mode on) the run stops with that message."""
+    compared with the core's own block on the real input (check_against_core). Failed: in mode auto
+    every block runs the core's own code and the report says why; in mode on the run stops with
+    replay_check.ReplayMismatchError (replay_check.follow)."""
 
-    def __init__(self, index, replay, chunk_tokens, model_class="WanModel", fallback=True, notify=None, checked=True):
+    def __init__(self, index, replay, chunk_tokens, model_class="WanModel", mode="auto", notify=None, checked=True):
         self.index = index
         self.checked = checked  # False only for measurements that must see the lean block alone (bench/)
         self.replay = replay
         self.chunk_tokens = chunk_tokens
         self.model_class = model_class
-        self.fallback = fallback
+        self.mode = mode
         self.notify = notify  # called once per new check with its ReplayCheck (the node shows it)
         self.calls = 0  # blocks run lean (tests and reports read it)
         self.core_calls = 0  # blocks handed to the core's own code after a failed check
@@ -549,20 +523,9 @@ class LeanBlock:
                                    "core's forward_orig is not the one the lean forward was checked against.")
         if not self.checked or args["img"].device.type == "meta":  # a meta tensor has no values to compare
             return self._lean(block, args)
-        key = check_key(self.replay, self.model_class, block, args["img"])
-        check = _CHECKS.get(key)
-        if check is None:
-            check = check_against_core(block, args, original, self.replay, self.model_class)
-            _CHECKS[key] = check
-            (log.info if check.passed else log.warning)("WanFit %s", check.describe())
-            if self.notify is not None:
-                self.notify(check)
+        check = check_against_core(block, args, original, self.replay, self.model_class, on_new=self.notify)
         self.check = check
-        if not check.passed:
-            if not self.fallback:
-                raise LeanForwardError(
-                    f"WanFit Lean Forward (mode on): {check.describe()}. Fix: set the node's mode to auto (it then "
-                    "runs ComfyUI's own blocks on this core) or off.")
+        if not replay_check.follow(check, self.mode, "WanFit Lean Forward", CORE_PATH):
             self.core_calls += 1
             return original(args)
         return self._lean(block, args)
@@ -572,6 +535,9 @@ class LeanBlock:
                                args["transformer_options"], self.replay, self.chunk_tokens)
         self.calls += 1
         return {"img": x}
+
+
+# --- installing it on a model ----------------------------------------------------------
 
 
 def diffusion_model_of(model_patcher):
@@ -616,14 +582,16 @@ def _other_block_patches(model_patcher):
     return sorted(str(key) for key, patch in replace.items() if not isinstance(patch, LeanBlock))
 
 
-def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, fallback=True, notify=None):
+def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, mode="auto", notify=None):
     """Return (patched clone, report STRING); the input model stays untouched.
 
     chunk_tokens: 'auto' or tokens per chunk (>= 1; checked against the sequence when a job runs).
     core_version: the ComfyUI core the model runs in; None reads the running core.
-    fallback: when the check against the core's own block fails, run the core's blocks (mode auto)
-    instead of stopping the run (mode on). notify(check) is called with each new check's result.
+    mode: what a failed check against the core's own block does (replay_check.follow): auto runs the
+    core's blocks, on stops the run. notify(check) is called with each new check's result.
     """
+    if replay_check.validate_mode(mode) == "off":
+        raise InvalidInputError("mode", mode, "auto or on", "mode off leaves the model unpatched: do not patch it")
     chunk_tokens = validate_chunk_setting(chunk_tokens)
     diffusion_model = check_wan_model(model_patcher)
     others = _other_block_patches(model_patcher)
@@ -637,26 +605,57 @@ def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, fall
 
     clone = model_patcher.clone()
     for index in range(len(diffusion_model.blocks)):
-        clone.set_model_patch_replace(LeanBlock(index, replay, chunk_tokens, model_class, fallback, notify),
+        clone.set_model_patch_replace(LeanBlock(index, replay, chunk_tokens, model_class, mode, notify),
                                       PATCH_NAME, BLOCK_NAME, index)
     chunk_text = (f"auto (1/{LEAN_AUTO_CHUNKS} of the sequence, at least {LEAN_AUTO_MIN_CHUNK_TOKENS} tokens)"
                   if chunk_tokens == "auto"
                   else f"{chunk_tokens} tokens")
-    known = [check for key, check in _CHECKS.items() if key[0] == _format_version(replay.version)
-             and key[1] == model_class]
+    known = [check for check in replay_check.cached_checks(REPLAY) if check.key[1:3] == (replay.core, model_class)]
     if known and all(check.passed for check in known):
         checked = f"; {known[-1].describe()}"
     elif known:
         failed = next(check for check in known if not check.passed)
-        checked = (f"; {failed.describe()}: " + ("ComfyUI's own blocks run instead" if fallback
-                                                  else "mode on stops the run"))
+        checked = "; " + (replay_check.fallback_note(failed, CORE_PATH) if mode == "auto"
+                          else f"{failed.describe()}: mode on stops the run")
     else:
-        checked = (f"; checked against ComfyUI {_format_version(replay.version)}'s own block on the first step "
-                   f"({'its own blocks run instead if they differ' if fallback else 'mode on stops the run if they differ'})")
+        checked = (f"; checked against ComfyUI {replay.core}'s own block on the first step "
+                   f"({'its own blocks run instead' if mode == 'auto' else 'mode on stops the run'} if they differ)")
     report = (f"Lean forward on {len(diffusion_model.blocks)} blocks, chunks {chunk_text}: activations peak at ~5 "
-              f"hidden states instead of {stock_block_units(diffusion_model, replay.version):.1f}{checked}")
+              f"hidden states instead of {stock_block_units(diffusion_model, replay.core):.1f}{checked}")
     log.info("WanFit lean forward: %s", report)
     return clone, report
+
+
+def _planned(plan, key):
+    if plan is None:
+        return None
+    return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
+
+
+def apply_lean_forward(model_patcher, mode="auto", chunk_tokens=0, plan=None, notify=None):
+    """WanFit Lean Forward's policy: (model, report STRING), the model patched or passed through.
+
+    mode off passes the model through; auto with a plan patches only when the plan needs the lean
+    forward, and a model or core it cannot take passes through with the reason; on patches or raises.
+    chunk_tokens 0 takes the plan's chunk size, else auto.
+    """
+    replay_check.validate_mode(mode)
+    if mode == "off":
+        return model_patcher, "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
+    if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
+        return model_patcher, ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the "
+                               "model passes through unchanged; mode on forces the lean forward)")
+    chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
+    try:
+        patched, report = patch_model_lean(model_patcher, chunk, mode=mode, notify=notify)
+    except LeanForwardError as error:
+        if mode != "auto":
+            raise
+        return model_patcher, ("Lean forward not applied, ComfyUI's own blocks run (the model passes through "
+                               f"unchanged): {error}")
+    if mode == "auto" and plan is not None:
+        report += " (the plan needs it for this job to fit)"
+    return patched, report
 
 
 def lean_report(model_patcher):
@@ -672,31 +671,28 @@ def lean_report(model_patcher):
     return "\n".join(lines)
 
 
-def stock_block_units(diffusion_model, core_version):
+def stock_block_units(diffusion_model, core):
+    """The core's own block's activation peak in hidden states (the newest profile for a core without a version)."""
     from .plan import footprint as memory
 
     config = memory.WanTransformerConfig("model", dim=diffusion_model.dim, ffn_dim=diffusion_model.ffn_dim,
                                          num_layers=len(diffusion_model.blocks), num_heads=diffusion_model.num_heads,
                                          in_dim=diffusion_model.in_dim, out_dim=diffusion_model.out_dim)
-    return memory.activation_hidden_units(config, core_version)
+    return memory.activation_hidden_units(config, parse_version(core))
 
 
 def lean_transformer_options(num_blocks, core_version=None, chunk_tokens="auto", transformer_options=None,
-                             fallback=False, checked=True):
+                             mode="on", checked=True):
     """transformer_options with the lean blocks installed (bench and tests call WanModel directly;
-    without fallback a failed check stops the forward; checked=False skips the check, for
-    measurements of the lean block alone)."""
+    in mode on a failed check stops the forward; checked=False skips the check, for measurements
+    of the lean block alone)."""
     replay = replay_for_running_core(core_version)
     options = dict(transformer_options or {})
     replace = dict(options.get("patches_replace", {}))
     blocks = dict(replace.get(PATCH_NAME, {}))
     for index in range(num_blocks):
-        blocks[(BLOCK_NAME, index)] = LeanBlock(index, replay, validate_chunk_setting(chunk_tokens), fallback=fallback,
+        blocks[(BLOCK_NAME, index)] = LeanBlock(index, replay, validate_chunk_setting(chunk_tokens), mode=mode,
                                                 checked=checked)
     replace[PATCH_NAME] = blocks
     options["patches_replace"] = replace
     return options
-
-
-def chunk_count(tokens, chunk_tokens="auto"):
-    return math.ceil(tokens / resolve_chunk_tokens(chunk_tokens, tokens))

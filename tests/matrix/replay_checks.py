@@ -71,13 +71,13 @@ def check_lean_forward(release, failed=CheckFailed):
     import comfy.model_management
     import comfy.sd
 
-    from wanfit import lean_forward
+    from wanfit import lean_forward, replay_check
 
     files = fixture_paths()
     results, problems = {}, []
     for name, channels, (frames, height, width), per_frame in LEAN_MODELS:
         model = comfy.sd.load_diffusion_model(str(files["diffusion_models"][name]))
-        lean_model, report = lean_forward.patch_model_lean(model, 97, fallback=False)
+        lean_model, report = lean_forward.patch_model_lean(model, 97, mode="on")
         inputs = _inputs(channels, frames, height, width, per_frame)
         comfy.model_management.load_models_gpu([model])
         with torch.inference_mode():
@@ -85,7 +85,7 @@ def check_lean_forward(release, failed=CheckFailed):
             options = dict(lean_model.model_options.get("transformer_options", {}))
             try:
                 lean = model.model.diffusion_model(*inputs, transformer_options=options).float()
-            except lean_forward.LeanForwardError as error:
+            except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
                 problems.append(f"{name}: {error}")
                 continue
         blocks = lean_forward.installed_lean_blocks(lean_model).values()
@@ -96,7 +96,8 @@ def check_lean_forward(release, failed=CheckFailed):
             problems.append(f"{name}: {lean_calls} of {len(blocks)} blocks ran lean")
         if not difference <= LEAN_TOLERANCE:
             problems.append(f"{name}: max |lean - stock| / max |stock| = {difference:.3g}, expected <= {LEAN_TOLERANCE}")
-    checks = {" ".join(map(str, key)): check.describe() for key, check in lean_forward.cached_checks().items()}
+    checks = {" ".join(map(str, check.key)): check.describe()
+              for check in replay_check.cached_checks(lean_forward.REPLAY)}
     replay = lean_forward.replay_for_running_core()
     details = {"models": results, "checks": checks, "fingerprint": lean_forward.block_source_fingerprint()[:12],
                "replay": {"block_patches": replay.block_patches, "fused_ffn_activation": replay.fused_ffn_activation,
@@ -123,9 +124,8 @@ def check_decode(release, which, failed=CheckFailed):
     import comfy.sd
     import comfy.utils
 
-    from wanfit.decode import decode_comfy_vae
-    from wanfit.decode import self_check
-
+    from wanfit import replay_check
+    from wanfit.decode import decode_comfy_vae, self_check
     from wanfit.decode.api import check_against_core
 
     file, channels, shape, budget_mb = DECODE_CASES[which]
@@ -133,8 +133,8 @@ def check_decode(release, which, failed=CheckFailed):
     if shape is None:
         with torch.inference_mode():
             check = check_against_core(vae)
-        details = {"checks": [check.describe()], "max_abs_difference": check.max_difference}
-        if not check.passed or not check.max_difference <= DECODE_TOLERANCE:
+        details = {"checks": [check.describe()], "max_abs_difference": check.difference}
+        if not check.passed or not check.difference <= DECODE_TOLERANCE:
             raise failed(check.describe(), details)
         return details
     frames, height, width = shape
@@ -143,19 +143,20 @@ def check_decode(release, which, failed=CheckFailed):
     with torch.inference_mode():  # as ComfyUI runs a node
         try:
             tiled = decode_comfy_vae(vae, latent, budget_mb * 2**20, on_plan=plans.append, mode="on")
-        except self_check.ReplayMismatchError as error:
-            raise failed(str(error), {"checks": [c.describe() for c in self_check.cached_checks().values()]}) from error
+        except replay_check.ReplayMismatchError as error:
+            checks = replay_check.cached_checks(self_check.REPLAY)
+            raise failed(str(error), {"checks": [check.describe() for check in checks]}) from error
         core = vae.decode(latent)
     tiled = tiled.reshape(core.shape)
     difference = (tiled.float() - core.float()).abs().max().item()
     plan = plans[-1]
-    checks = list(self_check.cached_checks().values())
+    checks = replay_check.cached_checks(self_check.REPLAY)
     details = {"plan": plan.describe(), "tiles": plan.tile_count, "max_abs_difference": difference,
                "checks": [check.describe() for check in checks]}
     problems = []
     if plan.untiled or not plan.exact:
         problems.append(f"the budget of {budget_mb} MB was meant to give exact tiles; the plan is {plan.describe()}")
-    if len(checks) != 1 or not checks[0].passed or checks[0].max_difference > DECODE_TOLERANCE:
+    if len(checks) != 1 or not checks[0].passed or checks[0].difference > DECODE_TOLERANCE:
         problems.append(f"expected one passed self-check at {self_check.CHECK_GRID} tiles, got "
                         f"{[check.describe() for check in checks]}")
     if not difference <= DECODE_TOLERANCE or not math.isfinite(difference):

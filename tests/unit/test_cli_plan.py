@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.fake_checkout import fake_checkout, parser_source
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -25,12 +27,9 @@ def run(*args, gpu_tier=None, comfyui_path=None, home=None):
                           capture_output=True, text=True, timeout=120)
 
 
-def fake_checkout(root, version):
-    (root / "comfy").mkdir(parents=True)
-    (root / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+def plan_checkout(root, version):
     flags = ["--reserve-vram", "--lowvram", "--async-offload", "--cache-none", "--cpu", "--disable-smart-memory"]
-    (root / "comfy" / "cli_args.py").write_text("".join(f'parser.add_argument("{flag}")\n' for flag in flags))
-    return root
+    return fake_checkout(root, version, parser_source(flags))
 
 
 @pytest.mark.parametrize("core, expected", [
@@ -52,7 +51,7 @@ def test_print_args_is_one_line_of_flags_from_gpu_tier_for_the_core(core, expect
 
 
 def test_default_core_is_the_checkout_at_comfyui_path(tmp_path):
-    checkout = fake_checkout(tmp_path / "ComfyUI", "0.3.64")
+    checkout = plan_checkout(tmp_path / "ComfyUI", "0.3.64")
     result = run("--tier", "CONSUMER_8GB", "--model", "t2v_a14b", "--width", "832", "--height", "480", "--json",
                  comfyui_path=checkout)
     assert result.returncode == 0, result.stderr
@@ -77,7 +76,7 @@ def test_unknown_core_path_is_a_clean_error_naming_it(tmp_path):
 
 @pytest.mark.parametrize("core", ["0.3.12", "old"])
 def test_core_older_than_the_minimum_names_it(tmp_path, core):
-    value = core if core != "old" else str(fake_checkout(tmp_path / "ComfyUI", "0.3.40"))
+    value = core if core != "old" else str(plan_checkout(tmp_path / "ComfyUI", "0.3.40"))
     result = run("--tier", "PROSUMER_24GB", "--print-args", "--core", value)
     assert result.returncode == 2 and result.stdout == ""
     assert "0.3.64" in result.stderr and "Traceback" not in result.stderr

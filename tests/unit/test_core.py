@@ -6,19 +6,12 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
+from tests.fake_checkout import fake_checkout
 from wanfit import core as cores
 from wanfit.core import CoreNotSupportedError, core_from_argument, core_from_checkout, core_from_version
 from wanfit.errors import WanFitError
 
 CHECKOUTS = {"0.3.64": Path.home() / "ComfyUI-0.3.64", "0.33.0": Path.home() / "ComfyUI-0.33.0"}
-
-
-def fake_checkout(root, version, cli_args_source, patcher_source=""):
-    (root / "comfy").mkdir(parents=True)
-    (root / "comfyui_version.py").write_text(f'# generated\n__version__ = "{version}"\n')
-    (root / "comfy" / "cli_args.py").write_text(cli_args_source)
-    (root / "comfy" / "model_patcher.py").write_text(patcher_source)
-    return root
 
 
 DYNAMIC_CLI_ARGS = '''

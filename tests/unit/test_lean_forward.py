@@ -1,22 +1,15 @@
-"""The lean forward's pure parts: chunk sizes, the modulation rows, its activation model."""
+"""The lean forward's pure parts: chunk sizes, the check's tolerance, its activation model, the node's mode policy.
+
+What replays ComfyUI's own code (the modulation rows against repeat_e, the block) is checked against
+the real cores in tests/host/test_lean_forward.py and tests/matrix."""
 
 import pytest
 import torch
 
 from wanfit.plan import footprint as memory
 from wanfit.errors import InvalidInputError
-from wanfit.lean_forward import _rows, resolve_chunk_tokens, tolerance_for, validate_chunk_setting
-
-
-def repeat_e(e, x):  # comfy/ldm/wan/model.py (identical in 0.3.64 and 0.33.0)
-    repeats = 1
-    if e.size(1) > 1:
-        repeats = x.size(1) // e.size(1)
-    if repeats == 1:
-        return e
-    if repeats * e.size(1) == x.size(1):
-        return torch.repeat_interleave(e, repeats, dim=1)
-    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, :x.size(1)]
+from wanfit.lean_forward import (LeanForwardError, apply_lean_forward, resolve_chunk_tokens, tolerance_for,
+                                  validate_chunk_setting)
 
 
 def test_the_planner_knows_an_activation_profile_for_each_measured_core():
@@ -27,15 +20,6 @@ def test_the_check_tolerance_is_1e_5_in_fp32_and_the_dtypes_rounding_otherwise()
     assert tolerance_for(torch.float32) == 1e-5
     assert tolerance_for(torch.float16) == pytest.approx(4 * 2 ** -10)
     assert tolerance_for(torch.bfloat16) == pytest.approx(4 * 2 ** -7)
-
-
-@pytest.mark.parametrize("frames, tokens", [(1, 50), (5, 50), (7, 50), (3, 9), (50, 50)])
-def test_modulation_rows_match_repeat_e_chunk_by_chunk(frames, tokens):
-    e = torch.randn(2, frames, 8)
-    full = repeat_e(e, torch.empty(2, tokens, 8)).expand(2, tokens, 8)
-    for start in range(0, tokens, 6):
-        stop = min(start + 6, tokens)
-        assert torch.equal(_rows(e, tokens, start, stop).expand(2, stop - start, 8), full[:, start:stop])
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "4096", None])
@@ -70,3 +54,34 @@ def test_lean_activations_are_about_5_hidden_states_at_real_sizes(config, width,
 def test_lean_activations_grow_when_chunks_are_the_whole_sequence():
     config = memory.TI2V_5B
     assert memory.lean_block_units(config, 1000, 1000) == pytest.approx(2 + 3 + 2 * 14336 / 3072)
+
+
+# --- the node's mode policy (lean_forward.apply_lean_forward), where it needs no model ----------------
+
+class NotAModel:
+    """Whatever reaches the node: the policy must pass it through untouched where it does not patch."""
+
+
+@pytest.mark.parametrize("mode, plan, start", [
+    ("off", None, "Lean forward off: ComfyUI's own blocks run"),
+    ("off", {"lean_forward": True}, "Lean forward off"),
+    ("auto", {"lean_forward": False, "lean_chunk_tokens": 4096}, "Lean forward not needed: the plan fits"),
+])
+def test_modes_that_do_not_patch_pass_the_model_through(mode, plan, start):
+    model = NotAModel()
+    out, report = apply_lean_forward(model, mode, 0, plan)
+    assert out is model and report.startswith(start), report
+
+
+def test_auto_passes_through_what_it_cannot_patch_and_on_refuses_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "comfy.ldm.wan.model", None)  # no WAN module to replay in this process
+    model = NotAModel()
+    out, report = apply_lean_forward(model, "auto", 0, {"lean_forward": True})
+    assert out is model and report.startswith("Lean forward not applied, ComfyUI's own blocks run"), report
+    assert "comfy.ldm.wan.model" in report, report
+    with pytest.raises(LeanForwardError, match=r"WAN module \(comfy.ldm.wan.model\) does not import"):
+        apply_lean_forward(model, "on", 0, None)
+    with pytest.raises(InvalidInputError, match="mode"):
+        apply_lean_forward(model, "sometimes", 0, None)

@@ -5,6 +5,8 @@ from pathlib import Path
 import subprocess
 import time
 
+from tests.fake_checkout import fake_checkout
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,13 +20,6 @@ def run_test_command(env_overrides, tmp_path, *args):
     return result, time.monotonic() - started
 
 
-def fake_core(path, version):
-    (path / "comfy").mkdir(parents=True)
-    (path / "main.py").write_text("")
-    (path / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
-    return path
-
-
 def test_without_any_core_the_test_command_fails_fast_and_names_each_missing_core(tmp_path):
     result, seconds = run_test_command({}, tmp_path)
     assert result.returncode == 3, result.stderr
@@ -36,7 +31,7 @@ def test_without_any_core_the_test_command_fails_fast_and_names_each_missing_cor
 
 
 def test_one_missing_core_is_named_and_the_present_one_is_not(tmp_path):
-    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
+    fake_checkout(tmp_path / "ComfyUI-0.3.64", "0.3.64", main="")
     result, _ = run_test_command({}, tmp_path)
     assert result.returncode == 3
     assert "no ComfyUI 0.33.0 checkout found" in result.stderr
@@ -45,7 +40,7 @@ def test_one_missing_core_is_named_and_the_present_one_is_not(tmp_path):
 
 
 def test_a_checkout_of_another_version_is_refused_with_its_version(tmp_path):
-    wrong = fake_core(tmp_path / "elsewhere", "0.3.60")
+    wrong = fake_checkout(tmp_path / "elsewhere", "0.3.60", main="")
     result, _ = run_test_command({"WANFIT_CORE_0_3_64": str(wrong)}, tmp_path, "--core", "0.3.64")
     assert result.returncode == 3
     assert f"{wrong} holds ComfyUI 0.3.60, not 0.3.64" in result.stderr
@@ -64,11 +59,11 @@ def matrix_releases():
 
 
 def test_a_missing_matrix_release_stops_the_command_with_get_cores_directions(tmp_path):
-    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
-    fake_core(tmp_path / "ComfyUI-0.33.0", "0.33.0")
+    fake_checkout(tmp_path / "ComfyUI-0.3.64", "0.3.64", main="")
+    fake_checkout(tmp_path / "ComfyUI-0.33.0", "0.33.0", main="")
     missing, *present = matrix_releases()
     for version in present:
-        fake_core(tmp_path / f"ComfyUI-{version}", version)
+        fake_checkout(tmp_path / f"ComfyUI-{version}", version, main="")
     result, seconds = run_test_command({}, tmp_path)
     assert result.returncode == 3, result.stderr
     assert f"no ComfyUI {missing} checkout found at {tmp_path}/ComfyUI-{missing} (release matrix)" in result.stderr
@@ -79,7 +74,7 @@ def test_a_missing_matrix_release_stops_the_command_with_get_cores_directions(tm
 
 
 def test_the_matrix_tier_refuses_a_core_whose_venv_it_does_not_use(tmp_path):
-    fake_core(tmp_path / "ComfyUI-0.3.64", "0.3.64")
+    fake_checkout(tmp_path / "ComfyUI-0.3.64", "0.3.64", main="")
     result, _ = run_test_command({}, tmp_path, "--core", "0.3.64", "tests/matrix")
     assert result.returncode == 2
     assert "runs with ComfyUI 0.33.0's venv" in result.stderr and "--core 0.33.0 tests/matrix" in result.stderr

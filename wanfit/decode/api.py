@@ -143,9 +143,6 @@ def _decode_untiled(module, latent, device, dtype, output_device, progress):
     return out
 
 
-from ..choices import DECODE_MODES  # noqa: E402  (spelled once, where the node widgets read it)
-
-
 def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, free_models_for_decode=None,
                      oom_exceptions=(), activation_factor=None, on_plan=None, allow_untiled=True, mode="auto",
                      on_note=None):
@@ -155,12 +152,13 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
     process_output (comfy.sd.VAE). The node reshapes to IMAGE (B*frames, H, W, 3) as VAEDecode does.
     mode: auto = WanFit's tiles where they reproduce this core's own decode (self_check, once per
     process), else the core's own decode (its tiled decode when the budget needs it); on = WanFit's
-    tiles or ReplayMismatchError; off = the core's own decode. on_note(text) hears which path ran and why.
+    tiles or replay_check.ReplayMismatchError; off = the core's own decode. on_note(text) hears which path
+    ran and why.
     """
+    from .. import replay_check
     from . import self_check
 
-    if mode not in DECODE_MODES:
-        raise InvalidInputError("mode", mode, " / ".join(DECODE_MODES), "pick one of the listed modes")
+    replay_check.validate_mode(mode)
     module = getattr(vae, "first_stage_model", None)
     if module is None or not hasattr(module, "decoder"):
         raise InvalidInputError("vae", type(module).__name__, "a Wan 2.1 or Wan 2.2 VAE",
@@ -178,14 +176,10 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
     # the untiled path is the core's own WanVAE.decode, nothing replayed; no plan: decode_latent says why
     if plan is not None and not plan.untiled:
         check = check_against_core(vae)
-        if not check.passed:
-            if mode == "on":
-                raise self_check.ReplayMismatchError(
-                    f"WanFit VAE Decode (mode on): {check.describe()}. Fix: set the node's mode to auto (ComfyUI's "
-                    "own decode then runs, tiled by ComfyUI when the budget needs it) or off.")
-            note(f"{check.describe()}; ComfyUI's own VAE decode ran instead")
+        if not replay_check.follow(check, mode, "WanFit VAE Decode", self_check.CORE_PATH):
+            note(replay_check.fallback_note(check, self_check.CORE_PATH))
             return decode_with_core(vae, module, samples, budget_bytes, progress)
-        protocol = check.protocol
+        protocol = check.matched
         note(check.describe())
     raw = decode_latent(module, samples, budget_bytes, device=vae.device, dtype=vae.vae_dtype,
                         output_device=vae.output_device, overlap=overlap, progress=progress,
@@ -196,7 +190,7 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
 
 
 def check_against_core(vae):
-    """The (cached) self_check.DecodeCheck of WanFit's tiles against this core's own decode of `vae`."""
+    """The (cached) replay_check.ReplayCheck of WanFit's tiles against this core's own decode of `vae`."""
     from . import self_check
 
     module = vae.first_stage_model

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core import running_core_version
 from ..errors import WanFitError
 
 SUPPORTED_CORES = ("0.3.64", "0.33.0")
@@ -49,15 +50,6 @@ PROTOCOLS = {
     "0.33.0 (Wan 2.1)": CoreProtocol("0.33.0", conv_pads_space=True, layers_keep_two_frames=False),
     "0.33.0 (Wan 2.2)": CoreProtocol("0.33.0", conv_pads_space=True, layers_keep_two_frames=True),
 }
-
-
-def running_core_version():
-    """comfyui_version.__version__ of the ComfyUI this process runs in, or "unknown"."""
-    try:
-        from comfyui_version import __version__
-    except ImportError:
-        return "unknown"
-    return str(__version__)
 
 
 def _structure(module):

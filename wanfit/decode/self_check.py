@@ -6,88 +6,57 @@ before the first tiled decode of a (core, VAE class, dtype, device) in a process
 decoded both ways on the user's own module: at a forced 2x2 exact grid by WanFit, whole by the core's
 VAE.decode. Equal within DECODE_TOLERANCE: the tiled decode runs (with the protocol that matched).
 Otherwise the caller runs the core's own decode (mode auto) or refuses (mode on), saying which core,
-which check and how far apart.
+which check and how far apart. The cache, the result type and that policy are wanfit.replay_check's,
+shared with the lean forward.
 """
 
-from dataclasses import dataclass
-import logging
 import math
 
 import torch
 
-from ..errors import WanFitError
-from .core_protocol import candidate_protocols, running_core_version
-
-log = logging.getLogger("wanfit")
+from .. import replay_check
+from .core_protocol import candidate_protocols
 
 DECODE_TOLERANCE = 1e-3  # max |WanFit - core| on images in [0, 1]
 CHECK_GRID = (2, 2)
 # latent channels -> (frames, height, width) of the check's latent: two latent frames exercise the causal
 # caches across a temporal upsample; 2x2 tiles then cut every layer's input
 CHECK_LATENTS = {16: (2, 4, 4), 48: (2, 2, 2)}
+REPLAY = "tiled decode"  # the replay's name in replay_check keys and reports
+AGAINST = "the core's own VAE decode"
+CORE_PATH = "ComfyUI's own VAE decode"  # what mode auto runs where the check failed
 
 
-class ReplayMismatchError(WanFitError):
-    """The tiled decode does not reproduce this core's own decode (mode on refuses to run it)."""
-
-
-@dataclass(frozen=True)
-class DecodeCheck:
-    key: tuple  # (core, VAE class, dtype, device)
-    passed: bool
-    max_difference: float  # the best candidate's max |WanFit - core| (inf when no candidate ran)
-    detail: str
-    protocol: object = None  # the core_protocol.CoreProtocol that matched
-
-    def describe(self):
-        core, vae_class, dtype, device = self.key
-        what = f"ComfyUI {core}, {vae_class}, {dtype} on {device}"
-        if self.passed:
-            return (f"tiled decode checked against the core's own VAE decode ({what}): max difference "
-                    f"{self.max_difference:.2g} <= {DECODE_TOLERANCE:g} at {CHECK_GRID[0]}x{CHECK_GRID[1]} tiles, "
-                    f"{protocol_name(self.protocol)}")
-        return f"tiled decode check against the core's own VAE decode failed ({what}): {self.detail}"
-
-
-_CHECKS = {}
-
-
-def cached_checks():
-    return dict(_CHECKS)
-
-
-def check_key(vae, module):
-    return (running_core_version(), f"{type(module).__module__.rsplit('.', 1)[-1]}.{type(module).__qualname__}",
-            str(vae.vae_dtype).replace("torch.", ""), str(torch.device(vae.device)))
+def check_subject(vae, module):
+    """(key without the core, report text): the VAE class, dtype and device."""
+    vae_class = f"{type(module).__module__.rsplit('.', 1)[-1]}.{type(module).__qualname__}"
+    dtype, device = str(vae.vae_dtype).replace("torch.", ""), str(torch.device(vae.device))
+    return (vae_class, dtype, device), f"{vae_class}, {dtype} on {device}"
 
 
 def check_tiled_decode(vae, module, decode_tiled):
-    """The cached DecodeCheck for this VAE; runs it on first use. Never raises.
+    """The process's replay_check.ReplayCheck for this VAE (its `matched` the CoreProtocol that reproduced
+    the core's decode); runs it on first use. Never raises.
 
     decode_tiled(latent, protocol) -> images like vae.decode's (the caller's own tiled path at CHECK_GRID).
     """
-    key = check_key(vae, module)
-    if key in _CHECKS:
-        return _CHECKS[key]
-    channels = module.conv2.in_channels
-    frames, height, width = CHECK_LATENTS.get(channels, (2, 8, 8))
-    generator = torch.Generator().manual_seed(2026)
-    latent = torch.randn(1, channels, frames, height, width, generator=generator) * 0.5
-    tried = []
-    try:
+    key, subject = check_subject(vae, module)
+
+    def compare():
+        channels = module.conv2.in_channels
+        frames, height, width = CHECK_LATENTS.get(channels, (2, 8, 8))
+        generator = torch.Generator().manual_seed(2026)
+        latent = torch.randn(1, channels, frames, height, width, generator=generator) * 0.5
         with torch.inference_mode():  # as ComfyUI runs nodes; its VAE.decode does not set it everywhere
-            check = _compare(vae, module, latent, decode_tiled, key, tried)
-    except Exception as error:  # noqa: BLE001 - the check itself failing (an OOM on a tiny card, a new API)
-        check = DecodeCheck(key, False, math.inf, f"the check itself raised {type(error).__name__}: "
-                                                   f"{str(error)[:300]}")
-    _CHECKS[key] = check
-    (log.info if check.passed else log.warning)("WanFit %s", check.describe())
-    return check
+            return compare_candidates(vae, module, latent, decode_tiled)
+
+    return replay_check.check_once(REPLAY, AGAINST, subject, key, DECODE_TOLERANCE, compare)
 
 
-def _compare(vae, module, latent, decode_tiled, key, tried):
-    """The first candidate protocol whose tiles reproduce vae.decode(latent), as a DecodeCheck."""
-    best = math.inf
+def compare_candidates(vae, module, latent, decode_tiled):
+    """(difference, detail, protocol) of the first candidate protocol whose tiles reproduce vae.decode(latent);
+    the best difference and what each candidate gave when none does."""
+    best, tried = math.inf, []
     core = vae.decode(latent).float().cpu()
     candidates = candidate_protocols(module)
     if not candidates:
@@ -102,9 +71,10 @@ def _compare(vae, module, latent, decode_tiled, key, tried):
         difference = difference if math.isfinite(difference) else math.inf
         best = min(best, difference)
         if difference <= DECODE_TOLERANCE:
-            return DecodeCheck(key, True, difference, f"{protocol_name(protocol)} matched", protocol)
+            return difference, (f"max difference {difference:.2g} <= {DECODE_TOLERANCE:g} at {CHECK_GRID[0]}x"
+                                f"{CHECK_GRID[1]} tiles, {protocol_name(protocol)}"), protocol
         tried.append(f"{protocol_name(protocol)}: max difference {difference:.3g} > {DECODE_TOLERANCE:g}")
-    return DecodeCheck(key, False, best, "; ".join(tried) or "no candidate ran")
+    return best, "; ".join(tried) or "no candidate ran", None
 
 
 def protocol_name(protocol):
