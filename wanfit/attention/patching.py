@@ -2,6 +2,7 @@
 
 import logging
 
+from ..plan.types import plan_field
 from .override import AttentionOverride, build_report, make_attention_override
 from .probe import probe_capabilities
 from .selection import MODES, resolve_attention
@@ -9,14 +10,6 @@ from .selection import MODES, resolve_attention
 log = logging.getLogger("wanfit")
 
 OVERRIDE_KEY = "optimized_attention_override"
-
-
-def _plan_value(plan, key):
-    if plan is None:
-        return None
-    if isinstance(plan, dict):
-        return plan.get(key)
-    return getattr(plan, key, None)
 
 
 def find_override(model_patcher):
@@ -34,12 +27,12 @@ def patch_model_attention(model_patcher, mode="auto", plan=None, keep_cross_atte
     (comfy.model_patcher.set_model_options_patch_replace): copy the dict, set the key, assign it back,
     so a shallow-copying clone() never shares the nested dict with the original.
     """
-    plan_mode = _plan_value(plan, "attention_backend")
+    plan_mode = plan_field(plan, "attention_backend")
     requested = mode
     if mode == "auto" and plan_mode in MODES and plan_mode != "auto":
         mode = plan_mode
     if keep_cross_attention_on_sdpa is None:
-        keep_cross_attention_on_sdpa = bool(_plan_value(plan, "keep_cross_attention_on_sdpa") or False)
+        keep_cross_attention_on_sdpa = bool(plan_field(plan, "keep_cross_attention_on_sdpa") or False)
 
     clone = model_patcher.clone()
     model_options = dict(clone.model_options)
