@@ -95,7 +95,7 @@ def run_case(case):
                      "exact": plan.exact, "halo_cap": plan.halo_cap_latent_px,
                      "exact_budget_bytes": plan.exact_budget_bytes}
             if case.get("terms"):
-                from wanfit import tiling
+                from wanfit.decode import tiling
 
                 spec = decode.decoder_spec(vae.first_stage_model, case.get("activation_factor"))
                 row = max(plan.rows, key=lambda r: r.core[1] - r.core[0])

@@ -18,7 +18,8 @@ import logging
 import math
 
 from . import core as cores
-from . import decode_budget, memory
+from . import memory
+from .decode import budget as decode_memory
 from .choices import PLAN_INPUT_LIMITS
 from .device import DeviceInfo
 from .errors import InvalidInputError, WanFitError
@@ -340,7 +341,7 @@ def _ram_phases(variant, job, on_cpu, weight_dtype, te_dtype, te_device, retenti
     upcast = on_cpu and weight_dtype not in memory.FP8_DTYPES
     model = memory.transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=upcast)
     te = memory.text_encoder_weight_bytes(te_dtype)
-    vae = memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
+    vae = decode_memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
     video = memory.decoded_video_ram_bytes(job.width, job.height, job.frames, job.batch)
     te_workspace = TEXT_ENCODER_CPU_WORKSPACE_BYTES if te_device == "cpu" else 0
     base = memory.PROCESS_BASE_RAM_BYTES
@@ -368,7 +369,7 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
     n = candidate.numbers
     n["model_weight_bytes"] = memory.transformer_weight_bytes(
         config, candidate.weight_dtype, upcast_to_fp32=on_cpu and candidate.weight_dtype not in memory.FP8_DTYPES)
-    decode_need = memory.vae_decode_bytes(variant.vae, job.width, job.height, job.batch, compute_bytes)
+    decode_need = decode_memory.vae_decode_bytes(variant.vae, job.width, job.height, job.batch, compute_bytes)
 
     if on_cpu:
         candidate.text_encoder_device = "cpu"
@@ -400,10 +401,10 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
             candidate.text_encoder_device = te_device_override
         else:
             candidate.text_encoder_device = "gpu" if te_need <= TEXT_ENCODER_GPU_FRACTION * ceiling else "cpu"
-        vae_bytes = memory.vae_weight_bytes(variant.vae)
+        vae_bytes = decode_memory.vae_weight_bytes(variant.vae)
         decode_budget = ceiling - memory.CUDA_CONTEXT_BYTES - vae_bytes
-        if decode_budget < memory.vae_decode_min_tile_bytes(variant.vae):
-            candidate.failures.append(f"VAE decode needs at least {format_gib(memory.vae_decode_min_tile_bytes(variant.vae))} "
+        if decode_budget < decode_memory.vae_decode_min_tile_bytes(variant.vae):
+            candidate.failures.append(f"VAE decode needs at least {format_gib(decode_memory.vae_decode_min_tile_bytes(variant.vae))} "
                                       f"for its smallest tile plus {format_gib(vae_bytes)} weights")
             decode_budget = max(decode_budget, 0)
         vram = {
@@ -751,9 +752,9 @@ def _decode_outlook(device, variant, job, budget_bytes):
     """WanFit VAE Decode of this job's latent at the planned budget, planned as the node will (its static layouts of
     the variant's VAE): exact halos or approximate, and the budget that makes it exact. A GPU decodes in 16-bit and
     keeps finished frames in RAM; a CPU decodes in fp32 with the video in the same memory."""
-    latent = decode_budget.latent_shape_for(variant.vae, job.width, job.height, job.frames, job.batch)
+    latent = decode_memory.latent_shape_for(variant.vae, job.width, job.height, job.frames, job.batch)
     device_type = device.kind if device.is_gpu else "cpu"
-    return decode_budget.decode_outlook(variant.vae, latent, int(budget_bytes), 2 if device.is_gpu else 4, device_type)
+    return decode_memory.decode_outlook(variant.vae, latent, int(budget_bytes), 2 if device.is_gpu else 4, device_type)
 
 
 # --- refusals that say what would fit -----------------------------------------

@@ -3,6 +3,7 @@
 import pytest
 
 from wanfit import memory
+from wanfit.decode import budget as decode_budget
 
 
 
@@ -63,9 +64,9 @@ def test_activations_scale_with_tokens_and_batch():
 
 
 def test_vae_decode_does_not_grow_with_video_length_but_with_pixels():
-    assert memory.vae_decode_bytes("wan2.2", 1280, 704) > memory.vae_decode_bytes("wan2.2", 832, 480)
-    assert memory.vae_decode_min_tile_bytes("wan2.1") < memory.vae_decode_bytes("wan2.1", 832, 480)
-    assert set(memory.VAE_DECODE_BYTES_PER_OUTPUT_PIXEL) == {"wan2.1", "wan2.2"}
+    assert decode_budget.vae_decode_bytes("wan2.2", 1280, 704) > decode_budget.vae_decode_bytes("wan2.2", 832, 480)
+    assert decode_budget.vae_decode_min_tile_bytes("wan2.1") < decode_budget.vae_decode_bytes("wan2.1", 832, 480)
+    assert set(decode_budget.VAE_DECODE_BYTES_PER_OUTPUT_PIXEL) == {"wan2.1", "wan2.2"}
 
 
 def test_comfyui_estimate_is_larger_than_ours():

@@ -6,7 +6,8 @@ import math
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from wanfit import decode_budget, memory
+from wanfit import memory
+from wanfit.decode import budget as decode_budget
 from wanfit import plan as plan_module
 from wanfit.core import core_from_version
 from wanfit.device import DeviceInfo

@@ -1,12 +1,12 @@
-"""Tile planning (wanfit.tiling): pure arithmetic, no torch."""
+"""Tile planning (wanfit.decode.tiling): pure arithmetic, no torch."""
 
 from dataclasses import replace
 
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from wanfit import tiling
-from wanfit.tiling import DecoderSpec, LayerSpec, axis_regions, stem_peak_bytes, tile_peak_bytes
+from wanfit.decode import tiling
+from wanfit.decode.tiling import DecoderSpec, LayerSpec, axis_regions, stem_peak_bytes, tile_peak_bytes
 
 # The Wan 2.1 decoder tail after its latent-resolution blocks, as the engine describes it
 # (3 res blocks = radius 2 each, upsample = scale 2 radius 1, head radius 1); channels 384/192/96.

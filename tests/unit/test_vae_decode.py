@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wanfit import decode, decode_budget, tiling
+from wanfit import decode
+from wanfit.decode import budget as decode_budget, tiling
 from wanfit.decode import api as decode_api, cpu_convs, fused_layers, layout as decode_layout
 from wanfit.decode import core_protocol, plan as decode_plan, tiles as decode_tiles
 from wanfit.errors import InvalidInputError
@@ -499,53 +500,49 @@ def test_free_models_hook_gets_the_predicted_peak(mini):
     assert plan.predicted_peak_bytes <= budget
 
 
-def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini, monkeypatch):
+def test_oom_retries_smaller_tiles_and_keeps_the_result_exact(mini):
     kind, module, latent, reference = mini
-    real = decode_tiles._TileRunner.decode_tile
     attempts = []
 
-    def flaky(self, row, col, device, dtype):
-        area = (row.core[1] - row.core[0]) * (col.core[1] - col.core[0])
+    def big_tiles_oom(step):
+        if step.stage != "tile" or step.frame:
+            return
+        area = (step.rows[1] - step.rows[0]) * (step.cols[1] - step.cols[0])
         attempts.append(area)
         if area > 12:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, row, col, device, dtype)
 
-    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", flaky)
     calls = []
     out = decode.decode_latent(module, latent, 2**40, progress=lambda d, t: calls.append((d, t)),
-                                   allow_untiled=False)
+                               allow_untiled=False, oom=big_tiles_oom)
     assert attempts[0] == 42 and min(attempts) <= 12, attempts
     assert (out - reference).abs().max().item() < 1e-5
     assert calls[-1][0] == calls[-1][1]
 
 
-def test_oom_everywhere_falls_back_to_the_cpu(mini, monkeypatch):
+def test_oom_everywhere_falls_back_to_the_cpu(mini):
     kind, module, latent, reference = mini
     module64 = MiniWanVAE(wan22=(kind == "wan2.2")).double()
     module64.load_state_dict(module.state_dict())
-    real = decode_tiles._TileRunner.decode_tile
 
-    def device_always_oom(self, row, col, device, dtype):
-        if dtype == torch.float64:  # the "device" here: float64; the CPU fallback runs float32
+    def device_always_oom(step):
+        if step.stage == "tile" and step.dtype == torch.float64:  # the "device": float64; the CPU fallback float32
             raise RuntimeError("CUDA error: out of memory")
-        return real(self, row, col, device, dtype)
 
-    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", device_always_oom)
-    out = decode.decode_latent(module64, latent.double(), 2**40, allow_untiled=False)
+    out = decode.decode_latent(module64, latent.double(), 2**40, allow_untiled=False, oom=device_always_oom)
     assert (out - reference).abs().max().item() < 1e-4
     assert next(module64.parameters()).dtype == torch.float64, "the decoder was not put back after the fallback"
 
 
-def test_other_errors_are_not_swallowed(mini, monkeypatch):
+def test_other_errors_are_not_swallowed(mini):
     kind, module, latent, _ = mini
 
-    def broken(self, row, col, device, dtype):
-        raise ValueError("a bug, not an OOM")
+    def broken(step):
+        if step.stage == "tile":
+            raise ValueError("a bug, not an OOM")
 
-    monkeypatch.setattr(decode_tiles._TileRunner, "decode_tile", broken)
     with pytest.raises(ValueError, match="a bug"):
-        decode.decode_latent(module, latent, 2**40, allow_untiled=False)
+        decode.decode_latent(module, latent, 2**40, allow_untiled=False, oom=broken)
 
 
 class FakeComfyVAE:
@@ -595,7 +592,7 @@ def test_planned_peak_never_exceeds_budget(mini):
 
 def test_frames_stream_one_at_a_time_after_each_temporal_upsample(mini):
     kind, module, _, _ = mini
-    layout = decode_layout._Layout(module)
+    layout = decode_layout.Layout(module)
     # Wan 2.1: after the two upsample3d layers; Wan 2.2: after the two blocks that end with one
     assert len(layout.split_after) == 2, f"{kind}: split points {sorted(layout.split_after)}"
     for n in layout.split_after:
@@ -692,16 +689,16 @@ def test_a_strided_latent_decodes_bit_identically_to_its_saved_copy(mini, tiled)
     assert torch.equal(outs[0], outs[1])
 
 
-def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini, monkeypatch):
+def test_oom_in_the_untiled_decode_falls_back_to_tiles(mini):
     kind, module, latent, reference = mini
     need = decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
     plans = []
 
-    def untiled_oom(*args, **kwargs):
-        raise RuntimeError("CUDA error: out of memory")
+    def untiled_oom(step):
+        if step.stage == "untiled":
+            raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(decode_api, "_decode_untiled", untiled_oom)
-    out = decode.decode_latent(module, latent, need, on_plan=plans.append)
+    out = decode.decode_latent(module, latent, need, on_plan=plans.append, oom=untiled_oom)
     assert [plan.untiled for plan in plans] == [True, False]
     assert (out - reference).abs().max().item() < 1e-5
 
@@ -761,7 +758,7 @@ def test_unknown_stem_depth_is_refused(mini):
 
 def test_deeper_stem_stores_more_and_recomputes_less(mini):
     kind, module, latent, _ = mini
-    layouts = decode_plan._layouts(module)
+    layouts = decode_plan.layouts_of(module)
     assert [layout.cut for layout in layouts] == list(range(len(layouts))) and len(layouts) >= 2
     stored = [layout.stored_bytes(latent.shape, 4) for layout in layouts]
     assert stored == sorted(stored) and stored[0] < stored[1]
@@ -771,7 +768,8 @@ def test_deeper_stem_stores_more_and_recomputes_less(mini):
     for layout in layouts[:2]:
         hw = (latent.shape[3] * layout.stem_scale, latent.shape[4] * layout.stem_scale)
         rows = tiling.plan_for_cores(layout.spec, hw, tiling.split_evenly(hw[0], 2), tiling.split_evenly(hw[1], 2))
-        spans = [tiling._axis_summary(size, 2, layout.spec.layers, None)[2] for size in hw]
+        spans = [[sum(t.layer_regions[i][1] - t.layer_regions[i][0] for t in axis) * layer.scale
+                  for i, layer in enumerate(layout.spec.layers)] for axis in rows]
         costs.append(tiling.relative_cost(layout.spec, spans[0], spans[1], 4, hw))
         assert len(rows[0]) == 2
     assert costs[1] < costs[0], f"{kind}: 2x2 tiles cost {costs} (cut 0, cut 1)"
@@ -822,8 +820,8 @@ def test_fused_residual_block_and_head_match_the_modules_and_their_caches(mini):
     block = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and not isinstance(m.shortcut, nn.Identity))
     same = next(m for m in decoder.modules() if isinstance(m, ResidualBlock) and isinstance(m.shortcut, nn.Identity))
     generator = torch.Generator().manual_seed(7)
-    run_layer = functools.partial(fused_layers._run_layer, protocol=CORE_0_3_64)
-    for layer, run in ((block, run_layer), (same, run_layer), (decoder.head, fused_layers._run_head)):
+    run_layer = functools.partial(fused_layers.run_layer, protocol=CORE_0_3_64)
+    for layer, run in ((block, run_layer), (same, run_layer), (decoder.head, fused_layers.run_head)):
         channels = layer.residual[0].gamma.shape[0] if hasattr(layer, "residual") else layer[0].gamma.shape[0]
         ours, theirs = [None] * 4, [None] * 4
         # a first chunk of one frame (no cache yet), then one frame, then two frames, as the decoder feeds them
@@ -904,7 +902,7 @@ def test_fused_upsample_matches_the_module_and_its_cache(mode, halve):
         idx_ours, idx_theirs = [0], [0]
         with torch.inference_mode():
             expected = layer(x, theirs, idx_theirs)
-            got = fused_layers._run_layer(layer, x.clone(), ours, idx_ours, CORE_0_3_64)
+            got = fused_layers.run_layer(layer, x.clone(), ours, idx_ours, CORE_0_3_64)
         assert idx_ours == idx_theirs
         assert got.shape == expected.shape, f"{mode}: {tuple(got.shape)} vs {tuple(expected.shape)}"
         assert (got - expected).abs().max().item() < 1e-5
@@ -937,7 +935,7 @@ def test_fused_upsample_never_builds_the_upsampled_input():
         theirs = LargestTensor.largest
         LargestTensor.largest = 0
         with LargestTensor():
-            out = fused_layers._run_layer(layer, x, [None], [0], CORE_0_3_64)
+            out = fused_layers.run_layer(layer, x, [None], [0], CORE_0_3_64)
         ours = LargestTensor.largest
     assert theirs == 32 * 20 * 24  # the upsampled input
     assert ours == out.numel() == 16 * 20 * 24
@@ -955,40 +953,36 @@ def test_padded_conv_inputs_share_one_arena_buffer_inside_a_tile():
     assert outside[0].data_ptr() != outside[1].data_ptr()
 
 
-def test_a_deeper_stems_frames_reach_the_tiles_one_at_a_time(mini, monkeypatch):
+def test_a_deeper_stems_frames_reach_the_tiles_one_at_a_time(mini):
     """Past the stem's temporal upsample each latent frame is two frames; the tile streams them singly,
-    so its first upsample holds one input frame's output, as the planner's model assumes."""
+    so its temporal upsamples hold one input frame's output, as the planner's model assumes."""
     kind, module, latent, reference = mini
     frames_seen = []
-    run_upsample = fused_layers._run_upsample
-
-    def recording(layer, x, cache, idx):
-        frames_seen.append(x.shape[2])
-        return run_upsample(layer, x, cache, idx)
-
-    monkeypatch.setattr(fused_layers, "_run_upsample", recording)
+    time_convs = [m.time_conv for m in module.decoder.modules() if getattr(m, "mode", "") == "upsample3d"]
+    hooks = [conv.register_forward_pre_hook(lambda conv, args: frames_seen.append(args[0].shape[2]))
+             for conv in time_convs]
     budget = _budget_for_tiles_at_cut(module, latent, 1, 4)
-    out = decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
+    try:
+        out = decode.decode_latent(module, latent, budget, allow_untiled=False, stem_cuts=(1,))
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert (out - reference).abs().max().item() < 1e-5
     assert frames_seen and max(frames_seen) == 1, f"{kind}: upsample inputs had {sorted(set(frames_seen))} frames"
 
 
-def test_oom_part_way_through_a_tile_still_decodes_exactly(mini, monkeypatch):
+def test_oom_part_way_through_a_tile_still_decodes_exactly(mini):
     """Exact tiles write each frame into the output as it is done; a retry after an OOM in a later
     frame rewrites the same core, so the video is still the untiled decode."""
     kind, module, latent, reference = mini
-    real = decode_tiles._run_tail
-    state = {"calls": 0, "failed": False}
+    state = {"failed": False}
 
-    def oom_on_the_second_frame(layout, x, block_x, row, col, cache, tail_start, first_chunk):
-        state["calls"] += 1
-        if not state["failed"] and state["calls"] == 2:
+    def oom_on_the_second_frame(step):
+        if step.stage == "tile" and step.frame == 1 and not state["failed"]:
             state["failed"] = True
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(layout, x, block_x, row, col, cache, tail_start, first_chunk)
 
-    monkeypatch.setattr(decode_tiles, "_run_tail", oom_on_the_second_frame)
-    out = decode.decode_latent(module, latent, 2**40, allow_untiled=False)
+    out = decode.decode_latent(module, latent, 2**40, allow_untiled=False, oom=oom_on_the_second_frame)
     assert state["failed"]
     assert (out - reference).abs().max().item() < 1e-5
 
@@ -1118,10 +1112,10 @@ def test_static_layouts_are_what_the_decode_reads_off_the_vae(mini, cut):
     """The offload plan sizes the decode from decode_budget's static layouts (no VAE loaded)."""
     kind, module, _, _ = mini
     small = decode_budget.WanVaeConfig(kind, dim=8, z_dim=48 if kind == "wan2.2" else 16)
-    _same_layout(decode_layout._Layout(module, None, cut), decode_budget.static_layout(small, cut))
+    _same_layout(decode_layout.Layout(module, None, cut), decode_budget.static_layout(small, cut))
     with torch.device("meta"):  # the real architecture (ComfyUI's own modules: tests/host/test_param_counts.py)
         real = MiniWanVAE(kind == "wan2.2", dim=decode_budget.WAN_VAE_CONFIGS[kind].dim)
-    _same_layout(decode_layout._Layout(real, None, cut), decode_budget.static_layout(kind, cut))
+    _same_layout(decode_layout.Layout(real, None, cut), decode_budget.static_layout(kind, cut))
 
 
 def test_the_static_plan_names_the_same_exact_budget_as_the_module_plan(mini):

@@ -24,25 +24,30 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
    video); an OOM retries that tile split in two, then on the CPU, keeping every finished tile.
 
 Memory then depends on the tile area, not on the frame count. The tile grid comes from
-wanfit.tiling with constants measured by bench/vae_decode_memory.py. When no tiling with exact halos
+wanfit.decode.tiling with constants measured by bench/vae_decode_memory.py. When no tiling with exact halos
 fits the budget, the halo is capped and tiles are blended: approximate, and the plan says so with the
-budget that makes it exact (wanfit.decode_budget; bench/vae_decode_approx.py measures the error).
+budget that makes it exact (wanfit.decode.budget; bench/vae_decode_approx.py measures the error).
 
 Modules: layout (which layers, the stem cut, per-layer costs), fused_layers (the layers' fused
 replays and the scratch arena), cpu_convs (the CPU conv backend per call), tiles (stem and tile
 runner, OOM ladder), plan (the plan and CPU heap modes within a budget), api (the entry points).
 """
 
-from .api import VAE_NAMES, decode_comfy_vae, decode_latent, validate_latent
-from .cpu_convs import conv_uses_native, cpu_conv_backend
-from .fused_layers import scratch_arena
-from .layout import decoder_spec
-from .plan import (CPU_HEAP_MODES, CPU_WORKSPACE_BYTES, UNTILED_MARGIN, CpuHeapMode, plan_decode, set_cpu_heap_mode,
-                   untiled_decode_bytes)
-from .tiles import DecodeOutOfMemoryError
+# The torch-side names load with their module on first use: the offload planner imports
+# wanfit.decode.budget, and `import wanfit` must not load torch (tests/unit/test_package_import.py).
+_LAZY = {
+    "VAE_NAMES": "api", "decode_comfy_vae": "api", "decode_latent": "api", "validate_latent": "api",
+    "conv_uses_native": "cpu_convs", "cpu_conv_backend": "cpu_convs", "scratch_arena": "fused_layers",
+    "decoder_spec": "layout", "CPU_HEAP_MODES": "plan", "CPU_WORKSPACE_BYTES": "plan", "UNTILED_MARGIN": "plan",
+    "CpuHeapMode": "plan", "plan_decode": "plan", "set_cpu_heap_mode": "plan", "untiled_decode_bytes": "plan",
+    "DecodeOutOfMemoryError": "tiles",
+}
+__all__ = sorted(_LAZY)
 
-__all__ = [
-    "CPU_HEAP_MODES", "CPU_WORKSPACE_BYTES", "UNTILED_MARGIN", "VAE_NAMES", "CpuHeapMode", "DecodeOutOfMemoryError",
-    "conv_uses_native", "cpu_conv_backend", "decode_comfy_vae", "decode_latent", "decoder_spec", "plan_decode",
-    "scratch_arena", "set_cpu_heap_mode", "untiled_decode_bytes", "validate_latent",
-]
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

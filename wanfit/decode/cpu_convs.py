@@ -1,6 +1,6 @@
 """Which CPU conv backend each conv call takes (oneDNN or PyTorch's native im2col), and its memory layout.
 
-The choice is per call, by the smaller transient (conv_uses_native); wanfit.tiling.conv_transient_elems
+The choice is per call, by the smaller transient (conv_uses_native); wanfit.decode.tiling.conv_transient_elems
 models the same choice. cpu_conv_backend applies it to a whole decoder while a decode runs.
 """
 
@@ -22,7 +22,7 @@ def conv_uses_native(conv, x, padded=False):
     for Wan 2.2's 1024-channel convs) whatever the input size; the native path's transient is
     its column buffer (in channels x kernel x output pixels). Take the smaller one
     (also the faster one there: 77 vs 167 ms at 12x12, 307 vs 440 ms at 24x24, 1024 channels,
-    measured with one output frame). The model in wanfit.tiling.conv_transient_elems assumes this choice.
+    measured with one output frame). The model in wanfit.decode.tiling.conv_transient_elems assumes this choice.
     padded: x is the fused path's padded buffer (cache frames and zero border included), not the
     input WAN's CausalConv3d.forward pads itself.
     """

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from .core_protocol import call_layer, padding_in_buffer
 from .cpu_convs import _conv2d, _conv_input_memory_format, _conv_unpadded
-from .layout import _fusable, _is_resample, _is_resblock, _upsample_fusable
+from .layout import fusable_norm_silu_conv, is_resample, is_resblock, upsample_fusable
 
 
-def _cached_conv(conv, x, cache, idx):
+def cached_conv(conv, x, cache, idx):
     """A causal conv with the WAN cache protocol (Decoder3d.forward's conv1/head logic)."""
     i = idx[0]
     cache_x = x[:, :, -2:].clone()
@@ -115,16 +115,16 @@ def scratch_arena():
 _scratch = threading.local()  # .arena: {"flat": tensor} while scratch_arena is open
 
 
-def _run_layer(layer, x, cache, idx, protocol):
+def run_layer(layer, x, cache, idx, protocol):
     """A decoder layer; WAN's ResidualBlock and upsamples through the fused paths (_padded_conv_input,
     _run_upsample), any other through its own forward under the core's cache protocol (core_protocol)."""
-    if _is_resample(layer) and _upsample_fusable(layer):
+    if is_resample(layer) and upsample_fusable(layer):
         return _run_upsample(layer, x, cache, idx)
-    if not _is_resblock(layer):
+    if not is_resblock(layer):
         return call_layer(protocol, layer, x, cache, idx)
     parts = list(layer.residual)
     dropout_free = len(parts) == 7 and isinstance(parts[5], nn.Dropout) and (parts[5].p == 0 or not layer.training)
-    if not (dropout_free and _fusable(parts[0:3]) and _fusable(parts[3:5] + parts[6:7])):
+    if not (dropout_free and fusable_norm_silu_conv(parts[0:3]) and fusable_norm_silu_conv(parts[3:5] + parts[6:7])):
         return call_layer(protocol, layer, x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
@@ -204,19 +204,19 @@ def _run_upsample(layer, x, cache, idx):
     return _upsample_conv(conv, frames, out)
 
 
-def _run_head(head, x, cache, idx):
+def run_head(head, x, cache, idx):
     """The decoder head (norm, SiLU, causal conv) through the fused path when it has that shape."""
     parts = list(head)
-    if _fusable(parts):
+    if fusable_norm_silu_conv(parts):
         buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
         del x
         return _conv_unpadded(parts[2], buf)
     for sub in parts:
-        x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
+        x = cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
     return x
 
 
-def _unpatchify(x, patch):
+def unpatchify(x, patch):
     """einops 'b (c r q) f h w -> b c f (h q) (w r)' without einops."""
     b, c, f, h, w = x.shape
     c_out = c // (patch * patch)

@@ -1,8 +1,8 @@
 """The decode plan: untiled or tiled, stem depth, CPU heap mode and tile grid, within a budget.
 
-Peak memory comes from wanfit.tiling's model of each layout; on the CPU the glibc heap mode is
+Peak memory comes from wanfit.decode.tiling's model of each layout; on the CPU the glibc heap mode is
 part of the plan (its measured peak factor and time factor, CPU_HEAP_MODES). The search itself is
-torch-free (wanfit.decode_budget), so the offload plan runs it on static layouts of the two VAEs.
+torch-free (wanfit.decode.budget), so the offload plan runs it on static layouts of the two VAEs.
 """
 
 import ctypes
@@ -10,10 +10,10 @@ import sys
 
 import torch
 
-from ..decode_budget import (  # noqa: F401  (re-exported: wanfit.decode's names for them)
+from .budget import (  # noqa: F401  (re-exported: wanfit.decode's names for them)
     CPU_HEAP_MODES, CPU_WORKSPACE_BYTES, UNTILED_MARGIN, CpuHeapMode, search_plan, untiled_decode_bytes)
 from ..errors import InvalidInputError
-from .layout import _Layout
+from .layout import Layout
 
 
 def plan_decode(module, latent_shape, budget_bytes, dtype=torch.float32, device="cpu", output_device="cpu",
@@ -25,23 +25,23 @@ def plan_decode(module, latent_shape, budget_bytes, dtype=torch.float32, device=
     VAE's own decode fits the budget, use it (it is the fastest path). stem_cuts: the stem depths
     the planner may choose from (None = all; benchmarks and tests pin one).
     """
-    layouts = _layouts(module, activation_factor, stem_cuts)
-    return _plan(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
+    layouts = layouts_of(module, activation_factor, stem_cuts)
+    return plan_for_layouts(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
 
 
-def _layouts(module, activation_factor=None, stem_cuts=None, protocol=None):
-    """One _Layout per stem depth (the upsample the tiles start at); stem_cuts limits which."""
-    first = _Layout(module, activation_factor, protocol=protocol)
+def layouts_of(module, activation_factor=None, stem_cuts=None, protocol=None):
+    """One Layout per stem depth (the upsample the tiles start at); stem_cuts limits which."""
+    first = Layout(module, activation_factor, protocol=protocol)
     cuts = range(first.cut_count) if stem_cuts is None else sorted(set(stem_cuts))
     if any(not 0 <= cut < first.cut_count for cut in cuts) or not cuts:
         raise InvalidInputError("stem_cuts", list(cuts), f"stem depths 0..{first.cut_count - 1}",
                                 "leave it unset to let the planner choose")
-    return [first if cut == 0 else _Layout(module, activation_factor, cut, protocol) for cut in cuts]
+    return [first if cut == 0 else Layout(module, activation_factor, cut, protocol) for cut in cuts]
 
 
-def _plan(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
+def plan_for_layouts(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
     """The fastest plan that fits: untiled, else the best (stem depth, CPU heap mode, tiling); see
-    wanfit.decode_budget.search_plan (an approximate plan carries the budget that makes it exact)."""
+    wanfit.decode.budget.search_plan (an approximate plan carries the budget that makes it exact)."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     same_device = torch.device(output_device) == torch.device(device)
     return search_plan(layouts, latent_shape, budget_bytes, dtype_bytes, torch.device(device).type, same_device,

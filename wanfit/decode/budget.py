@@ -4,7 +4,7 @@ The decode (wanfit.decode) plans over the layouts it reads off a loaded VAE; the
 (wanfit.plan) has no VAE loaded, so it plans over static layouts built here from the fixed
 architectures ComfyUI builds (comfy/sd.py: Wan 2.1 VAE dim 96, z 16; Wan 2.2 VAE decoder dim 256,
 z 48; both dim_mult (1, 2, 4, 4), 2 residual blocks, temporal upsamples (True, True, False)). A
-static layout gives the same tiling.DecoderSpec as wanfit.decode.layout._Layout reads from the
+static layout gives the same tiling.DecoderSpec as wanfit.decode.layout.Layout reads from the
 module (tests/unit/test_vae_decode.py and tests/host/test_param_counts.py check this).
 
 Exact or approximate: the search prefers exact halos (the tiles equal the untiled decode); only
@@ -17,7 +17,47 @@ from dataclasses import dataclass, replace
 import math
 
 from . import tiling
-from .memory import GPU_DECODE_MARGIN
+
+# --- VAE weights and the one-tile decode figure ---------------------------------
+
+# Counted on ComfyUI's comfy.ldm.wan.vae2_2.WanVAE / vae.WanVAE with the ddconfig
+# from comfy/sd.py (meta device): encoder + decoder + 1x1 convs.
+VAE_PARAM_COUNTS = {
+    "wan2.2": 704_688_668,  # z=48, 16x16 spatial, 4x temporal; used by TI2V-5B
+    "wan2.1": 126_892_531,  # z=16, 8x8 spatial, 4x temporal; used by the A14B experts
+}
+VAE_WEIGHT_DTYPE_BYTES = 2  # files are bf16/fp16; ComfyUI decodes in bf16 where supported
+
+# ComfyUI's own estimate (comfy/sd.py, class VAE.memory_used_decode) is 8000 (Wan 2.2) / 7000
+# (Wan 2.1) bytes x dtype size per output pixel; WanFit uses its own measurement instead.
+# Measured, not guessed (bench/vae_decode_memory.py, docs/benchmarks.md): the working memory of
+# WanFit VAE Decode (what the shipped workflows decode with) as one tile, per output pixel of one
+# frame, fp32 on the CPU, independent of the frame count; ComfyUI's VAE Decode needs about 1.9x
+# that (tiling.UNTILED_BYTES_PER_OUTPUT_PX). Stored here per 2-byte compute dtype (half the fp32
+# figure), with a 1.25 margin for what a GPU adds (cuDNN workspaces, allocator rounding) until a
+# lent GPU measures it with torch.cuda.max_memory_allocated.
+GPU_DECODE_MARGIN = 1.25
+VAE_DECODE_BYTES_PER_OUTPUT_PIXEL = {
+    name: int(fp32_bytes / 2 * GPU_DECODE_MARGIN) for name, fp32_bytes in tiling.ONE_TILE_BYTES_PER_OUTPUT_PX.items()
+}
+# The smallest tile a budgeted tiled decode will use (tiling plans the real tiles).
+VAE_DECODE_MIN_TILE_PIXELS = 256 * 256
+
+
+def vae_weight_bytes(vae_name, upcast_to_fp32=False):
+    return VAE_PARAM_COUNTS[vae_name] * (4 if upcast_to_fp32 else VAE_WEIGHT_DTYPE_BYTES)
+
+
+def vae_decode_bytes(vae_name, width, height, batch=1, compute_bytes=2):
+    """WanFit VAE Decode working memory as one tile for a width x height video (any length)."""
+    per_pixel = VAE_DECODE_BYTES_PER_OUTPUT_PIXEL[vae_name] * compute_bytes // 2
+    return per_pixel * width * height * batch
+
+
+def vae_decode_min_tile_bytes(vae_name, compute_bytes=2):
+    per_pixel = VAE_DECODE_BYTES_PER_OUTPUT_PIXEL[vae_name] * compute_bytes // 2
+    return per_pixel * VAE_DECODE_MIN_TILE_PIXELS
+
 
 # The halo caps (latent px) the search falls back to when no exact tiling fits, widest first.
 APPROXIMATE_HALO_CAPS = (4, 2, 1)
@@ -99,7 +139,7 @@ WAN_VAE_CONFIGS = {
 
 
 class StemStorage:
-    """Frame counts and stored stem bytes of a layout (this module's StaticLayout and wanfit.decode.layout._Layout)."""
+    """Frame counts and stored stem bytes of a layout (this module's StaticLayout and wanfit.decode.layout.Layout)."""
 
     def frames_out(self, latent_frames):
         return 1 + self.temporal_factor * (latent_frames - 1)
@@ -113,7 +153,7 @@ class StemStorage:
 
 @dataclass(frozen=True)
 class StaticLayout(StemStorage):
-    """What the plan search needs of a decode layout (wanfit.decode.layout._Layout has the same fields)."""
+    """What the plan search needs of a decode layout (wanfit.decode.layout.Layout has the same fields)."""
 
     kind: str
     cut: int
@@ -155,7 +195,7 @@ def _upsample_spec(cin, cout, temporal, frames):
 def static_layout(config, cut=0, activation_factor=None):
     """The StaticLayout of a WAN VAE decoder at a stem cut, from its config alone (no module, no torch).
 
-    Mirrors wanfit.decode.layout._Layout on ComfyUI's Decoder3d (vae.py: residual blocks then a
+    Mirrors wanfit.decode.layout.Layout on ComfyUI's Decoder3d (vae.py: residual blocks then a
     Resample per stage, the Resample halving the channels; vae2_2.py: one Up_ResidualBlock per stage,
     its Resample keeping them, then a 2x2 unpatchify)."""
     if isinstance(config, str):
