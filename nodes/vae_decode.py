@@ -1,3 +1,4 @@
+from ..wanfit.decode.budget import auto_budget_bytes
 from ..wanfit.units import BYTES_PER_MIB, format_gib
 
 DECODE_MODES = ("auto", "on", "off")  # wanfit.decode.api.DECODE_MODES (kept here: the node imports no torch)
@@ -5,22 +6,6 @@ MODE_TOOLTIP = ("auto: WanFit's tiled decode where it reproduces this ComfyUI's 
                 "process on a small latent), else ComfyUI's own decode (tiled by ComfyUI when the budget needs it); "
                 "the report says which ran and why. on: WanFit's tiled decode, or an error when that check fails. "
                 "off: ComfyUI's own VAE decode.")
-
-
-def auto_budget_bytes(vae, plan, model_management):
-    """Free memory on the VAE's device minus the plan's reserve (the plan's own budget when it is smaller).
-
-    Free memory as the core's VAE.decode counts it: from 0.33 the patcher's get_free_memory, which adds
-    what dynamic VRAM (comfy-aimdo) can evict from other models' weights on demand; 0.3.64 has only
-    model_management.get_free_memory."""
-    patcher_free = getattr(getattr(vae, "patcher", None), "get_free_memory", None)
-    free = patcher_free(vae.device) if patcher_free is not None else model_management.get_free_memory(vae.device)
-    reserve = getattr(plan, "reserve_vram_bytes", 0) if plan is not None and vae.device.type != "cpu" else 0
-    budget = free - reserve
-    planned = getattr(plan, "vae_decode_budget_bytes", None) if plan is not None else None
-    if planned and vae.device.type != "cpu":
-        budget = min(budget, planned) if budget > 0 else planned
-    return max(int(budget), 0)
 
 
 class WanFitVAEDecode:

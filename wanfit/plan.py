@@ -369,7 +369,8 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
     n = candidate.numbers
     n["model_weight_bytes"] = memory.transformer_weight_bytes(
         config, candidate.weight_dtype, upcast_to_fp32=on_cpu and candidate.weight_dtype not in memory.FP8_DTYPES)
-    decode_need = decode_memory.vae_decode_bytes(variant.vae, job.width, job.height, job.batch, compute_bytes)
+    decode_need = decode_memory.job_exact_budget_bytes(variant.vae, job.width, job.height, job.frames, job.batch,
+                                                       "cpu") if on_cpu else 0
 
     if on_cpu:
         candidate.text_encoder_device = "cpu"
@@ -403,18 +404,20 @@ def _evaluate(device, variant, job, reserve, ram_bytes, candidate, te_device_ove
             candidate.text_encoder_device = "gpu" if te_need <= TEXT_ENCODER_GPU_FRACTION * ceiling else "cpu"
         vae_bytes = decode_memory.vae_weight_bytes(variant.vae)
         decode_budget = ceiling - memory.CUDA_CONTEXT_BYTES - vae_bytes
-        if decode_budget < decode_memory.vae_decode_min_tile_bytes(variant.vae):
-            candidate.failures.append(f"VAE decode needs at least {format_gib(decode_memory.vae_decode_min_tile_bytes(variant.vae))} "
+        decode = decode_memory.job_decode_outlook(variant.vae, job.width, job.height, job.frames, job.batch,
+                                                  max(decode_budget, 0), device.kind)
+        if not decode.fits:
+            candidate.failures.append(f"VAE decode needs at least {format_gib(decode.minimum_budget_bytes)} "
                                       f"for its smallest tile plus {format_gib(vae_bytes)} weights")
             decode_budget = max(decode_budget, 0)
         vram = {
             "text_encode": min(te_need, ceiling) if candidate.text_encoder_device == "gpu" else 0,
             "sample": sample_peak,
-            "vae_decode": memory.CUDA_CONTEXT_BYTES + vae_bytes + min(decode_need, decode_budget),
+            "vae_decode": memory.CUDA_CONTEXT_BYTES + vae_bytes + (decode.predicted_peak_bytes or decode_budget),
         }
         n.update(activation=act_batched if cfg_batched else act_single)
         n.update(resident=resident, cfg_batched=cfg_batched, vram=vram, peak_vram=max(vram.values()),
-                 decode_budget=decode_budget, tiled=decode_need > decode_budget, usable=usable)
+                 decode_budget=decode_budget, tiled=not decode.untiled, usable=usable)
         sample_ws, decode_ws = 0, 0
 
     ram = _ram_phases(variant, job, on_cpu, candidate.weight_dtype, candidate.text_encoder_dtype,
@@ -752,9 +755,9 @@ def _decode_outlook(device, variant, job, budget_bytes):
     """WanFit VAE Decode of this job's latent at the planned budget, planned as the node will (its static layouts of
     the variant's VAE): exact halos or approximate, and the budget that makes it exact. A GPU decodes in 16-bit and
     keeps finished frames in RAM; a CPU decodes in fp32 with the video in the same memory."""
-    latent = decode_memory.latent_shape_for(variant.vae, job.width, job.height, job.frames, job.batch)
     device_type = device.kind if device.is_gpu else "cpu"
-    return decode_memory.decode_outlook(variant.vae, latent, int(budget_bytes), 2 if device.is_gpu else 4, device_type)
+    return decode_memory.job_decode_outlook(variant.vae, job.width, job.height, job.frames, job.batch, int(budget_bytes),
+                                            device_type)
 
 
 # --- refusals that say what would fit -----------------------------------------

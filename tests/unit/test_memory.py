@@ -3,8 +3,6 @@
 import pytest
 
 from wanfit import memory
-from wanfit.decode import budget as decode_budget
-
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -61,12 +59,6 @@ def test_activations_scale_with_tokens_and_batch():
     assert memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) > 2 * one
     # 720p A14B, one pass: a few GB, not tens (SDPA never materializes the score matrix)
     assert 5 * 2**30 < memory.transformer_activation_bytes(memory.T2V_A14B_EXPERT, 1280, 720, 81) < 12 * 2**30
-
-
-def test_vae_decode_does_not_grow_with_video_length_but_with_pixels():
-    assert decode_budget.vae_decode_bytes("wan2.2", 1280, 704) > decode_budget.vae_decode_bytes("wan2.2", 832, 480)
-    assert decode_budget.vae_decode_min_tile_bytes("wan2.1") < decode_budget.vae_decode_bytes("wan2.1", 832, 480)
-    assert set(decode_budget.VAE_DECODE_BYTES_PER_OUTPUT_PIXEL) == {"wan2.1", "wan2.2"}
 
 
 def test_comfyui_estimate_is_larger_than_ours():

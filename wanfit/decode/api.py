@@ -6,9 +6,9 @@ import math
 import torch
 
 from ..errors import InvalidInputError
-from .cpu_convs import cpu_conv_backend
+from .budget import untiled_decode_bytes
 from .layout import require_protocol
-from .plan import CPU_HEAP_MODES, layouts_of, plan_for_layouts, plan_decode, set_cpu_heap_mode, untiled_decode_bytes
+from .plan import layouts_of, plan_decode, plan_for_layouts
 from .tiles import DecodeStep, decode_tiles, empty_device_cache, is_oom
 
 log = logging.getLogger("wanfit")
@@ -54,8 +54,8 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     receives the tiling.TilePlan before decoding starts (the node reports it). oom(step), when given, hears
     each tiles.DecodeStep before it runs and may raise there (how tests play an OOM).
     """
-    layouts = layouts_of(module, activation_factor, stem_cuts)
-    # one memory layout whatever the sampler handed over: the CPU convs round differently per layout,
+    layouts = layouts_of(module, activation_factor, stem_cuts, protocol)
+    # one memory layout whatever the sampler handed over: convs round differently per layout,
     # and a saved latent (SaveLatent writes it contiguous) must decode to the same video again
     latent = validate_latent(latent, layouts[0].z_dim).contiguous()
     if budget_bytes is None or budget_bytes <= 0:
@@ -70,7 +70,7 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         plan, minimum = _forced_grid(layouts[0], latent.shape, grid), None
     else:
         plan, minimum = plan_for_layouts(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
-                              allow_untiled)
+                                         allow_untiled)
     layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
     if plan is not None and not plan.untiled:
         require_protocol(layout)  # a decoder no known convention fits is never replayed
@@ -83,9 +83,6 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
              plan.describe())
     if on_plan is not None:
         on_plan(plan)
-    heap_mode = next((mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap), None)
-    if heap_mode is not None:
-        set_cpu_heap_mode(heap_mode)
     if free_models_for_decode is not None:
         free_models_for_decode(plan.predicted_peak_bytes)
     if plan.untiled:
@@ -101,7 +98,7 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
         return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
                              None, oom_exceptions, activation_factor, on_plan, allow_untiled=False,
                              stem_cuts=stem_cuts, protocol=protocol, oom=oom)
-    with torch.inference_mode(), cpu_conv_backend(module.decoder, enabled=device.type == "cpu"):
+    with torch.inference_mode():
         return decode_tiles(layout, plan, latent, device, dtype, output_device, progress, oom_exceptions, oom)
 
 

@@ -116,7 +116,7 @@ class Layout(StemStorage):
                 conv_a, conv_b = [m for m in layer.residual if isinstance(m, nn.Conv3d)]
                 c_in, c_out = conv_a.in_channels, conv_b.out_channels
                 macs = (c_in * c_out + c_out * c_out) * 27 + (c_in * c_out if c_in != c_out else 0)
-                convs = ((c_out * c_in * 27, c_in * 27), (c_out * c_out * 27, c_out * 27))
+                convs = (c_out * c_in * 27, c_out * c_out * 27)
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=1, radius=_conv_radius(layer.residual), cache_elems_per_px=2 * (c_in + c_out),
                     act_elems_per_px=max(c_in, c_out), macs_per_px=macs * frames, convs=convs))
@@ -139,17 +139,16 @@ class Layout(StemStorage):
                     cache = 2 * layer.time_conv.in_channels + 2 * conv.out_channels * 4
                     time_in, time_out = layer.time_conv.in_channels, layer.time_conv.out_channels
                     macs += time_in * time_out * 3 / 8  # at input px, x2 frames
-                    convs.append((time_out * time_in * 3, time_in * 3))
+                    convs.append(time_out * time_in * 3)
                     frames *= 2
                     act_frames = 2
                     self.temporal_factor *= 2
                     split_pending = True
                 held = 0
                 if fused:
-                    # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it or the
-                    # native path's column buffer (input channels x 4 per input px, counted per output px)
+                    # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it (CPU)
                     phase_weight = conv.out_channels * conv.in_channels * 4
-                    convs.append((phase_weight, conv.in_channels * 4, phase_weight))
+                    convs.append(2 * phase_weight)
                     # what _run_upsample holds, per output px (an input px is 4): the input, the time conv's
                     # two-frame output (3-D), a padded copy per frame, oneDNN's copy of a phase's input window,
                     # one phase's result and the output frames; counted, so no activation factor
@@ -158,7 +157,7 @@ class Layout(StemStorage):
                         + cout * (act_frames + 0.25)
                     act = 0
                 else:
-                    convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
+                    convs.append(conv.out_channels * conv.in_channels * 9)
                     act = max(conv.in_channels, conv.out_channels) * act_frames
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
@@ -186,7 +185,7 @@ class Layout(StemStorage):
             scale=1, radius=_conv_radius(decoder.head), cache_elems_per_px=2 * head_conv.in_channels,
             act_elems_per_px=head_conv.in_channels,
             macs_per_px=head_conv.in_channels * head_conv.out_channels * 27 * frames,
-            convs=((head_conv.out_channels * head_conv.in_channels * 27, head_conv.in_channels * 27),)))
+            convs=(head_conv.out_channels * head_conv.in_channels * 27,)))
         if self.patch > 1:
             add_layer("unpatchify", None, tiling.LayerSpec(scale=self.patch, radius=0, act_elems_per_px=3))
 
@@ -224,7 +223,7 @@ class Layout(StemStorage):
         stem_cache = 2 * (self.z_dim + 4 * c0) + sum(spec.cache_elems_per_px for spec in latent_layers)
         # conv1, the middle blocks and the latent-resolution layers, for their CPU conv transient
         latent_convs = tuple(conv for spec in latent_layers for conv in spec.convs)
-        latent_convs += tuple((m.weight.numel(), m.weight[0].numel()) for m in (decoder.conv1, *decoder.middle.modules())
+        latent_convs += tuple(m.weight.numel() for m in (decoder.conv1, *decoder.middle.modules())
                               if isinstance(m, (nn.Conv2d, nn.Conv3d)))
         # stored per output frame of the stem, per pixel at the cut's resolution
         self.stored_channels_per_frame = cut_channels + block_channels

@@ -1,18 +1,13 @@
-"""The decode plan: untiled or tiled, stem depth, CPU heap mode and tile grid, within a budget.
+"""The decode plan of a loaded VAE: untiled or tiled, stem depth and tile grid, within a budget.
 
-Peak memory comes from wanfit.decode.tiling's model of each layout; on the CPU the glibc heap mode is
-part of the plan (its measured peak factor and time factor, CPU_HEAP_MODES). The search itself is
-torch-free (wanfit.decode.budget), so the offload plan runs it on static layouts of the two VAEs.
+Peak memory comes from wanfit.decode.tiling's model of each layout; the search itself is torch-free
+(wanfit.decode.budget.search_plan), so the offload plan runs the same search on static layouts.
 """
-
-import ctypes
-import sys
 
 import torch
 
-from .budget import (  # noqa: F401  (re-exported: wanfit.decode's names for them)
-    CPU_HEAP_MODES, CPU_WORKSPACE_BYTES, UNTILED_MARGIN, CpuHeapMode, search_plan, untiled_decode_bytes)
 from ..errors import InvalidInputError
+from .budget import search_plan
 from .layout import Layout
 
 
@@ -26,7 +21,8 @@ def plan_decode(module, latent_shape, budget_bytes, dtype=torch.float32, device=
     the planner may choose from (None = all; benchmarks and tests pin one).
     """
     layouts = layouts_of(module, activation_factor, stem_cuts)
-    return plan_for_layouts(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled)[0]
+    return plan_for_layouts(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap,
+                            allow_untiled)[0]
 
 
 def layouts_of(module, activation_factor=None, stem_cuts=None, protocol=None):
@@ -40,27 +36,9 @@ def layouts_of(module, activation_factor=None, stem_cuts=None, protocol=None):
 
 
 def plan_for_layouts(layouts, latent_shape, budget_bytes, dtype, device, output_device, overlap, allow_untiled=True):
-    """The fastest plan that fits: untiled, else the best (stem depth, CPU heap mode, tiling); see
-    wanfit.decode.budget.search_plan (an approximate plan carries the budget that makes it exact)."""
+    """(the fastest plan that fits or None, the smallest budget any plan needs): budget.search_plan on
+    the module's layouts (an approximate plan carries the budget that makes it exact)."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     same_device = torch.device(output_device) == torch.device(device)
     return search_plan(layouts, latent_shape, budget_bytes, dtype_bytes, torch.device(device).type, same_device,
-                       overlap, allow_untiled, modes=CPU_HEAP_MODES)
-
-
-GLIBC_M_TRIM_THRESHOLD = -1
-
-
-GLIBC_M_MMAP_THRESHOLD = -3
-
-
-def set_cpu_heap_mode(mode):
-    """Apply a CpuHeapMode to this process's glibc (process-wide; Linux/glibc only, else a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(GLIBC_M_MMAP_THRESHOLD, mode.mmap_threshold)
-                    and libc.mallopt(GLIBC_M_TRIM_THRESHOLD, mode.trim_threshold))
-    except (OSError, AttributeError):
-        return False
+                       overlap, allow_untiled)

@@ -13,7 +13,7 @@ import torch
 from . import tiling
 from ..errors import WanFitError
 from .core_protocol import call_layer
-from .fused_layers import cached_conv, run_head, run_layer, unpatchify, scratch_arena
+from .fused_layers import cached_conv, run_head, run_layer, unpatchify
 from .layout import is_resblock
 
 log = logging.getLogger("wanfit")
@@ -195,13 +195,14 @@ class _TileRunner:
     def decode_tile(self, row, col, device, dtype):
         """All frames of one tile. Exact tiles go into the output frame by frame (returns None): a retry
         rewrites the same core, and a tile's frames are never held twice (for one tile on the CPU that
-        would be a second copy of the video). Feathered tiles add up, so they are buffered until complete."""
-        with scratch_arena():
-            return self._decode_tile_frames(row, col, device, dtype)
-
-    def _decode_tile_frames(self, row, col, device, dtype):
+        would be a second copy of the video). Feathered tiles add up, so they are buffered until complete, in
+        one buffer of the tile's region (what budget counts for a blended tile: no second copy when it is done)."""
         cache = [None] * self.layout.cache_len
-        chunks = []
+        out = self.output
+        blended = None
+        if self.weight_sum is not None:
+            (y0, y1), (x0, x1) = row.output, col.output
+            blended = torch.empty((*out.shape[:3], y1 - y0, x1 - x0), dtype=out.dtype, device=out.device)
         frame = 0
         ry, rx = row.layer_regions[0], col.layer_regions[0]
         for t, (x_full, block_full) in enumerate(self.stem_out):
@@ -212,26 +213,24 @@ class _TileRunner:
             if block_full is not None:
                 block_x = block_full[..., ry[0]:ry[1], rx[0]:rx[1]].to(device=device, dtype=dtype)
             x = _run_tail(self.layout, x, block_x, row, col, cache, self.tail_start, first_chunk=(t == 0))
-            x = x.to(device=self.output.device, dtype=self.output.dtype)
-            if self.weight_sum is None:
+            x = x.to(device=out.device, dtype=out.dtype)
+            if frame + x.shape[2] > out.shape[2]:
+                raise WanFitError(f"tile decoded more than the {out.shape[2]} frames expected: not a WAN decoder")
+            if blended is None:
                 self._commit_frames(row, col, x, frame)
             else:
-                chunks.append(x)
+                blended[:, :, frame:frame + x.shape[2]] = x
             frame += x.shape[2]
             del x
             self.progress.step()
         del cache
-        if frame != self.output.shape[2]:
-            raise WanFitError(f"tile decoded {frame} frames, expected {self.output.shape[2]}: not a WAN decoder")
-        if self.weight_sum is None:
-            return None
-        return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+        if frame != out.shape[2]:
+            raise WanFitError(f"tile decoded {frame} frames, expected {out.shape[2]}: not a WAN decoder")
+        return blended
 
     def _commit_frames(self, row, col, chunk, frame):
         """Exact mode: the tile's core of these frames into the output (each tile owns its core)."""
         out = self.output
-        if frame + chunk.shape[2] > out.shape[2]:
-            raise WanFitError(f"tile decoded more than the {out.shape[2]} frames expected: not a WAN decoder")
         (y0, y1), (x0, x1) = row.core_out, col.core_out
         oy, ox = row.output[0], col.output[0]
         out[:, :, frame:frame + chunk.shape[2], y0:y1, x0:x1] = chunk[..., y0 - oy:y1 - oy, x0 - ox:x1 - ox]
@@ -247,7 +246,7 @@ class _TileRunner:
         wx = torch.tensor(tiling.feather_weights(col.output, col.core_out, width, ramp), dtype=out.dtype)
         weights = (wy[:, None] * wx[None, :]).to(out.device)
         (y0, y1), (x0, x1) = row.output, col.output
-        out[..., y0:y1, x0:x1] += tile * weights
+        out[..., y0:y1, x0:x1] += tile.mul_(weights)  # in place: no feathered copy of the tile
         self.weight_sum[y0:y1, x0:x1] += weights
 
     def run(self, row, col, oom_exceptions, depth=0):
@@ -362,11 +361,6 @@ def _stem_all_frames(layout, latent, device, dtype, storage_device, counter, oom
 
 
 def _stem(layout, module, latent, device, dtype, storage_device, counter, oom):
-    with scratch_arena():
-        return _stem_frames(layout, module, latent, device, dtype, storage_device, counter, oom)
-
-
-def _stem_frames(layout, module, latent, device, dtype, storage_device, counter, oom):
     x_all = module.conv2(latent.to(device=device, dtype=dtype))
     cache = [None] * layout.cache_len
     stem_out = []
