@@ -86,3 +86,15 @@ def test_a_blended_plan_counts_its_tile_buffer_and_weight_map(kind, latent):
     tile = 3 * frames * 4 * max(r.output[1] - r.output[0] for r in plan.rows) * \
         max(c.output[1] - c.output[0] for c in plan.cols)
     assert plan.predicted_peak_bytes >= plan.fixed_bytes + 4 * height * width + tile
+
+
+@pytest.mark.parametrize("device_type, same_device", [("cpu", True), ("cuda", False)])
+@pytest.mark.parametrize("kind, latent", [("wan2.1", (1, 16, 2, 16, 16)), ("wan2.2", (1, 48, 3, 12, 12))])
+def test_the_smallest_budget_the_search_names_plans_and_one_byte_less_does_not(kind, latent, device_type,
+                                                                               same_device):
+    """The minimum a refusal states (scaled by the CPU allocator's factor) is a budget that plans."""
+    layouts = budget.static_layouts(kind)
+    dtype_bytes = 4 if device_type == "cpu" else 2
+    _, minimum = budget.search_plan(layouts, latent, 0, dtype_bytes, device_type, same_device)
+    assert budget.search_plan(layouts, latent, minimum, dtype_bytes, device_type, same_device)[0] is not None
+    assert budget.search_plan(layouts, latent, minimum - 1, dtype_bytes, device_type, same_device)[0] is None

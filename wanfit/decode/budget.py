@@ -294,7 +294,7 @@ def search_plan(layouts, latent_shape, budget_bytes, dtype_bytes, device_type, s
         plan, smallest = tiling.plan_tiles(spec, tiles_hw, max(inner, 0), dtype_bytes=dtype_bytes * batch,
                                            fixed_bytes=fixed, halo_caps=caps, blend_bytes_per_output_px=blend)
         if smallest is not None:
-            smallest = int(smallest * factor) + extra
+            smallest = _smallest_fitting_budget(smallest, factor, extra)
             minimum = smallest if minimum is None else min(minimum, smallest)
         if plan is None:
             continue
