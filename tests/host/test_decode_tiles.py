@@ -65,11 +65,12 @@ def small_vae(request, core_vaes):
 
 
 def _budget_for_tiles(module, latent, tiles, overlap=None):
-    """The smallest budget whose plan (exact unless overlap) has at most `tiles` tiles (search over the planner)."""
+    """The smallest budget whose tiled plan (exact unless overlap) has at most `tiles` tiles (search over the
+    planner; decode with allow_untiled=False: on a CPU the VAE's own decode fits below any tiling)."""
     low, high = 1, 2**34
     while high - low > 1024:
         middle = (low + high) // 2
-        plan = decode.plan_decode(module, latent.shape, middle, overlap=overlap)
+        plan = decode.plan_decode(module, latent.shape, middle, overlap=overlap, allow_untiled=False)
         if plan is not None and plan.exact == (overlap is None) and plan.tile_count <= tiles:
             high = middle
         else:
@@ -92,9 +93,9 @@ def test_layout_matches_the_decoder(small_vae):
 def test_tiled_decode_equals_untiled(small_vae, tiles):
     kind, module, latent, reference = small_vae
     budget = _budget_for_tiles(module, latent, tiles)
-    plan = decode.plan_decode(module, latent.shape, budget)
-    assert plan.exact and plan.tile_count <= tiles
-    out = decode.decode_latent(module, latent, budget)
+    plan = decode.plan_decode(module, latent.shape, budget, allow_untiled=False)
+    assert plan.exact and plan.tile_count <= tiles and not plan.untiled
+    out = decode.decode_latent(module, latent, budget, allow_untiled=False)
     assert out.shape == reference.shape, f"{kind}: expected {tuple(reference.shape)}, got {tuple(out.shape)}"
     diff = (out - reference).abs().max().item()
     assert diff < 1e-5, f"{kind} with {plan.describe()}: max abs diff {diff} vs the untiled decode"
@@ -171,7 +172,8 @@ def test_progress_reaches_total_and_never_goes_back(small_vae):
     kind, module, latent, _ = small_vae
     calls = []
     budget = _budget_for_tiles(module, latent, 4)
-    decode.decode_latent(module, latent, budget, progress=lambda done, total: calls.append((done, total)))
+    decode.decode_latent(module, latent, budget, progress=lambda done, total: calls.append((done, total)),
+                         allow_untiled=False)
     assert calls, "no progress reported"
     dones = [done for done, _ in calls]
     assert dones == sorted(dones) and calls[-1][0] == calls[-1][1], calls
@@ -181,8 +183,8 @@ def test_free_models_hook_gets_the_predicted_peak(small_vae):
     kind, module, latent, _ = small_vae
     asked = []
     budget = _budget_for_tiles(module, latent, 2)
-    decode.decode_latent(module, latent, budget, free_models_for_decode=asked.append)
-    plan = decode.plan_decode(module, latent.shape, budget)
+    decode.decode_latent(module, latent, budget, free_models_for_decode=asked.append, allow_untiled=False)
+    plan = decode.plan_decode(module, latent.shape, budget, allow_untiled=False)
     assert asked == [plan.predicted_peak_bytes]
     assert plan.predicted_peak_bytes <= budget
 
@@ -282,7 +284,7 @@ def test_longer_latents_stream_exactly_through_the_caches(small_vae):
     longer, reference = _four_latent_frames(module, latent, 3)
     for tiles in (1, 4):
         budget = _budget_for_tiles(module, longer, tiles)
-        out = decode.decode_latent(module, longer, budget)
+        out = decode.decode_latent(module, longer, budget, allow_untiled=False)
         assert out.shape == reference.shape
         diff = (out - reference).abs().max().item()
         assert diff < 1e-5, f"{kind}, {tiles} tiles, 4 latent frames: max abs diff {diff}"
@@ -298,7 +300,8 @@ def test_a_budget_that_fits_the_untiled_decode_runs_the_vaes_own_decode(small_va
     assert "untiled" in plan.describe()
     below = decode.plan_decode(module, latent.shape, need - 1)
     assert below is None or not below.untiled, "the untiled decode only where its need fits"
-    assert not decode.plan_decode(module, latent.shape, need, overlap=2).untiled, "overlap asks for tiles"
+    capped = decode.plan_decode(module, latent.shape, need, overlap=2)
+    assert capped is None or not capped.untiled, "overlap asks for tiles"
     calls = []
     out = decode.decode_latent(module, latent, need, progress=lambda d, t: calls.append((d, t)))
     assert torch.equal(out, reference), "the untiled path is the VAE's own decode: bit-identical"
@@ -326,13 +329,15 @@ def test_a_strided_latent_decodes_bit_identically_to_its_saved_copy(small_vae, t
 def test_oom_in_the_untiled_decode_falls_back_to_tiles(small_vae):
     kind, module, latent, reference = small_vae
     need = decode.untiled_decode_bytes(kind, latent.shape, 4, "cpu")
+    # a budget where the VAE's own decode is planned first and tiles fit too (on a CPU they need more)
+    budget = max(need, _budget_for_tiles(module, latent, 64))
     plans = []
 
     def untiled_oom(step):
         if step.stage == "untiled":
             raise RuntimeError("CUDA error: out of memory")
 
-    out = decode.decode_latent(module, latent, need, on_plan=plans.append, oom=untiled_oom)
+    out = decode.decode_latent(module, latent, budget, on_plan=plans.append, oom=untiled_oom)
     assert [plan.untiled for plan in plans] == [True, False]
     assert (out - reference).abs().max().item() < 1e-5
 
