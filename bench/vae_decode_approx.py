@@ -9,7 +9,7 @@ model that happens only for small frames (at real sizes the whole-frame stem set
 the smallest budget that fits at all is already exact), so this runs on small latents, on the CPU
 (fp32, the output video in the same memory), at the budgets the planner turns approximate at:
 
-- largest: the exact budget the report names (wanfit.decode_budget) less one byte: the largest
+- largest: the exact budget the report names (wanfit.decode.budget) less one byte: the largest
   approximate plan (the planner keeps the widest halo cap that fits);
 - smallest: the smallest budget any plan fits (the narrowest halo cap, the most tiles);
 - exact (on request: its smallest exact tiles make it the slowest case): the named budget itself,
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vae_decode_memory import LATENT_CHANNELS, SPATIAL, measure  # noqa: E402
 
-from wanfit import decode_budget  # noqa: E402
+from wanfit.decode import budget as decode_budget  # noqa: E402
 
 DEFAULT_LATENTS = {"2.1": (2, 16, 16), "2.2": (2, 12, 12)}
 KINDS = {"2.1": "wan2.1", "2.2": "wan2.2"}

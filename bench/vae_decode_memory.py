@@ -78,10 +78,11 @@ def run_case(case):
                                   overlap_t=1)
     elif method == "wanfit":
         from wanfit import decode
-        from wanfit.decode import plan as decode_plan
 
-        if case.get("cpu_heap"):  # measure one heap mode (the fit: lean, where RSS follows live tensors)
-            decode_plan.CPU_HEAP_MODES = tuple(m for m in decode_plan.CPU_HEAP_MODES if m.name == case["cpu_heap"])
+        if case.get("lean_heap"):  # the fit: glibc returns freed tensors at once, so RSS follows live tensors
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 1 * 2**20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 128 * 2**10)  # M_TRIM_THRESHOLD
 
         budget = int(case["budget_bytes"]) if "budget_bytes" in case else int(case["budget_mb"] * 2**20)
         plan = decode.plan_decode(vae.first_stage_model, latent.shape, budget, dtype=vae.vae_dtype,
@@ -95,7 +96,7 @@ def run_case(case):
                      "exact": plan.exact, "halo_cap": plan.halo_cap_latent_px,
                      "exact_budget_bytes": plan.exact_budget_bytes}
             if case.get("terms"):
-                from wanfit import tiling
+                from wanfit.decode import tiling
 
                 spec = decode.decoder_spec(vae.first_stage_model, case.get("activation_factor"))
                 row = max(plan.rows, key=lambda r: r.core[1] - r.core[0])
@@ -150,12 +151,12 @@ def main():
                   f"{full['working_bytes'] / 2**20:.0f} | {full['working_bytes'] / out_px:.0f} | - |", flush=True)
         # WanFit with activation factor 1 in the lean heap (RSS follows the live tensors): the measured
         # peak, less the fixed bytes, the CPU workspace and the caches, over the largest activation.
-        from wanfit.decode import CPU_WORKSPACE_BYTES
+        from wanfit.decode.budget import CPU_WORKSPACE_BYTES
 
         for budget_mb in (1e6,):
             case = {"vae": vae_kind, "latent": [frames, h, w], "method": "wanfit", "budget_mb": budget_mb,
                     "activation_factor": 1.0, "terms": True, "allow_untiled": False,
-                    "cpu_heap": "lean"}
+                    "lean_heap": True}
             res = measure(case)
             factor = ((res["working_bytes"] - res["fixed_bytes"] - CPU_WORKSPACE_BYTES - 4 * res["cache_elems"])
                       / (4 * res["act_elems"]))

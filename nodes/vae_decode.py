@@ -1,25 +1,9 @@
 from comfy_api.latest import io
 
 from ..wanfit.choices import REPLAY_MODES
-from ..wanfit.plan.types import plan_field
+from ..wanfit.decode.budget import auto_budget_bytes
 from ..wanfit.units import BYTES_PER_MIB, format_gib
 from .sockets import output, plan_input, shown
-
-
-def auto_budget_bytes(vae, plan, model_management):
-    """Free memory on the VAE's device minus the plan's reserve (the plan's own budget when it is smaller).
-
-    Free memory as the core's VAE.decode counts it: from 0.33 the patcher's get_free_memory, which adds
-    what dynamic VRAM (comfy-aimdo) can evict from other models' weights on demand; 0.3.64 has only
-    model_management.get_free_memory."""
-    patcher_free = getattr(getattr(vae, "patcher", None), "get_free_memory", None)
-    free = patcher_free(vae.device) if patcher_free is not None else model_management.get_free_memory(vae.device)
-    reserve = plan_field(plan, "reserve_vram_bytes", 0) if vae.device.type != "cpu" else 0
-    budget = free - reserve
-    planned = plan_field(plan, "vae_decode_budget_bytes")
-    if planned and vae.device.type != "cpu":
-        budget = min(budget, planned) if budget > 0 else planned
-    return max(int(budget), 0)
 
 
 class WanFitVAEDecode(io.ComfyNode):

@@ -5,7 +5,7 @@ import json
 import torch
 
 from tests.comfy_import import import_comfy
-from wanfit import memory
+from wanfit.decode import budget as decode_budget
 from wanfit.plan import footprint
 
 
@@ -28,29 +28,28 @@ def test_formula_matches_comfyui_modules_on_meta_device(comfyui):
                                        device="meta", operations=comfy.ops.disable_weight_init)
             assert count(model) == footprint.transformer_param_count(config), config.name
         common = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True])
-        assert count(vae22.WanVAE(dim=160, z_dim=48, **common)) == memory.VAE_PARAM_COUNTS["wan2.2"]
-        assert count(vae21.WanVAE(dim=96, z_dim=16, **common)) == memory.VAE_PARAM_COUNTS["wan2.1"]
+        assert count(vae22.WanVAE(dim=160, z_dim=48, **common)) == decode_budget.VAE_PARAM_COUNTS["wan2.2"]
+        assert count(vae21.WanVAE(dim=96, z_dim=16, **common)) == decode_budget.VAE_PARAM_COUNTS["wan2.1"]
         umt5_config = json.loads((comfyui / "comfy/text_encoders/umt5_config_xxl.json").read_text())
         umt5 = t5.T5(umt5_config, dtype=None, device="meta", operations=comfy.ops.disable_weight_init)
         assert count(umt5) == footprint.t5_encoder_param_count()
 
 
 def test_static_decoder_layouts_match_comfyuis_vae_modules(comfyui):
-    """The offload plan sizes the decode from wanfit.decode_budget's static layouts (no VAE loaded): they must
+    """The offload plan sizes the decode from wanfit.decode.budget's static layouts (no VAE loaded): they must
     be what the decode reads off each core's own WanVAE at every stem depth."""
     import_comfy(comfyui)
     import comfy.ldm.wan.vae as vae21
     import comfy.ldm.wan.vae2_2 as vae22
 
-    from wanfit import decode_budget
-    from wanfit.decode.layout import _Layout
+    from wanfit.decode.layout import Layout
 
     common = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True])
     with torch.device("meta"):
         modules = {"wan2.2": vae22.WanVAE(dim=160, z_dim=48, **common), "wan2.1": vae21.WanVAE(dim=96, z_dim=16, **common)}
     for kind, module in modules.items():
         for cut in range(3):
-            read, static = _Layout(module, None, cut), decode_budget.static_layout(kind, cut)
+            read, static = Layout(module, None, cut), decode_budget.static_layout(kind, cut)
             for field in ("kind", "cut", "cut_count", "z_dim", "stem_scale", "stem_temporal_factor", "temporal_factor",
                           "stored_channels_per_frame", "spec"):
                 assert getattr(read, field) == getattr(static, field), (kind, cut, field)

@@ -2,7 +2,6 @@
 
 import pytest
 
-from wanfit import memory
 from wanfit.plan import footprint
 
 
@@ -61,12 +60,6 @@ def test_activations_scale_with_tokens_and_batch():
     assert footprint.transformer_activation_bytes(footprint.T2V_A14B_EXPERT, 1280, 720, 81) > 2 * one
     # 720p A14B, one pass: a few GB, not tens (SDPA never materializes the score matrix)
     assert 5 * 2**30 < footprint.transformer_activation_bytes(footprint.T2V_A14B_EXPERT, 1280, 720, 81) < 12 * 2**30
-
-
-def test_vae_decode_does_not_grow_with_video_length_but_with_pixels():
-    assert memory.vae_decode_bytes("wan2.2", 1280, 704) > memory.vae_decode_bytes("wan2.2", 832, 480)
-    assert memory.vae_decode_min_tile_bytes("wan2.1") < memory.vae_decode_bytes("wan2.1", 832, 480)
-    assert set(memory.VAE_DECODE_BYTES_PER_OUTPUT_PIXEL) == {"wan2.1", "wan2.2"}
 
 
 def test_comfyui_estimate_is_larger_than_ours():

@@ -10,7 +10,7 @@ import sys
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from wanfit import decode_budget
+from wanfit.decode import budget as decode_budget
 from wanfit.core import core_from_version
 from wanfit.device import DeviceInfo
 from wanfit.errors import InvalidInputError, WanFitError

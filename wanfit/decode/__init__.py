@@ -14,35 +14,36 @@ frames of its input. Cutting time breaks that cache (ComfyUI's temporal tiles: m
    remaining receptive field), so full-resolution layers see the core plus a few pixels and the
    tile is bit-for-bit what the untiled decode gives there (float noise aside); after each
    temporal upsample the frames go on one at a time, so full-resolution layers hold one frame;
-   residual blocks and the head write norm + SiLU straight into the conv's padded input
-   (_padded_conv_input), and on the CPU each conv call takes the path with the smaller
-   transient (conv_uses_native), with a channels-last input where oneDNN then skips a larger
-   copy than it adds (_conv_input_memory_format; the weight then stays channels-last for the decode);
-   upsamples run as four 2x2 phase convs on the small input (_run_upsample), and a tile's padded
-   conv inputs share one scratch buffer (scratch_arena);
+   residual blocks and the head write norm + SiLU straight into the conv's padded input, and
+   upsamples run as four 2x2 phase convs on the small input (fused_layers);
 3. finished frames go to the output device at once (an exact tile's straight into the output
    video); an OOM retries that tile split in two, then on the CPU, keeping every finished tile.
 
-Memory then depends on the tile area, not on the frame count. The tile grid comes from
-wanfit.tiling with constants measured by bench/vae_decode_memory.py. When no tiling with exact halos
-fits the budget, the halo is capped and tiles are blended: approximate, and the plan says so with the
-budget that makes it exact (wanfit.decode_budget; bench/vae_decode_approx.py measures the error).
+Memory then depends on the tile area, not on the frame count. When no tiling with exact halos fits
+the budget, the halo is capped and tiles are blended: approximate, and the plan says so with the
+budget that makes it exact (bench/vae_decode_approx.py measures the error).
 
-Modules: layout (which layers, the stem cut, per-layer costs), fused_layers (the layers' fused
-replays and the scratch arena), cpu_convs (the CPU conv backend per call), tiles (stem and tile
-runner, OOM ladder), plan (the plan and CPU heap modes within a budget), api (the entry points).
+Modules, torch-free first: tiling (tile geometry and the per-tile memory model, constants measured by
+bench/vae_decode_memory.py), budget (the plan search on layouts, the static layouts of the two VAEs,
+the VAE weight figures, what the offload plan and the node read), core_protocol (how the running core
+pads and caches); then with torch: layout (a loaded decoder's layers and costs), fused_layers (the
+layers' fused replays), tiles (stem, tile runner, OOM ladder), plan (the plan of a loaded VAE), api
+(the entry points), self_check (the tiles against the core's own decode).
 """
 
-from .api import VAE_NAMES, decode_comfy_vae, decode_latent, validate_latent
-from .cpu_convs import conv_uses_native, cpu_conv_backend
-from .fused_layers import scratch_arena
-from .layout import decoder_spec
-from .plan import (CPU_HEAP_MODES, CPU_WORKSPACE_BYTES, UNTILED_MARGIN, CpuHeapMode, plan_decode, set_cpu_heap_mode,
-                   untiled_decode_bytes)
-from .tiles import DecodeOutOfMemoryError
+# The torch-side names load with their module on first use: the offload planner imports
+# wanfit.decode.budget, and `import wanfit` must not load torch (tests/unit/test_package_import.py).
+_LAZY = {
+    "VAE_NAMES": "api", "decode_comfy_vae": "api", "decode_latent": "api", "validate_latent": "api",
+    "decoder_spec": "layout", "plan_decode": "plan", "untiled_decode_bytes": "budget",
+    "DecodeOutOfMemoryError": "tiles", "DecodeStep": "tiles",
+}
+__all__ = sorted(_LAZY)
 
-__all__ = [
-    "CPU_HEAP_MODES", "CPU_WORKSPACE_BYTES", "UNTILED_MARGIN", "VAE_NAMES", "CpuHeapMode", "DecodeOutOfMemoryError",
-    "conv_uses_native", "cpu_conv_backend", "decode_comfy_vae", "decode_latent", "decoder_spec", "plan_decode",
-    "scratch_arena", "set_cpu_heap_mode", "untiled_decode_bytes", "validate_latent",
-]
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

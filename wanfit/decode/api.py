@@ -6,10 +6,10 @@ import math
 import torch
 
 from ..errors import InvalidInputError
-from .cpu_convs import cpu_conv_backend
+from .budget import untiled_decode_bytes
 from .layout import require_protocol
-from .plan import CPU_HEAP_MODES, _layouts, _plan, plan_decode, set_cpu_heap_mode, untiled_decode_bytes
-from .tiles import _Progress, _TileRunner, _empty_device_cache, _is_oom, _stem_all_frames
+from .plan import layouts_of, plan_decode, plan_for_layouts
+from .tiles import DecodeStep, decode_tiles, empty_device_cache, is_oom
 
 log = logging.getLogger("wanfit")
 
@@ -44,17 +44,18 @@ def validate_latent(latent, latent_channels, field="samples"):
 
 def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_device="cpu", overlap=None,
                   progress=None, free_models_for_decode=None, oom_exceptions=(), activation_factor=None,
-                  on_plan=None, allow_untiled=True, stem_cuts=None, protocol=None, grid=None):
+                  on_plan=None, allow_untiled=True, stem_cuts=None, protocol=None, grid=None, oom=None):
     """Decode a WAN latent (B, C, T, h, w) with module (a WanVAE) within budget_bytes of working memory.
 
     Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device, values in [-1, 1]
     (as WanVAE.decode). progress(done, total) is called per latent frame of every tile;
     free_models_for_decode(needed_bytes) is called once before decoding so the caller can unload
     other models (ComfyUI: comfy.model_management.load_models_gpu / free_memory); on_plan(plan)
-    receives the tiling.TilePlan before decoding starts (the node reports it).
+    receives the tiling.TilePlan before decoding starts (the node reports it). oom(step), when given, hears
+    each tiles.DecodeStep before it runs and may raise there (how tests play an OOM).
     """
-    layouts = _layouts(module, activation_factor, stem_cuts)
-    # one memory layout whatever the sampler handed over: the CPU convs round differently per layout,
+    layouts = layouts_of(module, activation_factor, stem_cuts, protocol)
+    # one memory layout whatever the sampler handed over: convs round differently per layout,
     # and a saved latent (SaveLatent writes it contiguous) must decode to the same video again
     latent = validate_latent(latent, layouts[0].z_dim).contiguous()
     if budget_bytes is None or budget_bytes <= 0:
@@ -63,13 +64,13 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
     device = torch.device(device) if device is not None else param.device
     dtype = dtype or param.dtype
     output_device = torch.device(output_device)
-    batch, _, frames, h, w = latent.shape
+    _, _, frames, h, w = latent.shape
 
     if grid:
         plan, minimum = _forced_grid(layouts[0], latent.shape, grid), None
     else:
-        plan, minimum = _plan(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
-                              allow_untiled)
+        plan, minimum = plan_for_layouts(layouts, latent.shape, budget_bytes, dtype, device, output_device, overlap,
+                                         allow_untiled)
     layout = next((layout for layout in layouts if plan is not None and layout.cut == plan.stem_cut), layouts[0])
     if plan is not None and not plan.untiled:
         require_protocol(layout)  # a decoder no known convention fits is never replayed
@@ -82,48 +83,28 @@ def decode_latent(module, latent, budget_bytes, device=None, dtype=None, output_
              plan.describe())
     if on_plan is not None:
         on_plan(plan)
-    heap_mode = next((mode for mode in CPU_HEAP_MODES if mode.name == plan.cpu_heap), None)
-    if heap_mode is not None:
-        set_cpu_heap_mode(heap_mode)
     if free_models_for_decode is not None:
         free_models_for_decode(plan.predicted_peak_bytes)
     if plan.untiled:
         try:
+            if oom is not None:
+                oom(DecodeStep("untiled", device, dtype, 0))
             return _decode_untiled(module, latent, device, dtype, output_device, progress)
         except Exception as error:  # noqa: BLE001 - only OOMs are handled, the rest re-raised
-            if not _is_oom(error, oom_exceptions):
+            if not is_oom(error, oom_exceptions):
                 raise
         log.warning("VAE decode: out of memory in the untiled decode; decoding in tiles instead")
-        _empty_device_cache(device)
+        empty_device_cache(device)
         return decode_latent(module, latent, budget_bytes, device, dtype, output_device, overlap, progress,
                              None, oom_exceptions, activation_factor, on_plan, allow_untiled=False,
-                             stem_cuts=stem_cuts, protocol=protocol)
-
-    tiles = plan.tile_count
-    counter = _Progress(frames * (1 + tiles), progress)
-    counter.per_tile = frames
-    scale = layout.spec.total_scale * layout.stem_scale
-    output = torch.zeros((batch, 3, layout.frames_out(frames), h * scale, w * scale), dtype=torch.float32,
-                         device=output_device)
-    weight_sum = None if plan.exact else torch.zeros((h * scale, w * scale), dtype=torch.float32,
-                                                     device=output_device)
-    with torch.inference_mode(), cpu_conv_backend(module.decoder, enabled=device.type == "cpu"):
-        stem_out, tail_start = _stem_all_frames(layout, latent, device, dtype, output_device, counter,
-                                                oom_exceptions)
-        runner = _TileRunner(layout, stem_out, tail_start, output, weight_sum, device, dtype,
-                             plan.halo_cap_latent_px, counter)
-        for row in plan.rows:
-            for col in plan.cols:
-                runner.run(row, col, oom_exceptions)
-        del stem_out
-        if weight_sum is not None:
-            output /= weight_sum.clamp_min(1e-8)
-    return output
+                             stem_cuts=stem_cuts, protocol=protocol, oom=oom)
+    with torch.inference_mode():
+        return decode_tiles(layout, plan, latent, device, dtype, output_device, progress, oom_exceptions, oom)
 
 
 def _forced_grid(layout, latent_shape, grid):
     """An exact plan of rows x cols tiles at stem depth 0, whatever the memory (for the self-check)."""
-    from .. import tiling
+    from . import tiling
 
     _, _, _, h, w = latent_shape
     rows, cols = tiling.plan_for_cores(layout.spec, (h, w), tiling.split_evenly(h, min(grid[0], h)),

@@ -1,25 +1,18 @@
 """Decoder layers run through fused paths, with the WAN feature-cache protocol replayed exactly.
 
 Residual blocks and the head write norm + SiLU straight into the conv's padded input
-(_padded_conv_input); upsamples run as four 2x2 phase convs on the small input (_run_upsample);
-a tile's padded conv inputs share one scratch buffer (scratch_arena). Each conv call goes on the
-CPU path wanfit.decode.cpu_convs picks for it.
+(_padded_conv_input); upsamples run as four 2x2 phase convs on the small input (_run_upsample).
 """
-
-import contextlib
-import math
-import threading
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .core_protocol import call_layer, padding_in_buffer
-from .cpu_convs import _conv2d, _conv_input_memory_format, _conv_unpadded
-from .layout import _fusable, _is_resample, _is_resblock, _upsample_fusable
+from .layout import fusable_norm_silu_conv, is_resample, is_resblock, upsample_fusable
 
 
-def _cached_conv(conv, x, cache, idx):
+def cached_conv(conv, x, cache, idx):
     """A causal conv with the WAN cache protocol (Decoder3d.forward's conv1/head logic)."""
     i = idx[0]
     cache_x = x[:, :, -2:].clone()
@@ -34,11 +27,9 @@ def _cached_conv(conv, x, cache, idx):
 def _padded_conv_input(norm, conv, x, cache, idx):
     """conv's input as WAN's CausalConv3d builds it (cache frames, then the new ones, zero padded),
     in one buffer, with RMS norm + SiLU of x written straight into it; updates the cache entry.
-    The buffer is the thread's scratch arena (_scratch_empty) when one is open: valid until the next call.
 
     Why: ComfyUI's path allocates the norm's three temporaries, the SiLU output, the cache
-    concat and the padded copy: five full-size allocations more per conv, each a page-faulting
-    mmap in the lean CPU heap and a pass over memory. Same operations in the same order, so the
+    concat and the padded copy: five full-size allocations more per conv, each a pass over memory. Same operations in the same order, so the
     values match (division, scale, gamma as F.normalize(x) * scale * gamma).
     """
     i = idx[0]
@@ -48,8 +39,7 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     old_frames = old.shape[2] if (old is not None and front > 0) else 0
     pad_t = front - old_frames
     shape = (batch, channels, pad_t + old_frames + frames, top + height + bottom, left + width + right)
-    memory_format = _conv_input_memory_format(conv, shape)
-    buf = _scratch_empty(shape, x.dtype, x.device, memory_format)
+    buf = torch.empty(shape, dtype=x.dtype, device=x.device)
     if pad_t:
         buf[:, :, :pad_t].zero_()
     for region in (buf[..., :top, :], buf[..., top + height:, :], buf[..., :left], buf[..., left + width:]):
@@ -71,60 +61,28 @@ def _padded_conv_input(norm, conv, x, cache, idx):
     keep = min(2, frames) if (frames >= 2 or old is None) else 2
     kept = inner[:, :, inner.shape[2] - keep:]
     if old is not None and old.shape == kept.shape:
-        # in place: in the lean CPU heap every new tensor is a fresh mmap whose pages fault in again
-        cache[i] = old.copy_(kept)
+        cache[i] = old.copy_(kept)  # in place: no new allocation per frame
     else:
         cache[i] = kept.clone()
     idx[0] += 1
     return buf
 
 
-def _scratch_empty(shape, dtype, device, memory_format):
-    """An uninitialised tensor in the thread's scratch arena (see scratch_arena), else a new one.
-
-    Only one arena tensor is valid at a time: the next call hands out the same memory.
-    """
-    arena = getattr(_scratch, "arena", None)
-    if arena is None or torch.device(device).type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
-    numel = math.prod(shape)
-    flat = arena.get("flat")
-    if flat is None or flat.dtype != dtype or flat.numel() < numel:
-        arena["flat"] = flat = None  # free the smaller one first
-        arena["flat"] = flat = torch.empty(numel, dtype=dtype, device=device)
-    strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
-    return flat.as_strided(shape, strides)
+def _conv_unpadded(conv, buf):
+    """CausalConv3d.forward after its padding step: its parent's forward (ComfyUI's cast-aware conv)."""
+    return super(type(conv), conv).forward(buf)
 
 
-@contextlib.contextmanager
-def scratch_arena():
-    """Reuse one CPU buffer for every padded conv input while the block runs (one tile, or the stem).
-
-    Why: in the lean CPU heap every new tensor is a fresh mmap whose pages fault in again (about
-    a third of a lean decode's time went to page faults); the padded conv inputs are the largest
-    share and never live two at a time. Scoped to a tile so the stem's larger frames are not held.
-    """
-    previous = getattr(_scratch, "arena", None)
-    _scratch.arena = {}
-    try:
-        yield
-    finally:
-        _scratch.arena = previous
-
-
-_scratch = threading.local()  # .arena: {"flat": tensor} while scratch_arena is open
-
-
-def _run_layer(layer, x, cache, idx, protocol):
+def run_layer(layer, x, cache, idx, protocol):
     """A decoder layer; WAN's ResidualBlock and upsamples through the fused paths (_padded_conv_input,
     _run_upsample), any other through its own forward under the core's cache protocol (core_protocol)."""
-    if _is_resample(layer) and _upsample_fusable(layer):
+    if is_resample(layer) and upsample_fusable(layer):
         return _run_upsample(layer, x, cache, idx)
-    if not _is_resblock(layer):
+    if not is_resblock(layer):
         return call_layer(protocol, layer, x, cache, idx)
     parts = list(layer.residual)
     dropout_free = len(parts) == 7 and isinstance(parts[5], nn.Dropout) and (parts[5].p == 0 or not layer.training)
-    if not (dropout_free and _fusable(parts[0:3]) and _fusable(parts[3:5] + parts[6:7])):
+    if not (dropout_free and fusable_norm_silu_conv(parts[0:3]) and fusable_norm_silu_conv(parts[3:5] + parts[6:7])):
         return call_layer(protocol, layer, x, cache, idx)
     buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
     h = _conv_unpadded(parts[2], buf)
@@ -172,7 +130,7 @@ def _upsample_conv(conv, frames, out):
         for b in (0, 1):
             weight = _phase_weight(conv.weight, a, b, dtype, device)
             for n, frame in enumerate(padded):
-                phases[:, :, n, :, a, :, b] = _conv2d(frame[..., a:a + h + 1, b:b + w + 1], weight, bias)
+                phases[:, :, n, :, a, :, b] = F.conv2d(frame[..., a:a + h + 1, b:b + w + 1], weight, bias)
             del weight
     return out
 
@@ -204,19 +162,19 @@ def _run_upsample(layer, x, cache, idx):
     return _upsample_conv(conv, frames, out)
 
 
-def _run_head(head, x, cache, idx):
+def run_head(head, x, cache, idx):
     """The decoder head (norm, SiLU, causal conv) through the fused path when it has that shape."""
     parts = list(head)
-    if _fusable(parts):
+    if fusable_norm_silu_conv(parts):
         buf = _padded_conv_input(parts[0], parts[2], x, cache, idx)
         del x
         return _conv_unpadded(parts[2], buf)
     for sub in parts:
-        x = _cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
+        x = cached_conv(sub, x, cache, idx) if isinstance(sub, nn.Conv3d) else sub(x)
     return x
 
 
-def _unpatchify(x, patch):
+def unpatchify(x, patch):
     """einops 'b (c r q) f h w -> b c f (h q) (w r)' without einops."""
     b, c, f, h, w = x.shape
     c_out = c // (patch * patch)

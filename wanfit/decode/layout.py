@@ -1,7 +1,7 @@
 """Which decoder layers the tiles run, where the stem is cut, and what each layer costs.
 
 Reads a ComfyUI WanVAE (comfy/ldm/wan/vae.py, vae2_2.py) by structure, not by class, and turns
-its decoder into executable steps plus the wanfit.tiling.LayerSpec list the tile planner uses
+its decoder into executable steps plus the wanfit.decode.tiling.LayerSpec list the tile planner uses
 (scale, receptive radius for the halos, cache and activation elements per pixel, conv shapes).
 """
 
@@ -9,8 +9,8 @@ import math
 
 import torch.nn as nn
 
-from .. import tiling
-from ..decode_budget import StemStorage
+from . import tiling
+from .budget import StemStorage
 from ..errors import WanFitError
 from .core_protocol import candidate_protocols, protocol_of
 
@@ -33,11 +33,13 @@ def _conv_radius(module):
     return radius
 
 
-def _is_resblock(layer):
+def is_resblock(layer):
+    """WAN's ResidualBlock, told by structure (it differs by class between cores)."""
     return hasattr(layer, "residual") and hasattr(layer, "shortcut")
 
 
-def _is_resample(layer):
+def is_resample(layer):
+    """WAN's Resample (an up- or downsample with its own cache protocol), told by structure."""
     return hasattr(layer, "mode") and hasattr(layer, "resample")
 
 
@@ -45,13 +47,13 @@ def _is_norm(module):
     return hasattr(module, "gamma") and hasattr(module, "scale") and getattr(module, "channel_first", True)
 
 
-def _fusable(modules):
+def fusable_norm_silu_conv(modules):
     """norm, SiLU, causal conv (, dropout p=0, ...) as WAN's ResidualBlock and head hold them."""
     return (len(modules) == 3 and _is_norm(modules[0]) and isinstance(modules[1], nn.SiLU)
             and isinstance(modules[2], nn.Conv3d) and hasattr(modules[2], "_padding"))
 
 
-def _upsample_fusable(layer):
+def upsample_fusable(layer):
     """WAN's Resample upsample: nearest(-exact) 2x, then a 3x3 conv with padding 1 (and for 3-D a time conv)."""
     if layer.mode not in ("upsample2d", "upsample3d"):
         return False
@@ -72,12 +74,12 @@ def require_protocol(layout):
     return layout.protocol or protocol_of(layout.module)
 
 
-class _Layout(StemStorage):
+class Layout(StemStorage):
     """The decoder's tail as executable steps, with the matching tiling.LayerSpec list.
 
     cut: the upsample the tiles start at (0 = the first). Everything before it runs whole-frame
     in the stem and its output is stored for every frame; a deeper cut stores more but spares
-    the tiles the halo recomputation of the stem's layers (wanfit.tiling plans with both).
+    the tiles the halo recomputation of the stem's layers (wanfit.decode.tiling plans with both).
     """
 
     def __init__(self, module, activation_factor=None, cut=0, protocol=None):
@@ -110,23 +112,23 @@ class _Layout(StemStorage):
 
         def add_module(layer):
             nonlocal frames, split_pending, channels
-            if _is_resblock(layer):
+            if is_resblock(layer):
                 conv_a, conv_b = [m for m in layer.residual if isinstance(m, nn.Conv3d)]
                 c_in, c_out = conv_a.in_channels, conv_b.out_channels
                 macs = (c_in * c_out + c_out * c_out) * 27 + (c_in * c_out if c_in != c_out else 0)
-                convs = ((c_out * c_in * 27, c_in * 27), (c_out * c_out * 27, c_out * 27))
+                convs = (c_out * c_in * 27, c_out * c_out * 27)
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=1, radius=_conv_radius(layer.residual), cache_elems_per_px=2 * (c_in + c_out),
                     act_elems_per_px=max(c_in, c_out), macs_per_px=macs * frames, convs=convs))
                 channels = c_out
-            elif _is_resample(layer):
+            elif is_resample(layer):
                 if layer.mode not in ("upsample2d", "upsample3d", "none"):
                     raise WanFitError(f"decoder layer mode {layer.mode!r} is not a WAN decoder upsample")
                 if layer.mode == "none":
                     add_layer("module", layer, tiling.LayerSpec(scale=1, radius=0))
                     return
                 conv = layer.resample[1]
-                fused = _upsample_fusable(layer)
+                fused = upsample_fusable(layer)
                 cache = 0
                 act_frames = 1
                 # fused (_upsample_conv): four 2x2 phase convs on the small input, no upsampled copy
@@ -137,17 +139,16 @@ class _Layout(StemStorage):
                     cache = 2 * layer.time_conv.in_channels + 2 * conv.out_channels * 4
                     time_in, time_out = layer.time_conv.in_channels, layer.time_conv.out_channels
                     macs += time_in * time_out * 3 / 8  # at input px, x2 frames
-                    convs.append((time_out * time_in * 3, time_in * 3))
+                    convs.append(time_out * time_in * 3)
                     frames *= 2
                     act_frames = 2
                     self.temporal_factor *= 2
                     split_pending = True
                 held = 0
                 if fused:
-                    # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it or the
-                    # native path's column buffer (input channels x 4 per input px, counted per output px)
+                    # per output phase and frame: its 2x2 kernel (held), then oneDNN's reorder of it (CPU)
                     phase_weight = conv.out_channels * conv.in_channels * 4
-                    convs.append((phase_weight, conv.in_channels * 4, phase_weight))
+                    convs.append(2 * phase_weight)
                     # what _run_upsample holds, per output px (an input px is 4): the input, the time conv's
                     # two-frame output (3-D), a padded copy per frame, oneDNN's copy of a phase's input window,
                     # one phase's result and the output frames; counted, so no activation factor
@@ -156,7 +157,7 @@ class _Layout(StemStorage):
                         + cout * (act_frames + 0.25)
                     act = 0
                 else:
-                    convs.append((conv.out_channels * conv.in_channels * 9, conv.in_channels * 9 * 4 * act_frames))
+                    convs.append(conv.out_channels * conv.in_channels * 9)
                     act = max(conv.in_channels, conv.out_channels) * act_frames
                 add_layer("module", layer, tiling.LayerSpec(
                     scale=2, radius=_conv_radius(layer.resample), cache_elems_per_px=cache,
@@ -184,7 +185,7 @@ class _Layout(StemStorage):
             scale=1, radius=_conv_radius(decoder.head), cache_elems_per_px=2 * head_conv.in_channels,
             act_elems_per_px=head_conv.in_channels,
             macs_per_px=head_conv.in_channels * head_conv.out_channels * 27 * frames,
-            convs=((head_conv.out_channels * head_conv.in_channels * 27, head_conv.in_channels * 27),)))
+            convs=(head_conv.out_channels * head_conv.in_channels * 27,)))
         if self.patch > 1:
             add_layer("unpatchify", None, tiling.LayerSpec(scale=self.patch, radius=0, act_elems_per_px=3))
 
@@ -222,7 +223,7 @@ class _Layout(StemStorage):
         stem_cache = 2 * (self.z_dim + 4 * c0) + sum(spec.cache_elems_per_px for spec in latent_layers)
         # conv1, the middle blocks and the latent-resolution layers, for their CPU conv transient
         latent_convs = tuple(conv for spec in latent_layers for conv in spec.convs)
-        latent_convs += tuple((m.weight.numel(), m.weight[0].numel()) for m in (decoder.conv1, *decoder.middle.modules())
+        latent_convs += tuple(m.weight.numel() for m in (decoder.conv1, *decoder.middle.modules())
                               if isinstance(m, (nn.Conv2d, nn.Conv3d)))
         # stored per output frame of the stem, per pixel at the cut's resolution
         self.stored_channels_per_frame = cut_channels + block_channels
@@ -235,4 +236,4 @@ class _Layout(StemStorage):
 
 def decoder_spec(module, activation_factor=None):
     """The tiling.DecoderSpec of a WanVAE module (ComfyUI's VAE.first_stage_model)."""
-    return _Layout(module, activation_factor).spec
+    return Layout(module, activation_factor).spec

@@ -5,21 +5,65 @@ latent frame with its own causal cache, cropping each layer to what the rest sti
 commits finished frames at once. An OOM retries that tile split in two, then on the CPU.
 """
 
+from dataclasses import dataclass
 import logging
 
 import torch
 
-from .. import tiling
+from . import tiling
 from ..errors import WanFitError
 from .core_protocol import call_layer
-from .fused_layers import _cached_conv, _run_head, _run_layer, _unpatchify, scratch_arena
-from .layout import _is_resblock
+from .fused_layers import cached_conv, run_head, run_layer, unpatchify
+from .layout import is_resblock
 
 log = logging.getLogger("wanfit")
 
 
 class DecodeOutOfMemoryError(WanFitError):
     """Even the CPU fallback ran out of memory."""
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One step the OOM ladder guards, as the `oom` hook of decode_tiles hears it (tests raise an OOM there).
+
+    stage: "untiled" (the VAE's own decode), "stem" (one latent frame, whole frame) or "tile" (one latent
+    frame of one tile);
+    rows, cols: the tile's core in latent px (None for the stem); frame: the latent frame."""
+
+    stage: str
+    device: object
+    dtype: object
+    frame: int
+    rows: tuple = None
+    cols: tuple = None
+
+
+def decode_tiles(layout, plan, latent, device, dtype, output_device, progress=None, oom_exceptions=(), oom=None):
+    """Decode a latent with a tiled plan: the stem for every latent frame, then each tile over every frame.
+
+    Returns the raw decoder output (B, 3, frames, H, W), float32 on output_device. oom(step), when given,
+    is called before every DecodeStep: an error it raises is handled as one raised there (the tests' OOMs).
+    """
+    batch, _, frames, h, w = latent.shape
+    counter = _Progress(frames * (1 + plan.tile_count), progress)
+    counter.per_tile = frames
+    scale = layout.spec.total_scale * layout.stem_scale
+    output = torch.zeros((batch, 3, layout.frames_out(frames), h * scale, w * scale), dtype=torch.float32,
+                         device=output_device)
+    weight_sum = None if plan.exact else torch.zeros((h * scale, w * scale), dtype=torch.float32,
+                                                     device=output_device)
+    stem_out, tail_start = _stem_all_frames(layout, latent, device, dtype, output_device, counter, oom_exceptions,
+                                            oom)
+    runner = _TileRunner(layout, stem_out, tail_start, output, weight_sum, device, dtype, plan.halo_cap_latent_px,
+                         counter, oom)
+    for row in plan.rows:
+        for col in plan.cols:
+            runner.run(row, col, oom_exceptions)
+    del stem_out, runner
+    if weight_sum is not None:
+        output /= weight_sum.clamp_min(1e-8)
+    return output
 
 
 def _run_stem(layout, x_all, t, cache):
@@ -29,9 +73,9 @@ def _run_stem(layout, x_all, t, cache):
     """
     decoder = layout.module.decoder
     idx = [0]
-    x = _cached_conv(decoder.conv1, x_all[:, :, t:t + 1], cache, idx)
+    x = cached_conv(decoder.conv1, x_all[:, :, t:t + 1], cache, idx)
     for layer in decoder.middle:
-        x = call_layer(layout.protocol, layer, x, cache, idx) if _is_resblock(layer) else layer(x)
+        x = call_layer(layout.protocol, layer, x, cache, idx) if is_resblock(layer) else layer(x)
     x, block_input = _run_stem_steps(layout, x, None, 0, cache, idx, t == 0)
     return x, block_input, idx[0]
 
@@ -48,7 +92,7 @@ def _run_stem_steps(layout, x, block_input, first_step, cache, idx, first_chunk)
                 x = x + layer.avg_shortcut(block_input, first_chunk)
             block_input = None
         else:
-            x = _run_layer(layer, x, cache, idx, layout.protocol)
+            x = run_layer(layer, x, cache, idx, layout.protocol)
         if n in layout.stem_split_after and x.shape[2] > 1 and n + 1 < len(steps):
             start_idx = idx[0]
             outs = []
@@ -103,11 +147,11 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
                 if hasattr(layer, "avg_shortcut"):
                     x = call_layer(layout.protocol, layer, x, cache, idx, first_chunk)
                 else:
-                    x = _run_layer(layer, x, cache, idx, layout.protocol)
+                    x = run_layer(layer, x, cache, idx, layout.protocol)
             elif kind == "head":
-                x = _run_head(layer, x, cache, idx)
+                x = run_head(layer, x, cache, idx)
             elif kind == "unpatchify":
-                x = _unpatchify(x, layout.patch)
+                x = unpatchify(x, layout.patch)
             s = spec.scale
             x = x[..., ry[2] - s * ry[0]:ry[3] - s * ry[0], rx[2] - s * rx[0]:rx[3] - s * rx[0]]
             off_y, off_x = ry[2], rx[2]
@@ -122,7 +166,8 @@ def _run_steps(layout, x, block_input, row, col, cache, idx, first_chunk, first_
     return x
 
 
-def _is_oom(error, oom_exceptions):
+def is_oom(error, oom_exceptions):
+    """An out-of-memory error of any device (the ladder's cue), or one of the caller's OOM types."""
     if oom_exceptions and isinstance(error, tuple(oom_exceptions)):
         return True
     if isinstance(error, getattr(torch, "OutOfMemoryError", ())):
@@ -134,7 +179,7 @@ def _is_oom(error, oom_exceptions):
 class _TileRunner:
     """Runs tiles with the OOM ladder and commits each finished tile to the output."""
 
-    def __init__(self, layout, stem_out, tail_start, output, weight_sum, device, dtype, halo_cap, progress):
+    def __init__(self, layout, stem_out, tail_start, output, weight_sum, device, dtype, halo_cap, progress, oom):
         self.layout = layout
         self.stem_out = stem_out
         self.tail_start = tail_start
@@ -145,46 +190,47 @@ class _TileRunner:
         self.halo_cap = halo_cap
         self.progress = progress
         self.latent_hw = stem_out[0][0].shape[-2:]
-        self.on_cpu_fallback = 0
+        self.oom = oom
 
     def decode_tile(self, row, col, device, dtype):
         """All frames of one tile. Exact tiles go into the output frame by frame (returns None): a retry
         rewrites the same core, and a tile's frames are never held twice (for one tile on the CPU that
-        would be a second copy of the video). Feathered tiles add up, so they are buffered until complete."""
-        with scratch_arena():
-            return self._decode_tile_frames(row, col, device, dtype)
-
-    def _decode_tile_frames(self, row, col, device, dtype):
+        would be a second copy of the video). Feathered tiles add up, so they are buffered until complete, in
+        one buffer of the tile's region (what budget counts for a blended tile: no second copy when it is done)."""
         cache = [None] * self.layout.cache_len
-        chunks = []
+        out = self.output
+        blended = None
+        if self.weight_sum is not None:
+            (y0, y1), (x0, x1) = row.output, col.output
+            blended = torch.empty((*out.shape[:3], y1 - y0, x1 - x0), dtype=out.dtype, device=out.device)
         frame = 0
         ry, rx = row.layer_regions[0], col.layer_regions[0]
         for t, (x_full, block_full) in enumerate(self.stem_out):
+            if self.oom is not None:
+                self.oom(DecodeStep("tile", torch.device(device), dtype, t, row.core, col.core))
             x = x_full[..., ry[0]:ry[1], rx[0]:rx[1]].to(device=device, dtype=dtype)
             block_x = None
             if block_full is not None:
                 block_x = block_full[..., ry[0]:ry[1], rx[0]:rx[1]].to(device=device, dtype=dtype)
             x = _run_tail(self.layout, x, block_x, row, col, cache, self.tail_start, first_chunk=(t == 0))
-            x = x.to(device=self.output.device, dtype=self.output.dtype)
-            if self.weight_sum is None:
+            x = x.to(device=out.device, dtype=out.dtype)
+            if frame + x.shape[2] > out.shape[2]:
+                raise WanFitError(f"tile decoded more than the {out.shape[2]} frames expected: not a WAN decoder")
+            if blended is None:
                 self._commit_frames(row, col, x, frame)
             else:
-                chunks.append(x)
+                blended[:, :, frame:frame + x.shape[2]] = x
             frame += x.shape[2]
             del x
             self.progress.step()
         del cache
-        if frame != self.output.shape[2]:
-            raise WanFitError(f"tile decoded {frame} frames, expected {self.output.shape[2]}: not a WAN decoder")
-        if self.weight_sum is None:
-            return None
-        return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+        if frame != out.shape[2]:
+            raise WanFitError(f"tile decoded {frame} frames, expected {out.shape[2]}: not a WAN decoder")
+        return blended
 
     def _commit_frames(self, row, col, chunk, frame):
         """Exact mode: the tile's core of these frames into the output (each tile owns its core)."""
         out = self.output
-        if frame + chunk.shape[2] > out.shape[2]:
-            raise WanFitError(f"tile decoded more than the {out.shape[2]} frames expected: not a WAN decoder")
         (y0, y1), (x0, x1) = row.core_out, col.core_out
         oy, ox = row.output[0], col.output[0]
         out[:, :, frame:frame + chunk.shape[2], y0:y1, x0:x1] = chunk[..., y0 - oy:y1 - oy, x0 - ox:x1 - ox]
@@ -200,7 +246,7 @@ class _TileRunner:
         wx = torch.tensor(tiling.feather_weights(col.output, col.core_out, width, ramp), dtype=out.dtype)
         weights = (wy[:, None] * wx[None, :]).to(out.device)
         (y0, y1), (x0, x1) = row.output, col.output
-        out[..., y0:y1, x0:x1] += tile * weights
+        out[..., y0:y1, x0:x1] += tile.mul_(weights)  # in place: no feathered copy of the tile
         self.weight_sum[y0:y1, x0:x1] += weights
 
     def run(self, row, col, oom_exceptions, depth=0):
@@ -209,11 +255,11 @@ class _TileRunner:
         try:
             tile = self.decode_tile(row, col, self.device, self.dtype)
         except Exception as error:  # noqa: BLE001 - only OOMs are handled, the rest re-raised
-            if not _is_oom(error, oom_exceptions):
+            if not is_oom(error, oom_exceptions):
                 raise
             del error
             self.progress.rewind(frames_before)
-            _empty_device_cache(self.device)
+            empty_device_cache(self.device)
             self._retry_smaller(row, col, oom_exceptions, depth)
             return
         self.commit(row, col, tile)
@@ -246,21 +292,21 @@ class _TileRunner:
         cpu = torch.device("cpu")
         try:
             decoder.to(device=cpu, dtype=torch.float32)
-            _empty_device_cache(self.device)
+            empty_device_cache(self.device)
             try:
                 return self.decode_tile(row, col, cpu, torch.float32)
             except Exception as error:  # noqa: BLE001
-                if _is_oom(error, ()):
+                if is_oom(error, ()):
                     raise DecodeOutOfMemoryError(
                         "VAE decode ran out of memory even on the CPU for one tile. Fix: free system RAM "
                         "(close other programs) or decode fewer frames.") from None
                 raise
         finally:
             decoder.to(device=home_device, dtype=home_dtype)
-            self.on_cpu_fallback += 1
 
 
-def _empty_device_cache(device):
+def empty_device_cache(device):
+    """Give the allocator's cached blocks back after an OOM, so the retry sees them free."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -290,41 +336,38 @@ class _Progress:
             self.callback(min(self.done, self.total), self.total)
 
 
-def _stem_all_frames(layout, latent, device, dtype, storage_device, counter, oom_exceptions):
+def _stem_all_frames(layout, latent, device, dtype, storage_device, counter, oom_exceptions, oom):
     """conv2 + conv1 + middle for every latent frame, kept on the storage (output) device."""
     module = layout.module
     stem_modules = [module.conv2, module.decoder.conv1, module.decoder.middle]
     stem_modules += [layer for kind, layer, _ in layout.stem_steps if kind == "module"]
     try:
-        return _stem(layout, module, latent, device, dtype, storage_device, counter)
+        return _stem(layout, module, latent, device, dtype, storage_device, counter, oom)
     except Exception as error:  # noqa: BLE001
-        if not _is_oom(error, oom_exceptions):
+        if not is_oom(error, oom_exceptions):
             raise
     log.warning("VAE decode: out of memory in the whole-frame stem; running the stem on the CPU")
-    _empty_device_cache(device)
+    empty_device_cache(device)
     counter.rewind(0)
     home = next(module.parameters())
     home_device, home_dtype = home.device, home.dtype
     try:
         for part in stem_modules:
             part.to("cpu", torch.float32)
-        return _stem(layout, module, latent, torch.device("cpu"), torch.float32, storage_device, counter)
+        return _stem(layout, module, latent, torch.device("cpu"), torch.float32, storage_device, counter, oom)
     finally:
         for part in stem_modules:
             part.to(home_device, home_dtype)
 
 
-def _stem(layout, module, latent, device, dtype, storage_device, counter):
-    with scratch_arena():
-        return _stem_frames(layout, module, latent, device, dtype, storage_device, counter)
-
-
-def _stem_frames(layout, module, latent, device, dtype, storage_device, counter):
+def _stem(layout, module, latent, device, dtype, storage_device, counter, oom):
     x_all = module.conv2(latent.to(device=device, dtype=dtype))
     cache = [None] * layout.cache_len
     stem_out = []
     tail_start = 0
     for t in range(latent.shape[2]):
+        if oom is not None:
+            oom(DecodeStep("stem", torch.device(device), dtype, t))
         x, block_input, tail_start = _run_stem(layout, x_all, t, cache)
         stem_out.append((x.to(storage_device), None if block_input is None else block_input.to(storage_device)))
         del x, block_input

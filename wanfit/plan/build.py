@@ -1,6 +1,6 @@
 """The Plan of the candidate the search chose: its numbers, its launch flags, and the reason for each choice."""
 
-from .. import decode_budget
+from ..decode import budget as decode_memory
 from ..units import format_gib
 from . import footprint
 from .catalogue import tier_for_vram
@@ -28,9 +28,9 @@ def decode_outlook(device, variant, job, budget_bytes):
     """WanFit VAE Decode of this job's latent at the planned budget, planned as the node will (its static layouts of
     the variant's VAE): exact halos or approximate, and the budget that makes it exact. A GPU decodes in 16-bit and
     keeps finished frames in RAM; a CPU decodes in fp32 with the video in the same memory."""
-    latent = decode_budget.latent_shape_for(variant.vae, job.width, job.height, job.frames, job.batch)
     device_type = device.kind if device.is_gpu else "cpu"
-    return decode_budget.decode_outlook(variant.vae, latent, int(budget_bytes), 2 if device.is_gpu else 4, device_type)
+    return decode_memory.job_decode_outlook(variant.vae, job.width, job.height, job.frames, job.batch, int(budget_bytes),
+                                            device_type)
 
 
 def build_plan(request, result, outlook=None):

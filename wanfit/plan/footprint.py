@@ -5,7 +5,7 @@ predict memory before any file is loaded. Parameter counts are derived layer by
 layer from the module definitions in ComfyUI (`comfy/ldm/wan/model.py`,
 `comfy/text_encoders/t5.py` with `umt5_config_xxl.json`); a host test checks the
 formulas against ComfyUI's real modules built on the meta device. The VAE's sizes
-belong to the decode (wanfit/memory.py until it moves there).
+belong to the decode (wanfit/decode/budget.py).
 
 Constants that are estimates rather than counts are marked ESTIMATE and say
 where they come from; a GPU benchmark (docs/benchmarks.md) is what may change them.

@@ -8,7 +8,7 @@ the core's own block at run time.
 
 from dataclasses import dataclass, fields
 
-from .. import memory
+from ..decode import budget as decode_memory
 from ..units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
 from . import footprint
 
@@ -110,7 +110,7 @@ def _ram_phases(variant, job, on_cpu, candidate, te_device, sample_workspace, de
     upcast = on_cpu and weight_dtype not in footprint.FP8_DTYPES
     model = footprint.transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=upcast)
     te = footprint.text_encoder_weight_bytes(candidate.text_encoder_dtype)
-    vae = memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
+    vae = decode_memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
     video = footprint.decoded_video_ram_bytes(job.width, job.height, job.frames, job.batch)
     te_workspace = TEXT_ENCODER_CPU_WORKSPACE_BYTES if te_device == "cpu" else 0
     base = footprint.PROCESS_BASE_RAM_BYTES
@@ -140,7 +140,8 @@ def evaluate(request, reserve, candidate):
     state = footprint.sampler_state_bytes(config, job.width, job.height, job.frames, job.batch)
     model = footprint.transformer_weight_bytes(
         config, candidate.weight_dtype, upcast_to_fp32=on_cpu and candidate.weight_dtype not in footprint.FP8_DTYPES)
-    decode_need = memory.vae_decode_bytes(variant.vae, job.width, job.height, job.batch, compute_bytes)
+    decode_need = decode_memory.job_exact_budget_bytes(variant.vae, job.width, job.height, job.frames, job.batch,
+                                                       "cpu") if on_cpu else 0
 
     if on_cpu:
         te_device, resident, cfg_batched, vram, usable = "cpu", 0, job.cfg, None, 0
@@ -170,18 +171,20 @@ def evaluate(request, reserve, candidate):
             te_device = overrides.text_encoder_device
         else:
             te_device = "gpu" if te_need <= TEXT_ENCODER_GPU_FRACTION * ceiling else "cpu"
-        vae_bytes = memory.vae_weight_bytes(variant.vae)
+        vae_bytes = decode_memory.vae_weight_bytes(variant.vae)
         decode_budget = ceiling - footprint.CUDA_CONTEXT_BYTES - vae_bytes
-        if decode_budget < memory.vae_decode_min_tile_bytes(variant.vae):
-            failures.append(f"VAE decode needs at least {format_gib(memory.vae_decode_min_tile_bytes(variant.vae))} "
+        decode = decode_memory.job_decode_outlook(variant.vae, job.width, job.height, job.frames, job.batch,
+                                                  max(decode_budget, 0), device.kind)
+        if not decode.fits:
+            failures.append(f"VAE decode needs at least {format_gib(decode.minimum_budget_bytes)} "
                             f"for its smallest tile plus {format_gib(vae_bytes)} weights")
             decode_budget = max(decode_budget, 0)
         vram = PhaseBytes(
             text_encode=min(te_need, ceiling) if te_device == "gpu" else 0,
             sample=sample_peak,
-            vae_decode=footprint.CUDA_CONTEXT_BYTES + vae_bytes + min(decode_need, decode_budget),
+            vae_decode=footprint.CUDA_CONTEXT_BYTES + vae_bytes + (decode.predicted_peak_bytes or decode_budget),
         )
-        tiled = decode_need > decode_budget
+        tiled = not decode.untiled
         sample_ws, decode_ws = 0, 0
 
     ram = _ram_phases(variant, job, on_cpu, candidate, te_device, sample_ws, decode_ws)

@@ -4,7 +4,7 @@ The decode (wanfit.decode) plans over the layouts it reads off a loaded VAE; the
 (wanfit.plan) has no VAE loaded, so it plans over static layouts built here from the fixed
 architectures ComfyUI builds (comfy/sd.py: Wan 2.1 VAE dim 96, z 16; Wan 2.2 VAE decoder dim 256,
 z 48; both dim_mult (1, 2, 4, 4), 2 residual blocks, temporal upsamples (True, True, False)). A
-static layout gives the same tiling.DecoderSpec as wanfit.decode.layout._Layout reads from the
+static layout gives the same tiling.DecoderSpec as wanfit.decode.layout.Layout reads from the
 module (tests/unit/test_vae_decode.py and tests/host/test_param_counts.py check this).
 
 Exact or approximate: the search prefers exact halos (the tiles equal the untiled decode); only
@@ -14,50 +14,45 @@ plan carries the smallest budget that makes the decode exact for the same latent
 """
 
 from dataclasses import dataclass, replace
+import functools
 import math
 
 from . import tiling
-from .memory import GPU_DECODE_MARGIN
+
+# --- VAE weights ------------------------------------------------------------------
+
+# Counted on ComfyUI's comfy.ldm.wan.vae2_2.WanVAE / vae.WanVAE with the ddconfig
+# from comfy/sd.py (meta device): encoder + decoder + 1x1 convs.
+VAE_PARAM_COUNTS = {
+    "wan2.2": 704_688_668,  # z=48, 16x16 spatial, 4x temporal; used by TI2V-5B
+    "wan2.1": 126_892_531,  # z=16, 8x8 spatial, 4x temporal; used by the A14B experts
+}
+VAE_WEIGHT_DTYPE_BYTES = 2  # files are bf16/fp16; ComfyUI decodes in bf16 where supported
+
+# What a GPU adds to the measured (CPU) untiled figure: cuDNN workspaces, allocator rounding; until a lent
+# GPU measures it with torch.cuda.max_memory_allocated.
+GPU_DECODE_MARGIN = 1.25
+
+
+def vae_weight_bytes(vae_name, upcast_to_fp32=False):
+    """The VAE's weights in memory (fp32 on the CPU, where ComfyUI upcasts them)."""
+    return VAE_PARAM_COUNTS[vae_name] * (4 if upcast_to_fp32 else VAE_WEIGHT_DTYPE_BYTES)
+
 
 # The halo caps (latent px) the search falls back to when no exact tiling fits, widest first.
 APPROXIMATE_HALO_CAPS = (4, 2, 1)
 
 
-# --- CPU heap modes ------------------------------------------------------------
+# --- the CPU allocator -----------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class CpuHeapMode:
-    """How glibc serves a CPU decode's tensors, and what that costs in memory and time.
-
-    Why two modes: below its mmap threshold glibc keeps freed tensors in the heap, where
-    fragmentation holds RSS well above the live tensors; above it, freed tensors go straight
-    back to the OS (RSS = live tensors, as predicted) but every new tensor page-faults.
-    peak = predicted x peak_factor + peak_extra_bytes; time = relative cost x time_factor.
-    """
-
-    name: str
-    mmap_threshold: int
-    trim_threshold: int
-    peak_factor: float
-    peak_extra_bytes: int
-    time_factor: float
-
-
-# Measured with bench/vae_decode_memory.py workers (docs/benchmarks.md, "CPU heap"): heap mode
-# RSS/predicted 1.29-1.44 (Wan 2.1) and 1.34-1.72 (Wan 2.2, +126-160 MB); lean mode 0.97-1.14
-# with 1.07-1.25x the time. Every CPU process also holds ~30 MB of oneDNN/thread workspace.
+# A CPU decode's RSS runs above its live tensors: glibc keeps freed tensors in its heap, where
+# fragmentation holds them (bench/vae_decode_memory.py workers, docs/benchmarks.md "CPU heap": RSS /
+# predicted 1.29-1.44 for Wan 2.1 and 1.34-1.72 for Wan 2.2, +126-160 MB, under glibc's dynamic mmap
+# threshold), and every CPU process holds ~30 MB of oneDNN and thread workspace. So on the CPU:
+# peak = predicted x CPU_PEAK_FACTOR + CPU_EXTRA_BYTES. The decode leaves glibc as the process set it.
 CPU_WORKSPACE_BYTES = 32 * 2**20
-
-
-CPU_HEAP_MODES = (
-    # glibc's own dynamic setting at its ceiling: the trim threshold follows at twice the mmap
-    # threshold, else every free at the heap top is returned and page-faulted back in
-    CpuHeapMode("heap", mmap_threshold=32 * 2**20, trim_threshold=64 * 2**20, peak_factor=1.45,
-                peak_extra_bytes=64 * 2**20, time_factor=1.0),
-    CpuHeapMode("lean", mmap_threshold=1 * 2**20, trim_threshold=128 * 2**10, peak_factor=1.0,
-                peak_extra_bytes=0, time_factor=1.2),
-)
+CPU_PEAK_FACTOR = 1.45
+CPU_EXTRA_BYTES = 64 * 2**20 + CPU_WORKSPACE_BYTES
 
 
 # --- the untiled decode --------------------------------------------------------
@@ -99,7 +94,7 @@ WAN_VAE_CONFIGS = {
 
 
 class StemStorage:
-    """Frame counts and stored stem bytes of a layout (this module's StaticLayout and wanfit.decode.layout._Layout)."""
+    """Frame counts and stored stem bytes of a layout (this module's StaticLayout and wanfit.decode.layout.Layout)."""
 
     def frames_out(self, latent_frames):
         return 1 + self.temporal_factor * (latent_frames - 1)
@@ -113,7 +108,7 @@ class StemStorage:
 
 @dataclass(frozen=True)
 class StaticLayout(StemStorage):
-    """What the plan search needs of a decode layout (wanfit.decode.layout._Layout has the same fields)."""
+    """What the plan search needs of a decode layout (wanfit.decode.layout.Layout has the same fields)."""
 
     kind: str
     cut: int
@@ -128,7 +123,7 @@ class StaticLayout(StemStorage):
 
 def _resblock_spec(c_in, c_out, frames):
     macs = (c_in * c_out + c_out * c_out) * 27 + (c_in * c_out if c_in != c_out else 0)
-    convs = ((c_out * c_in * 27, c_in * 27), (c_out * c_out * 27, c_out * 27))
+    convs = (c_out * c_in * 27, c_out * c_out * 27)
     return tiling.LayerSpec(scale=1, radius=2, cache_elems_per_px=2 * (c_in + c_out), act_elems_per_px=max(c_in, c_out),
                             macs_per_px=macs * frames, convs=convs)
 
@@ -141,11 +136,11 @@ def _upsample_spec(cin, cout, temporal, frames):
         time_in, time_out = cin, 2 * cin
         cache = 2 * time_in + 2 * cout * 4
         macs += time_in * time_out * 3 / 8
-        convs.append((time_out * time_in * 3, time_in * 3))
+        convs.append(time_out * time_in * 3)
         frames *= 2
         act_frames = 2
     phase_weight = cout * cin * 4
-    convs.append((phase_weight, cin * 4, phase_weight))
+    convs.append(2 * phase_weight)
     held = (cin * (1 + act_frames + 1) + (2 * cin if act_frames == 2 else 0)) / 4 + cout * (act_frames + 0.25)
     spec = tiling.LayerSpec(scale=2, radius=1, cache_elems_per_px=cache, act_elems_per_px=0, held_elems_per_px=held,
                             macs_per_px=macs * frames, convs=tuple(convs))
@@ -155,7 +150,7 @@ def _upsample_spec(cin, cout, temporal, frames):
 def static_layout(config, cut=0, activation_factor=None):
     """The StaticLayout of a WAN VAE decoder at a stem cut, from its config alone (no module, no torch).
 
-    Mirrors wanfit.decode.layout._Layout on ComfyUI's Decoder3d (vae.py: residual blocks then a
+    Mirrors wanfit.decode.layout.Layout on ComfyUI's Decoder3d (vae.py: residual blocks then a
     Resample per stage, the Resample halving the channels; vae2_2.py: one Up_ResidualBlock per stage,
     its Resample keeping them, then a 2x2 unpatchify)."""
     if isinstance(config, str):
@@ -190,7 +185,7 @@ def static_layout(config, cut=0, activation_factor=None):
     head_out = 12 if wan22 else 3
     layers.append(tiling.LayerSpec(scale=1, radius=1, cache_elems_per_px=2 * out_dim, act_elems_per_px=out_dim,
                                    macs_per_px=out_dim * head_out * 27 * frames,
-                                   convs=((head_out * out_dim * 27, out_dim * 27),)))
+                                   convs=(head_out * out_dim * 27,)))
     marks.append((False, 0, 0))
     if wan22:  # 2x2 unpatchify of the head's 12 channels
         layers.append(tiling.LayerSpec(scale=2, radius=0, act_elems_per_px=3))
@@ -212,8 +207,8 @@ def static_layout(config, cut=0, activation_factor=None):
     stem_cache = 2 * (config.z_dim + 4 * c0) + sum(spec.cache_elems_per_px for spec in latent_layers)
     latent_convs = tuple(conv for spec in latent_layers for conv in spec.convs)
     # conv1, then the middle: residual block, attention (to_qkv, proj: 1x1), residual block
-    resblock_convs = ((c0 * c0 * 27, c0 * 27), (c0 * c0 * 27, c0 * 27))
-    latent_convs += ((c0 * config.z_dim * 27, config.z_dim * 27), *resblock_convs, (3 * c0 * c0, c0), (c0 * c0, c0),
+    resblock_convs = (c0 * c0 * 27, c0 * c0 * 27)
+    latent_convs += (c0 * config.z_dim * 27, *resblock_convs, 3 * c0 * c0, c0 * c0,
                      *resblock_convs)
     spec = tiling.DecoderSpec(
         name=config.kind, layers=tuple(layers[first_tail:]), activation_factor=activation_factor,
@@ -246,33 +241,39 @@ def _output_bytes(layout, latent_shape):
     return batch * 3 * layout.frames_out(frames) * h * w * scale * scale * 4
 
 
-def _candidates(layouts, latent_shape, dtype_bytes, device_type, same_device, overlap, modes):
-    """(layout, fixed bytes, spec, tile grid size, heap mode or None, halo caps) the search tries."""
+def _candidates(layouts, latent_shape, dtype_bytes, device_type, same_device, overlap):
+    """(layout, fixed bytes, spec, tile grid size, halo caps, blend bytes per output px) the search tries."""
     batch, _, _, h, w = latent_shape
     out_bytes = _output_bytes(layouts[0], latent_shape)
     for layout in layouts if overlap is None else layouts[:1]:
         stored = layout.stored_bytes(latent_shape, dtype_bytes)
         if layout.cut and not same_device and stored > out_bytes:
             continue  # a deeper stem's storage would outgrow the video itself in the output device's memory
-        fixed = out_bytes + stored + (out_bytes // 3 if overlap is not None else 0) if same_device else 0
+        fixed = out_bytes + stored if same_device else 0
         if overlap is not None:
             caps = (int(overlap),)
         else:
             caps = (None, *APPROXIMATE_HALO_CAPS) if layout.cut == 0 else (None,)
         spec = layout.spec if device_type == "cpu" else replace(layout.spec, conv_transients=False)
         tiles_hw = (h * layout.stem_scale, w * layout.stem_scale)
-        for mode in (modes if device_type == "cpu" else (None,)):
-            yield layout, fixed, spec, tiles_hw, mode, caps
+        yield layout, fixed, spec, tiles_hw, caps, _blend_bytes_per_output_px(layout, latent_shape, same_device)
 
 
-def _mode_terms(mode):
-    # CPU: the allocator mode is part of the plan (peak = predicted x factor + extra + workspace)
-    return (mode.peak_factor, mode.peak_extra_bytes + CPU_WORKSPACE_BYTES) if mode else (1.0, 0)
+def _blend_bytes_per_output_px(layout, latent_shape, same_device):
+    """A blended tile's frames (float32, every output frame) and its weights, per output px: held on the
+    decode device when the video lives there (tiles.TileRunner buffers a blended tile until it is done)."""
+    batch, _, frames, _, _ = latent_shape
+    return (batch * 3 * layout.frames_out(frames) * 4 + 4) if same_device else 0
+
+
+def _allocator_terms(device_type):
+    """(factor, extra bytes): a plan's peak = predicted x factor + extra (the CPU allocator's overhead)."""
+    return (CPU_PEAK_FACTOR, CPU_EXTRA_BYTES) if device_type == "cpu" else (1.0, 0)
 
 
 def search_plan(layouts, latent_shape, budget_bytes, dtype_bytes, device_type, same_device, overlap=None,
-                allow_untiled=True, modes=CPU_HEAP_MODES):
-    """The fastest plan that fits: untiled, else the best (stem depth, CPU heap mode, tiling).
+                allow_untiled=True):
+    """The fastest plan that fits: untiled, else the best (stem depth, tiling).
 
     Returns (tiling.TilePlan or None, the smallest budget any plan needs). An approximate plan
     (halo capped) carries exact_budget_bytes: the smallest budget whose plan is exact.
@@ -283,31 +284,29 @@ def search_plan(layouts, latent_shape, budget_bytes, dtype_bytes, device_type, s
         need = untiled_decode_bytes(first.kind, latent_shape, dtype_bytes, device_type)
         if need <= budget_bytes:
             whole, _ = tiling.plan_tiles(first.spec, (h, w), 2**62, dtype_bytes=dtype_bytes * batch)
-            return replace(whole, untiled=True, predicted_peak_bytes=need,
-                           cpu_heap="heap" if device_type == "cpu" else ""), need
+            return replace(whole, untiled=True, predicted_peak_bytes=need), need
     best, best_rank, minimum = None, None, None
-    for layout, fixed, spec, tiles_hw, mode, caps in _candidates(layouts, latent_shape, dtype_bytes, device_type,
-                                                                 same_device, overlap, modes):
-        factor, extra = _mode_terms(mode)
+    factor, extra = _allocator_terms(device_type)
+    for layout, fixed, spec, tiles_hw, caps, blend in _candidates(layouts, latent_shape, dtype_bytes, device_type,
+                                                                  same_device, overlap):
         inner = (budget_bytes - extra) / factor
         # a batch decodes its samples together, so every per-pixel figure scales with it
         plan, smallest = tiling.plan_tiles(spec, tiles_hw, max(inner, 0), dtype_bytes=dtype_bytes * batch,
-                                           fixed_bytes=fixed, halo_caps=caps)
+                                           fixed_bytes=fixed, halo_caps=caps, blend_bytes_per_output_px=blend)
         if smallest is not None:
-            smallest = int(smallest * factor) + extra
+            smallest = _smallest_fitting_budget(smallest, factor, extra)
             minimum = smallest if minimum is None else min(minimum, smallest)
         if plan is None:
             continue
-        time_factor = mode.time_factor if mode else 1.0
         # seamless first, then fastest; a deeper stem only where it saves at least 1% of the compute
-        rank = (not plan.exact, round(plan.relative_cost * time_factor, 2), layout.cut, plan.predicted_peak_bytes)
+        rank = (not plan.exact, round(plan.relative_cost, 2), layout.cut, plan.predicted_peak_bytes)
         if best is None or rank < best_rank:
             best, best_rank = replace(plan, predicted_peak_bytes=int(plan.predicted_peak_bytes * factor) + extra,
-                                      cpu_heap=mode.name if mode else "", stem_cut=layout.cut), rank
+                                      stem_cut=layout.cut), rank
     if best is not None and not best.exact:
         best = replace(best, overlap_set=overlap is not None,
                        exact_budget_bytes=exact_budget_bytes(layouts, latent_shape, dtype_bytes, device_type,
-                                                             same_device, allow_untiled, modes))
+                                                             same_device, allow_untiled))
     return best, minimum
 
 
@@ -324,18 +323,18 @@ def _smallest_fitting_budget(peak, factor, extra):
     return budget
 
 
-def exact_budget_bytes(layouts, latent_shape, dtype_bytes, device_type, same_device, allow_untiled=True,
-                       modes=CPU_HEAP_MODES):
+def exact_budget_bytes(layouts, latent_shape, dtype_bytes, device_type, same_device, allow_untiled=True):
     """The smallest budget (bytes) at which search_plan (no overlap set) returns an exact plan for this latent."""
     batch = latent_shape[0]
     best = untiled_decode_bytes(layouts[0].kind, latent_shape, dtype_bytes, device_type) if allow_untiled else None
-    for _, fixed, spec, tiles_hw, mode, _ in _candidates(layouts, latent_shape, dtype_bytes, device_type, same_device,
-                                                          None, modes):
+    factor, extra = _allocator_terms(device_type)
+    for _, fixed, spec, tiles_hw, _, _ in _candidates(layouts, latent_shape, dtype_bytes, device_type, same_device,
+                                                      None):
         _, smallest = tiling.plan_tiles(spec, tiles_hw, -1, dtype_bytes=dtype_bytes * batch, fixed_bytes=fixed,
                                         halo_caps=(None,))
         if smallest is None:
             continue
-        budget = _smallest_fitting_budget(smallest, *_mode_terms(mode))
+        budget = _smallest_fitting_budget(smallest, factor, extra)
         best = budget if best is None else min(best, budget)
     return best
 
@@ -354,6 +353,7 @@ class DecodeOutlook:
     halo_cap_latent_px: object  # None when exact
     exact_budget_bytes: int  # the smallest budget with an exact plan
     minimum_budget_bytes: int  # the smallest budget with any plan
+    predicted_peak_bytes: int = 0  # the plan's predicted peak at this budget (0 when nothing fits)
 
     def describe(self):
         exact_at = math.ceil(self.exact_budget_bytes / 2**20)
@@ -384,4 +384,48 @@ def decode_outlook(kind, latent_shape, budget_bytes, dtype_bytes, device_type, s
                          fits=plan is not None, exact=plan is not None and plan.exact,
                          untiled=plan is not None and plan.untiled, tiles=plan.tile_count if plan is not None else 0,
                          halo_cap_latent_px=plan.halo_cap_latent_px if plan is not None else None,
-                         exact_budget_bytes=int(exact_at), minimum_budget_bytes=int(minimum or 0))
+                         exact_budget_bytes=int(exact_at), minimum_budget_bytes=int(minimum or 0),
+                         predicted_peak_bytes=plan.predicted_peak_bytes if plan is not None else 0)
+
+
+def _job_terms(kind, width, height, frames, batch, device_type):
+    """(latent shape, dtype bytes) of a job as the node decodes it: 16-bit on a GPU, fp32 on the CPU."""
+    return latent_shape_for(kind, width, height, frames, batch), 4 if device_type == "cpu" else 2
+
+
+@functools.lru_cache(maxsize=1024)
+def job_decode_outlook(kind, width, height, frames, batch, budget_bytes, device_type):
+    """decode_outlook of a width x height x frames job at a budget: what the offload plan says of the decode
+    (on a GPU the frames go to RAM; on the CPU the video shares the memory). Cached: the plan asks per candidate."""
+    latent, dtype_bytes = _job_terms(kind, width, height, frames, batch, device_type)
+    return decode_outlook(kind, latent, int(budget_bytes), dtype_bytes, device_type)
+
+
+@functools.lru_cache(maxsize=1024)
+def job_exact_budget_bytes(kind, width, height, frames, batch, device_type):
+    """The smallest budget at which the node decodes this job exactly: what the plan gives the decode on the CPU."""
+    latent, dtype_bytes = _job_terms(kind, width, height, frames, batch, device_type)
+    return exact_budget_bytes(static_layouts(kind), latent, dtype_bytes, device_type, device_type == "cpu")
+
+
+# --- the node's budget ------------------------------------------------------------
+
+
+def auto_budget_bytes(vae, plan, model_management):
+    """WanFit VAE Decode's budget when budget_mb is 0: free memory on the VAE's device minus the plan's reserve
+    (the plan's own decode budget when that is smaller).
+
+    Free memory as the core's VAE.decode counts it: from 0.33 the patcher's get_free_memory, which adds
+    what dynamic VRAM (comfy-aimdo) can evict from other models' weights on demand; 0.3.64 has only
+    model_management.get_free_memory. vae: comfy.sd.VAE; plan: a wanfit.plan.Plan, its dict, or None."""
+    from ..plan.types import plan_field  # the planner imports this module: read the plan at call time
+
+    patcher_free = getattr(getattr(vae, "patcher", None), "get_free_memory", None)
+    free = patcher_free(vae.device) if patcher_free is not None else model_management.get_free_memory(vae.device)
+    on_gpu = vae.device.type != "cpu"
+    reserve = plan_field(plan, "reserve_vram_bytes", 0) if on_gpu else 0
+    budget = free - reserve
+    planned = plan_field(plan, "vae_decode_budget_bytes")
+    if planned and on_gpu:
+        budget = min(budget, planned) if budget > 0 else planned
+    return max(int(budget), 0)

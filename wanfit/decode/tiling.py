@@ -25,11 +25,9 @@ import math
 # below carry a ~6% margin. See docs/benchmarks.md.
 DEFAULT_ACTIVATION_FACTOR = 10.0
 ACTIVATION_FACTOR = {"wan2.1": 6.25, "wan2.2": 8.4}
-# Working bytes per output pixel of one frame (fp32, CPU, measured by bench/vae_decode_memory.py);
-# neither grows with the frame count. Untiled = ComfyUI's VAE.decode; one tile = WanFit's decode
-# as one tile (frames streamed, lean CPU heap). The planner sizes the decode with the second.
+# Working bytes per output pixel of one frame of ComfyUI's VAE.decode (fp32, CPU, measured by
+# bench/vae_decode_memory.py); it does not grow with the frame count.
 UNTILED_BYTES_PER_OUTPUT_PX = {"wan2.1": 24_476, "wan2.2": 25_663}
-ONE_TILE_BYTES_PER_OUTPUT_PX = {"wan2.1": 13_544, "wan2.2": 12_817}
 MIN_CORE_LATENT_PX = 2  # smaller cores spend almost all their time on the halo
 # What a capped-halo (approximate) decode differs from the untiled one by, as the report says it
 # (bench/vae_decode_approx.py against ComfyUI's VAE Decode, docs/benchmarks.md "Approximate decode").
@@ -48,10 +46,8 @@ class LayerSpec:
     held_elems_per_px: instead, the elements the layer holds per output pixel, counted one by one
         (not scaled): for layers whose working set is known exactly (the fused upsample).
     macs_per_px: multiply-accumulates per output pixel and chunk (for the cost model only).
-    convs: (weight elements, im2col elements per input pixel[, elements held besides]) of each conv:
-        on the CPU a conv's transient is the smaller of its weight (oneDNN reorders it on every call)
-        and its im2col buffer (the native path), plus what the call holds either way (a kernel
-        built for the call), see conv_transient_elems and wanfit.decode.cpu_convs.
+    convs: per conv, the elements one CPU call holds besides its input and output: its weight (oneDNN
+        reorders it on every call), plus a kernel built for the call (the fused upsample's phase kernels).
     """
 
     scale: int
@@ -78,8 +74,8 @@ class DecoderSpec:
     # upsampling layers run whole-frame in the stem before `layers` (a deeper stem: fewer halo
     # recomputations, more stored per frame); their output scale over the latent is stem_scale
     stem_layers: tuple = ()
-    stem_convs: tuple = ()  # (weight, im2col per px) of the latent-resolution convs (conv1, middle)
-    conv_transients: bool = True  # CPU: count each conv's weight-reorder / im2col transient
+    stem_convs: tuple = ()  # conv transients (elements) of the latent-resolution convs (conv1, middle)
+    conv_transients: bool = True  # CPU: count each conv's weight-reorder transient
 
     @property
     def stem_scale(self):
@@ -125,7 +121,6 @@ class TilePlan:
     tile_peak_bytes: int
     fixed_bytes: int
     relative_cost: float  # 1.0 = untiled
-    cpu_heap: str = ""  # CPU decodes: the allocator mode the peak was predicted for (see wanfit.decode.plan)
     untiled: bool = False  # the VAE's own decode fits: no tiling at all
     stem_cut: int = 0  # which upsample the tiles start at (0 = the first); the stem runs whole-frame before it
     stem_scale: int = 1  # resolution the tiles start at, in multiples of the latent
@@ -143,9 +138,8 @@ class TilePlan:
             return (f"untiled (the VAE's own decode fits the budget), predicted peak "
                     f"{self.predicted_peak_bytes / 2**20:.0f} MB, 1.00x untiled compute")
         mode = "exact halo" if self.exact else f"halo capped at {self.halo_cap_latent_px} latent px, feathered"
-        heap = f", {self.cpu_heap} CPU heap" if self.cpu_heap else ""
         stem = f", whole-frame stem to {self.stem_scale}x latent size" if self.stem_scale > 1 else ""
-        text = (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{heap}{stem}), predicted peak "
+        text = (f"{len(self.rows)}x{len(self.cols)} tiles ({mode}{stem}), predicted peak "
                 f"{self.predicted_peak_bytes / 2**20:.0f} MB, {self.relative_cost:.2f}x untiled compute")
         return text if self.exact else f"APPROXIMATE: {text}; {self.approximation_note()}"
 
@@ -204,16 +198,10 @@ def axis_regions(core, latent_size, layers, halo_cap=None):
                        core_out=(core_start * total_scale, core_stop * total_scale))
 
 
-def conv_transient_elems(layer, area_in):
-    """The largest per-call transient of a layer's convs on the CPU (elements).
-
-    oneDNN reorders a conv's weight on every call (a 1024x1024x3x3x3 conv: +108 MB for any
-    input); the native im2col path instead needs its column buffer (measured: +16 MB at 12x12,
-    +63 MB at 24x24, one output frame, 1024 channels). wanfit.decode.cpu_convs picks
-    the smaller per call (conv_uses_native), so the transient is the minimum of the two.
-    """
-    return max((min(conv[0], conv[1] * area_in) + (conv[2] if len(conv) > 2 else 0.0) for conv in layer.convs),
-               default=0.0)
+def conv_transient_elems(layer):
+    """The largest per-call transient of a layer's convs on the CPU (elements): oneDNN reorders a conv's
+    weight on every call (a 1024x1024x3x3x3 conv: +108 MB for any input), plus what the call holds besides."""
+    return max(layer.convs, default=0.0)
 
 
 def _layer_terms(spec, layers, regions):
@@ -226,7 +214,7 @@ def _layer_terms(spec, layers, regions):
         # the layer computes on its whole input crop before the crop back, so scale^2 x the input area
         activation = layer.act_elems_per_px * area_in * layer.scale * layer.scale
         largest_activation = max(largest_activation, activation)
-        transient = conv_transient_elems(layer, area_in) if spec.conv_transients else 0.0
+        transient = conv_transient_elems(layer) if spec.conv_transients else 0.0
         held = layer.held_elems_per_px * area_in * layer.scale * layer.scale
         working = max(working, spec.activation_factor * activation + transient, held + transient)
     return cache_elems, largest_activation, working
@@ -254,7 +242,7 @@ def stem_peak_bytes(spec, latent_hw, dtype_bytes, fused_attention):
     cache_elems = (spec.stem_elems_per_latent_px - latent_act) * h * w
     working = latent_act * h * w
     if spec.conv_transients and spec.stem_convs:
-        working += conv_transient_elems(LayerSpec(1, 0, convs=spec.stem_convs), h * w)
+        working += conv_transient_elems(LayerSpec(1, 0, convs=spec.stem_convs))
     if spec.stem_layers:
         regions, scale = [], 1
         for layer in spec.stem_layers:
@@ -314,13 +302,16 @@ def _grid_options(latent_size, min_core):
 
 
 def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fused_attention=True,
-               halo_caps=(None, 4, 2, 1), min_core=MIN_CORE_LATENT_PX):
+               halo_caps=(None, 4, 2, 1), min_core=MIN_CORE_LATENT_PX, blend_bytes_per_output_px=0):
     """The cheapest tiling whose predicted peak fits the budget; returns (plan or None, smallest peak possible).
 
     fixed_bytes: memory held through the whole decode on the same device (stored stem output,
     the output video when it lives on the decode device). Exact halos are preferred; capped
     halos (seams blended) only when no exact tiling fits. latent_hw is the size the tiles start
     at: the latent size times spec.stem_scale (cores, halo caps and min_core are in those pixels).
+    blend_bytes_per_output_px: what a blended (capped-halo) tile holds on the decode device per output
+    pixel of its region while it decodes (every frame, until it is blended in; 0 when the output lives
+    elsewhere); a blended decode also holds a float32 weight map of the whole frame there.
     """
     h, w = latent_hw
     stem_scale = spec.stem_scale
@@ -330,10 +321,13 @@ def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fuse
         rows_by_n = {n: _axis_summary(h, n, spec.layers, halo_cap) for n in _grid_options(h, min_core)}
         cols_by_n = {n: _axis_summary(w, n, spec.layers, halo_cap) for n in _grid_options(w, min_core)}
         best = None
+        blend_map = 0 if halo_cap is None or not blend_bytes_per_output_px else 4 * h * w * spec.total_scale ** 2
         for rows_n, (rows, widest_row, row_spans) in rows_by_n.items():
             for cols_n, (cols, widest_col, col_spans) in cols_by_n.items():
                 tile_peak = tile_peak_bytes(spec, widest_row, widest_col, dtype_bytes)
-                peak = fixed_bytes + max(tile_peak, stem_bytes)
+                if halo_cap is not None:
+                    tile_peak += int(blend_bytes_per_output_px * _span(rows, "output") * _span(cols, "output"))
+                peak = fixed_bytes + blend_map + max(tile_peak, stem_bytes)
                 minimum = peak if minimum is None else min(minimum, peak)
                 if peak > budget_bytes:
                     continue
@@ -345,6 +339,11 @@ def plan_tiles(spec, latent_hw, budget_bytes, dtype_bytes=4, fixed_bytes=0, fuse
         if best is not None:
             return best, minimum
     return None, minimum
+
+
+def _span(tiles, field):
+    """The widest of the tiles' `field` regions (start, stop) along one axis."""
+    return max(getattr(tile, field)[1] - getattr(tile, field)[0] for tile in tiles)
 
 
 def plan_for_cores(spec, latent_hw, row_cores, col_cores, halo_cap=None):
