@@ -33,6 +33,7 @@ import torch
 from . import replay_check
 from .core import format_version, parse_version, running_core_version
 from .errors import InvalidInputError, WanFitError
+from .plan.types import plan_field
 from .plan.footprint import LEAN_AUTO_CHUNKS, LEAN_AUTO_MIN_CHUNK_TOKENS, lean_auto_chunk_tokens
 
 log = logging.getLogger("wanfit")
@@ -626,12 +627,6 @@ def patch_model_lean(model_patcher, chunk_tokens="auto", core_version=None, mode
     return clone, report
 
 
-def _planned(plan, key):
-    if plan is None:
-        return None
-    return plan.get(key) if isinstance(plan, dict) else getattr(plan, key, None)
-
-
 def apply_lean_forward(model_patcher, mode="auto", chunk_tokens=0, plan=None, notify=None):
     """WanFit Lean Forward's policy: (model, report STRING), the model patched or passed through.
 
@@ -642,10 +637,10 @@ def apply_lean_forward(model_patcher, mode="auto", chunk_tokens=0, plan=None, no
     replay_check.validate_mode(mode)
     if mode == "off":
         return model_patcher, "Lean forward off: ComfyUI's own blocks run (the model passes through unchanged)"
-    if mode == "auto" and plan is not None and not _planned(plan, "lean_forward"):
+    if mode == "auto" and plan is not None and not plan_field(plan, "lean_forward"):
         return model_patcher, ("Lean forward not needed: the plan fits this job with ComfyUI's own blocks (the "
                                "model passes through unchanged; mode on forces the lean forward)")
-    chunk = chunk_tokens if chunk_tokens > 0 else (_planned(plan, "lean_chunk_tokens") or "auto")
+    chunk = chunk_tokens if chunk_tokens > 0 else (plan_field(plan, "lean_chunk_tokens") or "auto")
     try:
         patched, report = patch_model_lean(model_patcher, chunk, mode=mode, notify=notify)
     except LeanForwardError as error:
