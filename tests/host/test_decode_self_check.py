@@ -5,13 +5,16 @@ A release that changed its decoder is played by patching the core's WanVAE.decod
 auto) or refuse (mode on), saying which core, which check and how far apart.
 """
 
+import functools
+
 import pytest
 import torch
 
 from tests.comfy_import import import_comfy
 
+from tests.decode_budgets import tiled_exact_budget
+
 LATENT = (1, 16, 2, 6, 6)
-BUDGET = 50 * 2**20  # 2x2 exact tiles for this latent (a tiled plan, so the check runs)
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,12 @@ def vae(comfyui, fixtures):
     import comfy.utils
 
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(fixtures["vae"]["wanfit_random_wan_2.1_vae.safetensors"])))
+
+
+@functools.cache
+def tiled_budget(vae):
+    """2x2 exact tiles or fewer for this latent: a tiled plan, so the check runs."""
+    return tiled_exact_budget(vae.first_stage_model, LATENT, 4)
 
 
 @pytest.fixture
@@ -43,7 +52,8 @@ def decode_in_auto(vae):
 
     notes = []
     with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append)
+        images = decode_comfy_vae(vae, latent(), tiled_budget(vae), allow_untiled=False,
+                                  mode="auto", on_note=notes.append)
         core = vae.decode(latent())
     return images.reshape(core.shape), core, notes
 
@@ -63,9 +73,10 @@ def test_the_check_passes_on_this_core_and_the_tiles_run(vae, fresh_checks):
 
     notes, plans = [], []
     with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="on", on_note=notes.append, on_plan=plans.append)
+        images = decode_comfy_vae(vae, latent(), tiled_budget(vae), allow_untiled=False,
+                                  mode="on", on_note=notes.append, on_plan=plans.append)
         core = vae.decode(latent())
-    assert plans and plans[-1].tile_count == 4 and plans[-1].exact, plans
+    assert plans and 1 < plans[-1].tile_count <= 4 and plans[-1].exact, plans[-1].describe() if plans else plans
     assert (images.reshape(core.shape) - core).abs().max().item() < 1e-3
     (check,) = fresh_checks.cached_checks()
     assert check.passed and check.difference < 1e-3 and notes == [check.describe()], notes
@@ -77,7 +88,8 @@ def test_a_decoder_the_tiles_do_not_reproduce_runs_the_cores_decode_in_auto(vae,
     changed_core_decoder(monkeypatch, vae)
     notes, plans = [], []
     with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="auto", on_note=notes.append, on_plan=plans.append)
+        images = decode_comfy_vae(vae, latent(), tiled_budget(vae), allow_untiled=False,
+                                  mode="auto", on_note=notes.append, on_plan=plans.append)
         core = vae.decode(latent())
     assert not plans, "WanFit's tiles ran although the check failed"
     assert torch.equal(images.reshape(core.shape), core), "mode auto after a failed check must be the core's decode"
@@ -93,7 +105,7 @@ def test_a_decoder_the_tiles_do_not_reproduce_is_refused_in_mode_on(vae, fresh_c
     with torch.inference_mode(), pytest.raises(fresh_checks.ReplayMismatchError,
                                                match=r"mode on.*failed \(ComfyUI [0-9.]+.*max difference 0\.0[0-9]+ > "
                                                      r"0\.001.*mode to auto"):
-        decode_comfy_vae(vae, latent(), BUDGET, mode="on")
+        decode_comfy_vae(vae, latent(), tiled_budget(vae), allow_untiled=False, mode="on")
 
 
 def test_a_check_that_itself_raises_falls_back_and_says_so(vae, fresh_checks, monkeypatch):
@@ -123,7 +135,7 @@ def test_a_decoder_structure_no_replay_knows_falls_back(vae, fresh_checks, monke
     assert torch.equal(images, core)
     assert "matches no padding convention WanFit knows" in notes[0], notes
     with torch.inference_mode(), pytest.raises(fresh_checks.ReplayMismatchError, match="no padding convention"):
-        decode_comfy_vae(vae, latent(), BUDGET, mode="on")
+        decode_comfy_vae(vae, latent(), tiled_budget(vae), allow_untiled=False, mode="on")
 
 
 def test_the_node_offers_the_modes_the_decode_knows(object_info):
@@ -137,6 +149,6 @@ def test_mode_off_is_the_cores_decode(vae):
     from wanfit.decode import decode_comfy_vae
 
     with torch.inference_mode():
-        images = decode_comfy_vae(vae, latent(), BUDGET, mode="off")
+        images = decode_comfy_vae(vae, latent(), tiled_budget(vae), mode="off")
         core = vae.decode(latent())
     assert torch.equal(images.reshape(core.shape), core)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 # imported before a release's checkout goes on sys.path: ComfyUI has a `tests` package of its own
+from tests.decode_budgets import tiled_exact_budget
 from tests.fixtures.generate import default_cache_root, fixture_paths as _fixture_paths
 
 FIXTURES_CORE = "0.33.0"  # whose fixture folder the matrix reads (the run.sh host tier makes it first)
@@ -114,25 +115,6 @@ DECODE_CASES = {
     "wan21": ("wanfit_random_wan_2.1_vae.safetensors", 16, (2, 6, 6), 4),
     "wan22": ("wanfit_random_wan2.2_vae.safetensors", 48, (2, 4, 4), 1),
 }
-
-
-def tiled_exact_budget(module, latent_shape, most_tiles):
-    """The smallest budget (10 % steps) at which the decode plans this release's decoder as at most most_tiles
-    exact tiles, the untiled decode left out (on a CPU it fits below any tiling): read from the decode's own
-    memory model, so the check follows that model instead of a budget written down for an older one."""
-    from wanfit.decode import plan_decode
-    from wanfit.errors import WanFitError
-
-    budget = 16 * 2**20
-    while budget < 2**36:
-        try:
-            plan = plan_decode(module, latent_shape, budget, allow_untiled=False)
-        except WanFitError:
-            plan = None
-        if plan is not None and plan.exact and not plan.untiled and plan.tile_count <= most_tiles:
-            return budget
-        budget = int(budget * 1.1)
-    raise AssertionError(f"no budget up to 64 GB plans {latent_shape} as {most_tiles} exact tiles or fewer")
 
 
 def check_decode(release, which, failed=CheckFailed):
