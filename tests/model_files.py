@@ -6,9 +6,10 @@ header detection and by the host tests that feed bad files to the loaders.
 
 import json
 from pathlib import Path
+import re
 import struct
 
-DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U8": 1, "I8": 1}
 
 
 def write_safetensors(path, tensors, metadata=None, drop_tail_bytes=0):
@@ -33,13 +34,18 @@ def write_safetensors(path, tensors, metadata=None, drop_tail_bytes=0):
 
 
 def wan_dit(in_dim, out_dim, dim=128, ffn_dim=256, layers=2, prefix="", dtype="F16", fp8_scaled=False,
-            img_emb=False):
+            img_emb=False, all_linears=False):
+    """all_linears: every block linear a real WAN DiT has (q, k, v, o of self and cross attention), not only q."""
     weight = "F8_E4M3" if fp8_scaled else dtype
     t = {"patch_embedding.weight": (weight, (dim, in_dim, 1, 2, 2)), "patch_embedding.bias": (dtype, (dim,)),
          "text_embedding.0.weight": (weight, (dim, 4096)), "time_embedding.0.weight": (weight, (dim, 256)),
          "head.modulation": ("F32", (1, 2, dim)), "head.head.weight": (weight, (out_dim * 4, dim))}
     for i in range(layers):
         t[f"blocks.{i}.self_attn.q.weight"] = (weight, (dim, dim))
+        if all_linears:
+            for name in ("self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v",
+                         "cross_attn.o"):
+                t[f"blocks.{i}.{name}.weight"] = (weight, (dim, dim))
         t[f"blocks.{i}.ffn.0.weight"] = (weight, (ffn_dim, dim))
         t[f"blocks.{i}.ffn.2.weight"] = (weight, (dim, ffn_dim))
         t[f"blocks.{i}.modulation"] = ("F32", (1, 6, dim))
@@ -50,6 +56,43 @@ def wan_dit(in_dim, out_dim, dim=128, ffn_dim=256, layers=2, prefix="", dtype="F
     if fp8_scaled:
         t["scaled_fp8"] = ("F8_E4M3", (0,))
     return {prefix + k: v for k, v in t.items()}
+
+
+# How ComfyUI (comfy/ops.py) stores each quantized format: weight dtype, whether two values share a byte,
+# and the scales, each as (dtype, shape for an out x in layer).
+QUANT_STORAGE = {
+    "float8_e4m3fn": ("F8_E4M3", False, {"weight_scale": ("F32", lambda o, i: ())}),
+    "float8_e5m2": ("F8_E5M2", False, {"weight_scale": ("F32", lambda o, i: ())}),
+    "nvfp4": ("U8", True, {"weight_scale": ("F8_E4M3", lambda o, i: (o, i // 16)),
+                           "weight_scale_2": ("F32", lambda o, i: ())}),
+    "mxfp8": ("F8_E4M3", False, {"weight_scale": ("F8_E8M0", lambda o, i: (o, i // 32))}),
+    "int8_tensorwise": ("I8", False, {"weight_scale": ("F32", lambda o, i: ())}),
+    "convrot_w4a4": ("I8", False, {"weight_scale": ("F32", lambda o, i: (o,))}),
+    "asym_w4a8_int8": ("I8", True, {"weight_s_rel": ("F8_E4M3", lambda o, i: (o, i // 16))}),
+}
+
+
+def quantize(tensors, fmt, encoding="metadata", layers=None):
+    """(tensors, metadata) with the block linears (or `layers`) stored in ComfyUI's format `fmt`.
+
+    encoding "metadata" writes `_quantization_metadata`; "comfy_quant" one `<layer>.comfy_quant` uint8
+    tensor per layer holding its JSON, as comfy/ops.py saves it."""
+    weight_dtype, packed, scales = QUANT_STORAGE[fmt]
+    tensors = dict(tensors)
+    if layers is None:
+        layers = [n[:-len(".weight")] for n in tensors
+                  if re.search(r"blocks\.\d+\.((self|cross)_attn\.[qkvo]|ffn\.[02])\.weight$", n)]
+    for layer in layers:
+        out_features, in_features = tensors[layer + ".weight"][1]
+        tensors[layer + ".weight"] = (weight_dtype, (out_features, in_features // 2 if packed else in_features))
+        for suffix, (dtype, shape) in scales.items():
+            tensors[f"{layer}.{suffix}"] = (dtype, shape(out_features, in_features))
+        if encoding == "comfy_quant":
+            tensors[layer + ".comfy_quant"] = ("U8", (len(json.dumps({"format": fmt})),))
+    if encoding == "comfy_quant":
+        return tensors, None
+    quant = {"format_version": "1.0", "layers": {layer: {"format": fmt} for layer in layers}}
+    return tensors, {"_quantization_metadata": json.dumps(quant)}
 
 
 def wan_vae(wan22):

@@ -10,7 +10,7 @@ import wanfit.cli.models as cli_models
 from wanfit.cli.models import main
 from wanfit.models import load_manifest
 from tests.misbehaving_server import FileServer
-from tests.model_files import sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
+from tests.model_files import quantize, sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
 
 
 @pytest.fixture
@@ -177,3 +177,58 @@ def test_manifest_sizes_and_hashes_are_well_formed():
     for entry in load_manifest()["files"]:
         assert entry["size_bytes"] is None or (isinstance(entry["size_bytes"], int) and entry["size_bytes"] > 10**6)
         assert entry["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]), entry["filename"]
+
+
+def test_check_file_describes_a_quantized_expert_and_what_loads_it(tmp_path, capsys):
+    tensors, metadata = quantize(wan_dit(16, 16, dtype="BF16", all_linears=True), "nvfp4")
+    path = write_safetensors(tmp_path / "wan2.2_t2v_high_noise_14B_nvfp4.safetensors", tensors, metadata)
+    assert main(["--check-file", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:4] == ["kind: diffusion_model", "variant: t2v_a14b (WAN 2.2 T2V-A14B expert)",
+                        "format: nvfp4, 20 of 20 block linears; the rest bf16"]
+    assert out[4].startswith("size: 0.00 GB (") and out[4].endswith(" bytes of tensors)")
+    assert out[5] == ("loads with: WanFit Load Diffusion Model (TI2V-5B) / WanFit Load A14B Experts "
+                      "(an A14B expert)")
+
+
+def test_check_file_on_plain_files_prints_their_dtype(tmp_path, capsys):
+    path = write_safetensors(tmp_path / "wan2.2_ti2v_5B_fp16.safetensors", wan_dit(48, 48))
+    assert main(["--check-file", str(path)]) == 0
+    assert "variant: ti2v_5b (WAN 2.2 TI2V-5B)\nformat: float16\n" in capsys.readouterr().out
+    assert main(["--check-file", str(write_safetensors(tmp_path / "vae.safetensors", wan_vae(True)))]) == 0
+    assert "loads with: WanFit Load VAE" in capsys.readouterr().out
+
+
+def test_check_file_refuses_metadata_that_disagrees_naming_the_layer(tmp_path, capsys):
+    tensors, _ = quantize(wan_dit(16, 16, dtype="BF16", all_linears=True), "int8_tensorwise")
+    metadata = {"_quantization_metadata": json.dumps({"layers": {"blocks.9.ffn.0": {"format": "int8_tensorwise"}}})}
+    path = write_safetensors(tmp_path / "bad.safetensors", tensors, metadata)
+    assert main(["--check-file", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "loads with" not in captured.out
+    assert ("its quantization metadata disagrees with its tensors: layer blocks.9.ffn.0 is quantized as "
+            "int8_tensorwise but the file has no blocks.9.ffn.0.weight.") in captured.err
+    assert "Fix: quantize and save the model again" in captured.err
+
+
+def test_check_file_refuses_the_wrong_kind_and_an_unreadable_header(tmp_path, capsys):
+    assert main(["--check-file", str(write_safetensors(tmp_path / "sd.safetensors", sd15_unet()))]) == 2
+    assert ("sd.safetensors looks like a Stable Diffusion 1.x/2.x/SDXL UNet checkpoint (input_blocks/middle_block/"
+            "output_blocks keys), which no WanFit loader takes. Fix: pick a WAN 2.2 diffusion model") in \
+        capsys.readouterr().err
+    wan21 = write_safetensors(tmp_path / "wan2.1_i2v.safetensors", wan_dit(36, 16, img_emb=True))
+    assert main(["--check-file", str(wan21)]) == 2
+    assert "Not a WAN 2.2 model:" in capsys.readouterr().err
+    junk = tmp_path / "page.safetensors"
+    junk.write_bytes(b"<html>login</html>")
+    assert main(["--check-file", str(junk)]) == 2
+    assert "Not a safetensors file:" in capsys.readouterr().err
+
+
+def test_check_file_names_comfyui_gguf_for_a_gguf(tmp_path, capsys):
+    path = tmp_path / "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))
+    assert main(["--check-file", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf" in captured.out
+    assert "Fix: load it with ComfyUI-GGUF's Unet Loader (GGUF)" in captured.err

@@ -1,10 +1,16 @@
-"""`python -m wanfit models [--check] [--download NAMES|all] [--models-dir DIR] [--workflow NAME] [--manager-json [PATH]]`
+"""`python -m wanfit models [--check] [--download NAMES|all] [--models-dir DIR] [--workflow NAME] [--manager-json [PATH]] [--check-file PATH]`
 
 Lists, per WanFit workflow, which official model files are present under a ComfyUI models
 folder and which are missing (with their folder and URL); --check also reads each present
 file's header and says whether it is really the model its name promises; --download fetches
 missing files (resumable, verified). Exit 0 when the command did what was asked (missing files
 are reported, not errors), 2 on errors (bad option, unreadable/wrong file, failed download).
+
+--check-file PATH inspects one file from its header alone: kind, variant, format (ComfyUI's
+quantized formats included, e.g. "nvfp4, 400 of 400 block linears; the rest bf16"), size and
+what would load it. Exit 0 when WanFit's loaders would load it, 2 with the fix when not (not a
+WAN 2.2 model, VAE or text encoder, an unreadable header, quantization metadata that disagrees
+with the tensors, or a .gguf file, which ComfyUI-GGUF's loader loads).
 """
 
 import argparse
@@ -14,8 +20,9 @@ from pathlib import Path
 import sys
 
 from ..errors import WanFitError
-from ..models import (check_present_file, find_model_file, header_verifier, load_manifest, manager_model_list,
-                      manifest_entry, workflow_status)
+from ..models import (DOWNLOAD_HINT, VARIANT_TITLES, check_diffusion_model, check_present_file, check_text_encoder,
+                      check_vae_file, detect_variant, find_model_file, header_verifier, load_manifest,
+                      manager_model_list, manifest_entry, workflow_status)
 from ..remote.download import DownloadError, download_file
 
 
@@ -68,12 +75,55 @@ def main(argv, manifest=None):
                         help="comma-separated file names or workflow names to fetch, or 'all' (missing files)")
     parser.add_argument("--manager-json", nargs="?", const="-", default=None, metavar="PATH",
                         help="print (or write to PATH) the manifest in ComfyUI-Manager's model-list.json format")
+    parser.add_argument("--check-file", metavar="PATH", default=None,
+                        help="inspect one model file: kind, variant, format, size, what would load it")
     args = parser.parse_args(argv)
     try:
+        if args.check_file is not None:
+            return check_file(Path(args.check_file))
         return _run(args, manifest or load_manifest())
     except WanFitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+# kind -> (WanFit's gate for that kind, the loader nodes that take it)
+FILE_LOADERS = {
+    "diffusion_model": (check_diffusion_model, "WanFit Load Diffusion Model (TI2V-5B) / WanFit Load A14B Experts "
+                                               "(an A14B expert)"),
+    "vae": (check_vae_file, "WanFit Load VAE"),
+    "text_encoder": (check_text_encoder, "WanFit Load Text Encoder"),
+}
+
+
+def check_file(path):
+    """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
+    print(f"file: {path}")
+    if path.suffix.lower() == ".gguf":
+        size = f"{path.stat().st_size / 1e9:.2f} GB" if path.is_file() else "not found"
+        print("kind: GGUF model\nformat: GGUF (quantized by ComfyUI-GGUF's tools)")
+        print(f"size: {size}")
+        print("loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf")
+        raise CliError(f"{path} is a GGUF file, which WanFit's loaders do not load. Fix: load it with "
+                       f"ComfyUI-GGUF's Unet Loader (GGUF), or use the .safetensors version ({DOWNLOAD_HINT}).")
+    info = detect_variant(path)  # ModelFileError (unreadable, damaged, not safetensors) carries its own fix
+    variant = f"{info.variant} ({VARIANT_TITLES[info.variant]})" if info.variant in VARIANT_TITLES else \
+        f"{info.variant} ({info.looks_like})"
+    print(f"kind: {info.kind}\nvariant: {variant}")
+    quantization = info.quantization
+    print(f"format: {quantization.description if quantization else info.precision_label}")
+    print(f"size: {info.tensor_bytes / 1e9:.2f} GB ({info.tensor_bytes} bytes of tensors)")
+    gate, loaders = FILE_LOADERS.get(info.kind, (None, None))
+    if gate is None:
+        raise CliError(f"{path} looks like {info.looks_like}, which no WanFit loader takes. Fix: pick a WAN 2.2 "
+                       f"diffusion model, the Wan VAE or the umt5-xxl text encoder ({DOWNLOAD_HINT}).")
+    gate(path)  # ModelMismatchError names the right file
+    if quantization and quantization.problems:
+        raise CliError(f"{path}: its quantization metadata disagrees with its tensors: "
+                       f"{'; '.join(quantization.problems)}. ComfyUI would fail on it while loading. Fix: quantize "
+                       f"and save the model again, or download the file again ({DOWNLOAD_HINT}).")
+    print(f"loads with: {loaders}")
+    return 0
 
 
 def _run(args, manifest):

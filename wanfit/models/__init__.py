@@ -8,6 +8,7 @@ checks       the loaders' gates: diffusion model, A14B expert pair, VAE, text en
 manifest     the official files (manifest.json) and the missing-file error
 presence     where ComfyUI finds a file; a workflow's slots; the download header check
 manager_list the manifest in ComfyUI-Manager's model-list.json format
+quantization ComfyUI's native quantization of a diffusion model (QuantizationInfo), from the header
 load_options the weight dtype and text-encoder device a loader asks ComfyUI for
 """
 
@@ -19,5 +20,6 @@ from .headers import (WANFIT_MAX_HEADER_BYTES, SafetensorsHeader, TensorEntry, d
                       not_a_regular_file_error, read_safetensors_header, special_file_in)
 from .manager_list import manager_model_list
 from .manifest import load_manifest, manifest_entry, missing_model_error
+from .quantization import QUANT_FORMATS, UNKNOWN_UNTIL_LOADED, FormatUse, QuantizationInfo, read_quantization
 from .presence import (SlotStatus, check_present_file, find_model_file, header_verifier, resolve_model_path,
                        workflow_status)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import re
 
 from .headers import SAFETENSORS_DTYPES, SafetensorsHeader, read_safetensors_header
+from .quantization import UNKNOWN_UNTIL_LOADED, QuantizationInfo, read_quantization
 
 WAN_HEAD_DIM = 128  # ComfyUI: num_heads = dim // 128
 UMT5_XXL_VOCAB = 256384
@@ -57,6 +58,7 @@ class ModelInfo:
     size_class: str = None  # "5B" | "14B" | "1.3B" | "tiny" | "other"
     tensor_bytes: int = 0
     notes: list = field(default_factory=list)
+    quantization: QuantizationInfo = None  # diffusion models in ComfyUI's quantized formats (or fp8_scaled)
 
     @property
     def dtypes(self):
@@ -66,6 +68,10 @@ class ModelInfo:
     def precision_label(self):
         if self.fp8_scaled:
             return "fp8 scaled"
+        if self.quantization is not None and self.quantization.main_format is not None:
+            if self.quantization.main_format == UNKNOWN_UNTIL_LOADED:
+                return "ComfyUI quantized (format read when it loads)"
+            return f"{self.quantization.main_format} (ComfyUI quantized)"
         return self.weight_dtype
 
     @property
@@ -80,6 +86,7 @@ class ModelInfo:
             "scaled_fp8_dtype": self.scaled_fp8_dtype, "parameter_count": self.parameter_count,
             "key_prefix": self.key_prefix, "size_class": self.size_class, "tensor_bytes": self.tensor_bytes,
             "notes": list(self.notes),
+            "quantization": self.quantization.description if self.quantization else None,
         }
 
 
@@ -157,6 +164,8 @@ def detect_variant(path_or_header):
         return info
     for detector in (_detect_diffusion_model, _detect_vae, _detect_text_encoder, _detect_lora):
         if detector(tensors, info):
+            if info.kind == "diffusion_model":
+                info.quantization = read_quantization(tensors, header.metadata, info.key_prefix)
             return info
     for fragment, looks_like in FOREIGN_FINGERPRINTS:
         if any(fragment in name for name in tensors):
