@@ -203,7 +203,7 @@ fi
 
 cd "$repo_root"
 fixtures_root="${WANFIT_FIXTURES_DIR:-$HOME/.cache/wanfit/fixtures}"
-declare -A outcome
+declare -A outcome tier_seconds
 status=0
 
 # Test paths given on the command line go to their own tier (tests/unit/..., tests/matrix/...,
@@ -286,8 +286,10 @@ fi
 
 run_tier() {  # name python args... ; pytest's exit 5 (nothing collected) fails unless a filter was given
   local name="$1" python="$2"; shift 2
-  local rc=0
-  "$python" -m pytest "$@" || rc=$?
+  local rc=0 started=$SECONDS
+  # the slowest tests of each tier are listed, so the CI time can be watched where it grows
+  "$python" -m pytest --durations=12 "$@" || rc=$?
+  tier_seconds[$name]=$((SECONDS - started))
   if ((rc == 0)); then
     outcome[$name]="passed"
   elif ((rc == 5 && ${#pytest_args[@]} > 0)); then
@@ -331,7 +333,8 @@ for version in "${selected_cores[@]}"; do
   fi
 done
 
-echo "=== summary ==="
+echo "=== summary (${SECONDS} s in all) ==="
+for name in "${!tier_seconds[@]}"; do echo "time: $name ${tier_seconds[$name]} s"; done | sort
 echo "unit tier: ${outcome[unit]}"
 echo "matrix tier ($matrix_count releases, ComfyUI $matrix_core's venv): ${outcome[matrix]}"
 for version in "${selected_cores[@]}"; do
