@@ -98,6 +98,18 @@ FILE_LOADERS = {
 }
 
 
+def importable_core_support():
+    """The formats of the ComfyUI this Python can import, or None. Outside a running ComfyUI its device
+    probe is turned off first (--cpu), as only the table is read: a machine without a GPU would fail it."""
+    try:
+        import comfy.cli_args
+    except ImportError:
+        return None
+    if "comfy.model_management" not in sys.modules:
+        comfy.cli_args.args.cpu = True
+    return running_core_support()
+
+
 def check_file(path):
     """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
     print(f"file: {path}")
@@ -120,7 +132,7 @@ def check_file(path):
         raise CliError(f"{path} looks like {info.looks_like}, which no WanFit loader takes. Fix: pick a WAN 2.2 "
                        f"diffusion model, the Wan VAE or the umt5-xxl text encoder ({DOWNLOAD_HINT}).")
     gate(path)  # ModelMismatchError names the right file, or the layer whose metadata disagrees
-    support = running_core_support()
+    support = importable_core_support()
     if support is not None and info.kind == "diffusion_model":
         verdict = core_verdict(info, support)
         print(f"loads on this core: {'yes' if verdict.loads else 'no'} ({verdict.reason})")
