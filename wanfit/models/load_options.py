@@ -47,9 +47,10 @@ def choose_weight_dtype(option, plan, stored_dtype, fp8_scaled=False, quantizati
 
 def quantized_weight_dtype(option, plan, quantization):
     """A ComfyUI-quantized file loads as stored: its quantized layers stay quantized whatever the dtype
-    (comfy/ops.py mixed_precision_ops), and the rest (modulation, norms, embeddings) is asked for in its
-    stored 16-bit dtype, which 'default' would not keep (ComfyUI then picks one per device: fp32 on the
-    CPU). WanFit never quantizes such a file again: a plan asking for another format is told why not."""
+    (comfy/ops.py mixed_precision_ops), and the rest (modulation, norms) is asked for in its stored 16-bit
+    dtype, which 'default' would not keep (ComfyUI then picks one per device: fp32 on the CPU); unquantized
+    linears follow ComfyUI's compute dtype either way. WanFit never converts such a file: a plan asking for
+    another format is told why not."""
     kept = quantization.kept_description
     rest = short_dtype(quantization.rest_dtype)
     as_stored = rest if rest in _SIXTEEN_BIT else "default"
@@ -58,7 +59,8 @@ def quantized_weight_dtype(option, plan, quantization):
             return option, (f"weight dtype default (chosen on the node): {kept.rsplit('; the rest ', 1)[0]}; "
                             f"ComfyUI picks the dtype of the rest ({rest} in the file)")
         target = option.replace("_fast", "")
-        rest_note = f"the rest stays {rest}" if target == rest else f"the rest ({rest}) is cast to {target} at load"
+        rest_note = (f"the rest stays {rest}" if target == rest else f"the rest ({rest}) is cast to {target} at load"
+                     ) + " (unquantized linears in ComfyUI's compute dtype)"
         return option, (f"weight dtype {option} (chosen on the node): {kept.rsplit('; the rest ', 1)[0]}; "
                         f"{rest_note}")
     wanted = plan_field(plan, "weight_dtype")

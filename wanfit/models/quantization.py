@@ -94,11 +94,15 @@ class QuantizationInfo:
 
     @property
     def kept_description(self):
-        """What loading as stored keeps: '400 of 400 block linears stay nvfp4; the rest bf16'."""
+        """What loading as stored keeps: '400 of 400 block linears stay nvfp4; the rest bf16 (unquantized
+        linears in ComfyUI's compute dtype)'. comfy/ops.py mixed_precision_ops loads a linear without a
+        format (embeddings, head) in the compute dtype whatever the load dtype: bf16 on most GPUs, fp32 on
+        the CPU; the load dtype keeps the rest (modulation, norms)."""
         parts = [f"{use.block_linears} of {self.block_linears} block linears stay "
                  f"{'quantized (format read when it loads)' if use.format == UNKNOWN_UNTIL_LOADED else use.format}"
                  for use in self.formats]
-        return "; ".join(parts + [f"the rest {short_dtype(self.rest_dtype)}"])
+        return "; ".join(parts + [f"the rest {short_dtype(self.rest_dtype)} (unquantized linears in ComfyUI's "
+                                  f"compute dtype)"])
 
 
 def short_dtype(name):
