@@ -16,7 +16,8 @@ from wanfit.models import (QUANT_FORMATS, CoreQuantSupport, ModelMismatchError, 
                            detect_variant, support_of)
 
 REPO = Path(__file__).resolve().parents[2]
-NEWEST_VENV_PYTHON = Path(os.environ.get("WANFIT_VENV_ROOT") or Path.home() / ".cache/wanfit/venv") / "0.33.0/bin/python"
+VENV_ROOT = Path(os.environ.get("WANFIT_VENV_ROOT") or Path.home() / ".cache/wanfit/venv")
+NEWEST_VENV_PYTHON = VENV_ROOT / "0.33.0" / "bin" / "python"
 # The releases where a format arrived (and the oldest), per the first_core column of QUANT_FORMATS.
 RELEASES = ("0.3.64", "0.3.68", "0.3.76", "0.8.2", "0.18.1", "0.28.0", "0.31.0", "0.33.0")
 
@@ -167,5 +168,6 @@ def test_check_file_says_whether_the_importable_core_loads_it(tmp_path):
     assert oldest.returncode == 2
     assert ("loads on this core: no (this core has no nvfp4: it has no comfy/quant_ops.py, so no quantized format)"
             in oldest.stdout)
-    assert "Fix: nvfp4 needs ComfyUI 0.8.2 or later: update ComfyUI, or use the fp8_scaled or fp16 file" in oldest.stderr
+    assert ("Fix: nvfp4 needs ComfyUI 0.8.2 or later: update ComfyUI, or use the fp8_scaled or fp16 file"
+            in oldest.stderr)
     assert "loads with" not in oldest.stdout

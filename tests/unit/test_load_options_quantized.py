@@ -34,9 +34,9 @@ def test_a_plan_asking_for_the_files_format_changes_nothing(tmp_path, plan_dtype
                 f"{fmt}; the rest bf16 (unquantized linears in ComfyUI's compute dtype)")
 
 
-@pytest.mark.parametrize("plan_dtype, other", [("fp8_scaled", "the fp8_scaled file"), ("fp8_e4m3fn", "the fp8_scaled file"),
-                                               ("fp16", "the fp16 file"), ("bf16", "the fp16 file"),
-                                               ("mxfp8", "a mxfp8 file")])
+@pytest.mark.parametrize("plan_dtype, other", [
+    ("fp8_scaled", "the fp8_scaled file"), ("fp8_e4m3fn", "the fp8_scaled file"), ("fp16", "the fp16 file"),
+    ("bf16", "the fp16 file"), ("mxfp8", "a mxfp8 file")])
 def test_a_plan_asking_for_another_format_is_told_the_file_loads_as_stored(tmp_path, plan_dtype, other):
     chosen, reason = choose(quantized_info(tmp_path, "nvfp4"), plan_dtype=plan_dtype)
     assert chosen == "bf16"
@@ -52,7 +52,8 @@ def test_a_dtype_chosen_on_the_node_says_only_the_rest_is_cast(tmp_path):
     assert choose(info, "fp8_e4m3fn", "fp16") == (
         "fp8_e4m3fn", "weight dtype fp8_e4m3fn (chosen on the node): 20 of 20 block linears stay int8_tensorwise; "
                       "the rest (bf16) is cast to fp8_e4m3fn at load (unquantized linears in ComfyUI's compute dtype)")
-    assert choose(info, "bf16")[1].endswith("stay int8_tensorwise; the rest stays bf16 (unquantized linears in ComfyUI's compute dtype)")
+    assert choose(info, "bf16")[1].endswith(
+        "stay int8_tensorwise; the rest stays bf16 (unquantized linears in ComfyUI's compute dtype)")
     assert choose(info, "default") == (
         "default", "weight dtype default (chosen on the node): 20 of 20 block linears stay int8_tensorwise; "
                    "ComfyUI picks the dtype of the rest (bf16 in the file)")
@@ -61,7 +62,8 @@ def test_a_dtype_chosen_on_the_node_says_only_the_rest_is_cast(tmp_path):
 def test_comfy_quant_tensors_alone_name_no_format_they_cannot_know(tmp_path):
     info = quantized_info(tmp_path, "nvfp4", encoding="comfy_quant")
     assert choose(info) == ("bf16", "loaded as stored: 20 of 20 block linears stay quantized (format read when it "
-                                    "loads); the rest bf16 (unquantized linears in ComfyUI's compute dtype); no plan connected")
+                                    "loads); the rest bf16 (unquantized linears in ComfyUI's compute dtype); "
+                                    "no plan connected")
 
 
 def test_legacy_fp8_scaled_and_plain_files_keep_their_texts(tmp_path):
