@@ -127,8 +127,9 @@ class WanFitLoadA14BExperts(io.ComfyNode):
         expected = plan_field(plan, "model_variant")
         if expected in ("t2v_a14b", "i2v_a14b") and pair.high.variant != expected:
             models().check_diffusion_model(high_path, expected)  # raises the wrong-variant message
-        high, reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
-        low, _ = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
+        high, high_reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
+        low, low_reason = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
+        reason = high_reason if high_reason == low_reason else f"high-noise: {high_reason}; low-noise: {low_reason}"
         text = f"{pair.roles}; {reason}"
         return shown(text, high, low, text)
 

@@ -150,3 +150,15 @@ def test_metadata_that_disagrees_with_the_tensors_is_refused_naming_the_layer(se
     assert (f"{path}: its quantization metadata disagrees with its tensors: layer blocks.1.ffn.0 is declared nvfp4, "
             "but its weight is stored as F16, which cannot hold nvfp4 (it needs U8). ComfyUI would fail on it while "
             "loading. Fix: quantize and save the model again") in text
+
+
+def test_a_mixed_pair_reports_how_each_expert_loaded(quantized_files, client):
+    """fp16 high-noise expert, int8 low-noise one: each is loaded its own way, and the report says both."""
+    graph = {"1": {"class_type": "WanFitLoadA14BExperts", "inputs": {
+        "high_noise_model": graphs.T2V_HIGH, "low_noise_model": INT8_LOW, "weight_dtype": "auto"}},
+        "99": {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}}}
+    text = client.run(graph)["outputs"]["1"]["text"][0]
+    assert text.endswith(
+        "high-noise: weight dtype as stored (float16); no plan connected; low-noise: loaded as stored: 20 of 20 "
+        "block linears stay int8_tensorwise; the rest fp16 (unquantized linears in ComfyUI's compute dtype); "
+        "no plan connected")
