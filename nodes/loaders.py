@@ -51,14 +51,12 @@ def refusal(check_name, folder, *file_names):
 def load_diffusion_model(path, info, weight_dtype_option, plan):
     import comfy.sd
 
-    from ..wanfit.models.load_options import choose_weight_dtype, diffusion_model_options
-
     from ..wanfit.experts import remember_source
+    from ..wanfit.models.load_options import choose_weight_dtype, diffusion_model_options
 
     models().check_loads_on_core(info)
     weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled,
                                                info.quantization)
-
     model = comfy.sd.load_diffusion_model(path, model_options=diffusion_model_options(weight_dtype))
     remember_source(model, path)
     return model, reason
