@@ -37,11 +37,12 @@ def loader_plan_input():
     return plan_input("Optional WanFit Offload Plan: weight dtype, text-encoder device and model variant to check.")
 
 
-def validation_message(check):
-    """For validate_inputs: True, or the error text, so /prompt refuses a bad file before it is queued
-    (ComfyUI then skips its own 'Value not in list', whose text names neither the folder nor the fix)."""
+def refusal(check_name, folder, *file_names):
+    """validate_inputs' answer: True, or the error text of wanfit.models' `check_name` on the resolved files,
+    so /prompt refuses a bad file before it is queued (ComfyUI then skips its own 'Value not in list', whose
+    text names neither the folder nor the fix)."""
     try:
-        check()
+        getattr(models(), check_name)(*(models().resolve_model_path(folder, name) for name in file_names))
     except WanFitError as error:
         return str(error)
     return True
@@ -50,11 +51,12 @@ def validation_message(check):
 def load_diffusion_model(path, info, weight_dtype_option, plan):
     import comfy.sd
 
+    from ..wanfit.experts import remember_source
     from ..wanfit.models.load_options import choose_weight_dtype, diffusion_model_options
 
-    weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled)
-    from ..wanfit.experts import remember_source
-
+    models().check_loads_on_core(info)
+    weight_dtype, reason = choose_weight_dtype(weight_dtype_option, plan, info.weight_dtype, info.fp8_scaled,
+                                               info.quantization)
     model = comfy.sd.load_diffusion_model(path, model_options=diffusion_model_options(weight_dtype))
     remember_source(model, path)
     return model, reason
@@ -74,8 +76,7 @@ class WanFitLoadDiffusionModel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name):
-        return validation_message(
-            lambda: models().check_diffusion_model(models().resolve_model_path("diffusion_models", model_name)))
+        return refusal("check_loadable_diffusion_model", "diffusion_models", model_name)
 
     @classmethod
     def fingerprint_inputs(cls, model_name, **inputs):
@@ -114,9 +115,7 @@ class WanFitLoadA14BExperts(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, high_noise_model, low_noise_model):
-        path_of = models().resolve_model_path
-        return validation_message(lambda: models().check_expert_pair(path_of("diffusion_models", high_noise_model),
-                                                                     path_of("diffusion_models", low_noise_model)))
+        return refusal("check_loadable_expert_pair", "diffusion_models", high_noise_model, low_noise_model)
 
     @classmethod
     def execute(cls, high_noise_model, low_noise_model, weight_dtype, plan=None):
@@ -126,8 +125,9 @@ class WanFitLoadA14BExperts(io.ComfyNode):
         expected = plan_field(plan, "model_variant")
         if expected in ("t2v_a14b", "i2v_a14b") and pair.high.variant != expected:
             models().check_diffusion_model(high_path, expected)  # raises the wrong-variant message
-        high, reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
-        low, _ = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
+        high, high_reason = load_diffusion_model(high_path, pair.high, weight_dtype, plan)
+        low, low_reason = load_diffusion_model(low_path, pair.low, weight_dtype, plan)
+        reason = high_reason if high_reason == low_reason else f"high-noise: {high_reason}; low-noise: {low_reason}"
         text = f"{pair.roles}; {reason}"
         return shown(text, high, low, text)
 
@@ -155,8 +155,7 @@ class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_noise_model):
-        return validation_message(
-            lambda: models().check_diffusion_model(models().resolve_model_path("diffusion_models", low_noise_model)))
+        return refusal("check_loadable_diffusion_model", "diffusion_models", low_noise_model)
 
     @classmethod
     def execute(cls, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
@@ -200,8 +199,7 @@ class WanFitLoadTextEncoder(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, clip_name):
-        return validation_message(
-            lambda: models().check_text_encoder(models().resolve_model_path("text_encoders", clip_name)))
+        return refusal("check_text_encoder", "text_encoders", clip_name)
 
     @classmethod
     def execute(cls, clip_name, device, plan=None):
@@ -236,7 +234,7 @@ class WanFitLoadVAE(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae_name):
-        return validation_message(lambda: models().check_vae_file(models().resolve_model_path("vae", vae_name)))
+        return refusal("check_vae_file", "vae", vae_name)
 
     @classmethod
     def execute(cls, vae_name, model=None, plan=None):

@@ -125,3 +125,27 @@ def sd15_unet():
 def wan_lora(dim=5120, rank=64):
     return {f"diffusion_model.blocks.0.self_attn.q.lora_down.weight": ("BF16", (rank, dim)),
             f"diffusion_model.blocks.0.self_attn.q.lora_up.weight": ("BF16", (dim, rank))}
+
+
+def quantize_state_dict(state_dict, fmt, encoding="metadata", layers=None):
+    """(state_dict, metadata) of a real model with its block linears (or `layers`) quantized by the running
+    core's own QuantizedTensor.from_float (comfy/quant_ops.py; its CPU backend makes every format), saved
+    the way comfy/ops.py saves them. Needs ComfyUI importable (tests/comfy_import.py)."""
+    import torch
+    import comfy.quant_ops as quant_ops
+
+    layout = quant_ops.QUANT_ALGOS[fmt]["comfy_tensor_layout"]
+    if layers is None:
+        layers = [name[:-len(".weight")] for name in state_dict
+                  if re.search(r"blocks\.\d+\.((self|cross)_attn\.[qkvo]|ffn\.[02])\.weight$", name)]
+    result = dict(state_dict)
+    for layer in layers:
+        weight = result.pop(layer + ".weight")
+        quantized = quant_ops.QuantizedTensor.from_float(weight.to(torch.bfloat16), layout)
+        result.update(quantized.state_dict(layer + ".weight"))
+        if encoding == "comfy_quant":
+            result[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+    if encoding == "comfy_quant":
+        return result, None
+    quant = {"format_version": "1.0", "layers": {layer: {"format": fmt} for layer in layers}}
+    return result, {"_quantization_metadata": json.dumps(quant)}

@@ -8,9 +8,10 @@ are reported, not errors), 2 on errors (bad option, unreadable/wrong file, faile
 
 --check-file PATH inspects one file from its header alone: kind, variant, format (ComfyUI's
 quantized formats included, e.g. "nvfp4, 400 of 400 block linears; the rest bf16"), size and
-what would load it. Exit 0 when WanFit's loaders would load it, 2 with the fix when not (not a
+what would load it, and, where ComfyUI is importable, whether that core loads the format (read from
+its comfy/quant_ops.py). Exit 0 when WanFit's loaders would load it, 2 with the fix when not (not a
 WAN 2.2 model, VAE or text encoder, an unreadable header, quantization metadata that disagrees
-with the tensors, or a .gguf file, which ComfyUI-GGUF's loader loads).
+with the tensors, a format the core lacks, or a .gguf file, which ComfyUI-GGUF's loader loads).
 """
 
 import argparse
@@ -23,6 +24,7 @@ from ..errors import WanFitError
 from ..models import (DOWNLOAD_HINT, VARIANT_TITLES, check_diffusion_model, check_present_file, check_text_encoder,
                       check_vae_file, detect_variant, find_model_file, header_verifier, load_manifest,
                       manager_model_list, manifest_entry, workflow_status)
+from ..models.core_support import check_loads_on_core, core_verdict, running_core_support
 from ..remote.download import DownloadError, download_file
 
 
@@ -96,6 +98,18 @@ FILE_LOADERS = {
 }
 
 
+def importable_core_support():
+    """The formats of the ComfyUI this Python can import, or None. Outside a running ComfyUI its device
+    probe is turned off first (--cpu), as only the table is read: a machine without a GPU would fail it."""
+    try:
+        import comfy.cli_args
+    except ImportError:
+        return None
+    if "comfy.model_management" not in sys.modules:
+        comfy.cli_args.args.cpu = True
+    return running_core_support()
+
+
 def check_file(path):
     """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
     print(f"file: {path}")
@@ -117,11 +131,12 @@ def check_file(path):
     if gate is None:
         raise CliError(f"{path} looks like {info.looks_like}, which no WanFit loader takes. Fix: pick a WAN 2.2 "
                        f"diffusion model, the Wan VAE or the umt5-xxl text encoder ({DOWNLOAD_HINT}).")
-    gate(path)  # ModelMismatchError names the right file
-    if quantization and quantization.problems:
-        raise CliError(f"{path}: its quantization metadata disagrees with its tensors: "
-                       f"{'; '.join(quantization.problems)}. ComfyUI would fail on it while loading. Fix: quantize "
-                       f"and save the model again, or download the file again ({DOWNLOAD_HINT}).")
+    gate(path)  # ModelMismatchError names the right file, or the layer whose metadata disagrees
+    support = importable_core_support()
+    if support is not None and info.kind == "diffusion_model":
+        verdict = core_verdict(info, support)
+        print(f"loads on this core: {'yes' if verdict.loads else 'no'} ({verdict.reason})")
+        check_loads_on_core(info, support)
     print(f"loads with: {loaders}")
     return 0
 

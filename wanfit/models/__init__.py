@@ -5,6 +5,7 @@ all import from here.
 headers      read and check a safetensors header; paths that are no regular file
 detection    which WAN 2.2 file a header is (ModelInfo), the variant of a loaded model
 checks       the loaders' gates: diffusion model, A14B expert pair, VAE, text encoder
+core_support whether the running ComfyUI loads a file's quantized format (its QUANT_ALGOS)
 manifest     the official files (manifest.json) and the missing-file error
 presence     where ComfyUI finds a file; a workflow's slots; the download header check
 manager_list the manifest in ComfyUI-Manager's model-list.json format
@@ -12,8 +13,11 @@ quantization ComfyUI's native quantization of a diffusion model (QuantizationInf
 load_options the weight dtype and text-encoder device a loader asks ComfyUI for
 """
 
-from .checks import (ExpertPair, check_diffusion_model, check_expert_pair, check_text_encoder, check_vae_file,
-                     check_vae_for_model, noise_level_hint)
+from .checks import (ExpertPair, check_diffusion_model, check_expert_pair, check_loadable_diffusion_model,
+                     check_loadable_expert_pair, check_text_encoder, check_vae_file, check_vae_for_model,
+                     noise_level_hint)
+from .core_support import (CoreQuantSupport, CoreVerdict, check_loads_on_core, core_verdict, running_core_support,
+                           support_of)
 from .detection import VARIANT_TITLES, ModelInfo, WanDims, detect_variant, model_variant_of
 from .errors import DOWNLOAD_HINT, MissingModelError, ModelFileError, ModelMismatchError
 from .headers import (WANFIT_MAX_HEADER_BYTES, SafetensorsHeader, TensorEntry, describe_special_file,

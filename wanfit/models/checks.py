@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 import re
 
+from .core_support import check_loads_on_core
 from .detection import VARIANT_TITLES, ModelInfo, detect_variant
 from .errors import DOWNLOAD_HINT, ModelMismatchError
 from .manifest import download_phrase
@@ -31,7 +32,8 @@ class ExpertPair:
 
 
 def check_diffusion_model(path, expected_variant=None):
-    """The node's gate before comfy.sd.load_diffusion_model: refuse anything that is not WAN 2.2."""
+    """The node's gate before comfy.sd.load_diffusion_model: refuse anything that is not WAN 2.2, and
+    quantization metadata that disagrees with the tensors (naming the layer)."""
     info = detect_variant(path)
     wan22 = ("ti2v_5b", "t2v_a14b", "i2v_a14b")
     if info.kind != "diffusion_model" or info.variant not in wan22:
@@ -45,7 +47,27 @@ def check_diffusion_model(path, expected_variant=None):
             f"Wrong WAN 2.2 model: {path} is {info.looks_like} ({info.variant}), but this slot expects "
             f"{_article(VARIANT_TITLES.get(expected_variant, expected_variant))} ({expected_variant}). "
             f"Fix: {_variant_fix(expected_variant)}", [path])
+    if info.quantization is not None and info.quantization.problems:
+        raise ModelMismatchError(
+            f"{path}: its quantization metadata disagrees with its tensors: "
+            f"{'; '.join(info.quantization.problems)}. ComfyUI would fail on it while loading. Fix: quantize and "
+            f"save the model again, or download the file again ({DOWNLOAD_HINT}).", [path])
     return info
+
+
+def check_loadable_diffusion_model(path):
+    """The queue-time gate: check_diffusion_model, then whether the running core loads the file's format."""
+    info = check_diffusion_model(path)
+    check_loads_on_core(info)
+    return info
+
+
+def check_loadable_expert_pair(high_path, low_path):
+    """The queue-time gate for two experts: check_expert_pair, then the running core's formats for each."""
+    pair = check_expert_pair(high_path, low_path)
+    for info in (pair.high, pair.low):
+        check_loads_on_core(info)
+    return pair
 
 
 def check_expert_pair(high_path, low_path):

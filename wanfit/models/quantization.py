@@ -33,19 +33,23 @@ class QuantFormat:
     weight_dtypes: tuple  # safetensors tags the loader accepts for the weight
     scales: tuple  # ((tensor suffix, safetensors tags it may have), ...), all required
     packed_in_half: bool = False  # two 4-bit values a byte: the weight's last dim is half the layer's inputs
+    first_core: str = None  # a ComfyUI release whose QUANT_ALGOS has it, for the fix when the running core lacks it
 
 
 # The keys of QUANT_ALGOS in ComfyUI 0.33.0's comfy/quant_ops.py, stored as comfy/ops.py loads them.
-# Scales that the loader views as another dtype (.view) may also be stored as U8.
+# Scales that the loader views as another dtype (.view) may also be stored as U8. first_core is the
+# oldest release checked here whose QUANT_ALGOS has the format (mxfp8 also needs comfy-kitchen's
+# MXFP8 layout); whether the running core loads a file is read from the core itself (core_support.py).
 QUANT_FORMATS = {f.name: f for f in (
-    QuantFormat("float8_e4m3fn", ("F8_E4M3",), (("weight_scale", ("F32", "F16", "BF16")),)),
-    QuantFormat("float8_e5m2", ("F8_E5M2",), (("weight_scale", ("F32", "F16", "BF16")),)),
+    QuantFormat("float8_e4m3fn", ("F8_E4M3",), (("weight_scale", ("F32", "F16", "BF16")),), first_core="0.3.76"),
+    QuantFormat("float8_e5m2", ("F8_E5M2",), (("weight_scale", ("F32", "F16", "BF16")),), first_core="0.8.2"),
     QuantFormat("nvfp4", ("U8",), (("weight_scale", ("F8_E4M3", "U8")), ("weight_scale_2", ("F32", "F16", "BF16"))),
-                packed_in_half=True),
-    QuantFormat("mxfp8", ("F8_E4M3",), (("weight_scale", ("F8_E8M0", "U8")),)),
-    QuantFormat("int8_tensorwise", ("I8",), (("weight_scale", ("F32", "F16", "BF16")),)),
-    QuantFormat("convrot_w4a4", ("I8",), (("weight_scale", ("F32", "F16", "BF16")),)),
-    QuantFormat("asym_w4a8_int8", ("I8",), (("weight_s_rel", ("F8_E4M3", "U8")),), packed_in_half=True),
+                packed_in_half=True, first_core="0.8.2"),
+    QuantFormat("mxfp8", ("F8_E4M3",), (("weight_scale", ("F8_E8M0", "U8")),), first_core="0.18.1"),
+    QuantFormat("int8_tensorwise", ("I8",), (("weight_scale", ("F32", "F16", "BF16")),), first_core="0.28.0"),
+    QuantFormat("convrot_w4a4", ("I8",), (("weight_scale", ("F32", "F16", "BF16")),), first_core="0.28.0"),
+    QuantFormat("asym_w4a8_int8", ("I8",), (("weight_s_rel", ("F8_E4M3", "U8")),), packed_in_half=True,
+                first_core="0.31.0"),
 )}
 
 BLOCK_LINEAR = re.compile(r"blocks\.(\d+)\.(?:(?:self_attn|cross_attn)\.[qkvo]|ffn\.[02])$")
@@ -73,6 +77,12 @@ class QuantizationInfo:
     problems: list = field(default_factory=list)
 
     @property
+    def native(self):
+        """Stored in ComfyUI's quantized format (metadata or .comfy_quant tensors), not legacy scaled_fp8,
+        which every core loads and the loaders treat as an fp8 file."""
+        return "metadata" in self.encodings or "comfy_quant tensors" in self.encodings
+
+    @property
     def main_format(self):
         return self.formats[0].format if self.formats else None
 
@@ -81,6 +91,18 @@ class QuantizationInfo:
         """'nvfp4, 400 of 400 block linears; the rest bf16'."""
         parts = [f"{use.format}, {use.block_linears} of {self.block_linears} block linears" for use in self.formats]
         return "; ".join(parts + [f"the rest {short_dtype(self.rest_dtype)}"])
+
+    @property
+    def kept_description(self):
+        """What loading as stored keeps: '400 of 400 block linears stay nvfp4; the rest bf16 (unquantized
+        linears in ComfyUI's compute dtype)'. comfy/ops.py mixed_precision_ops loads a linear without a
+        format (embeddings, head) in the compute dtype whatever the load dtype: bf16 on most GPUs, fp32 on
+        the CPU; the load dtype keeps the rest (modulation, norms)."""
+        parts = [f"{use.block_linears} of {self.block_linears} block linears stay "
+                 f"{'quantized (format read when it loads)' if use.format == UNKNOWN_UNTIL_LOADED else use.format}"
+                 for use in self.formats]
+        return "; ".join(parts + [f"the rest {short_dtype(self.rest_dtype)} (unquantized linears in ComfyUI's "
+                                  f"compute dtype)"])
 
 
 def short_dtype(name):
