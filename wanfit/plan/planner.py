@@ -6,6 +6,7 @@ from ..core import Core
 from ..device import DeviceInfo
 from ..units import format_gib
 from .build import build_plan
+from .formats import suggest_format
 from .refusal import refusal
 from .search import search
 from .types import Job, Overrides, Plan
@@ -26,7 +27,11 @@ def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides 
     result = search(request)
     if result.chosen is None:
         raise refusal(request, result.last_tried)
-    chosen = build_plan(request, result)
+    streamed = result.chosen.model_weight_bytes - result.chosen.resident_model_bytes
+    suggestion = suggest_format(request, streamed)
+    text = suggestion.describe("expert" if request.variant.experts > 1 else "model", streamed,
+                               result.chosen.candidate.weight_dtype) if suggestion else ""
+    chosen = build_plan(request, result, suggestion=text)
     log.info("plan %s %dx%dx%d on %s, ComfyUI %s (%s): %s, resident %s, peak VRAM %s, RAM %s", chosen.model_variant,
              job.width, job.height, job.frames, device.name, chosen.core_version, chosen.memory_manager,
              chosen.weight_dtype, format_gib(chosen.resident_model_bytes), format_gib(chosen.predicted_peak_vram_bytes),
