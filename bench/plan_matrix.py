@@ -1,7 +1,8 @@
 """Print the plan matrix (card x RAM x job) as markdown: `python bench/plan_matrix.py > docs/plan_matrix.md`.
 
 `python bench/plan_matrix.py --launch-flags > docs/launch_flags.md` prints the launch flags per
-GPU_TIER x core instead; `python bench/plan_matrix.py --formats` the README's table of quantized formats. Pure arithmetic from wanfit.plan; no GPU needed. Regenerate after
+GPU_TIER x core instead; `python bench/plan_matrix.py --formats` the README's table of quantized
+formats. Pure arithmetic from wanfit.plan; no GPU needed. Regenerate after
 changing a constant.
 """
 
@@ -112,7 +113,8 @@ def _cards_computing(name):
 def formats_table():
     """The README's table: one A14B expert per format, planned; where it computes; the first core that loads it."""
     fp8 = transformer_weight_bytes(T2V_A14B_EXPERT, "fp8_scaled")
-    print("| format (weight_dtype) | ComfyUI format | one A14B expert, planned | computed natively on | first core that loads it | what WanFit plans |")
+    print("| format (weight_dtype) | ComfyUI format | one A14B expert, planned | computed natively on "
+          "| first core that loads it | what WanFit plans |")
     print("|---|---|---|---|---|---|")
     print(f"| fp8_scaled | scaled_fp8 (legacy; 0.33.0 reads it as float8_e4m3fn) | {fp8:,} B ({gib(fp8):.1f} GiB) | "
           f"{_cards_computing('float8')} | every supported core (0.3.64) | chosen by auto where a 16-bit model does not fit |")

@@ -1,6 +1,8 @@
 """The planner and ComfyUI's native quantized formats: sizes, native or dequantized compute, the suggestion, refusals."""
 
 import os
+from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ from wanfit.errors import InvalidInputError
 from wanfit.models.quantization import QUANT_FORMATS
 from wanfit.plan import Job, Overrides, cpu_device, device_for_gpu, plan, plan_from_options
 from wanfit.plan.footprint import QUANTIZED_FORMATS, T2V_A14B_EXPERT, TI2V_5B, transformer_weight_bytes
+from wanfit.plan.formats import FORMAT_SUPPORT
 from wanfit.units import BYTES_PER_GIB
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -229,3 +232,24 @@ def test_readme_table_is_the_generated_one():
                            text=True, timeout=120, check=True).stdout
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
         assert table in handle.read(), "regenerate: python bench/plan_matrix.py --formats (README, quantized formats)"
+
+
+def _release_quant_algos(root):
+    """The QUANT_ALGOS keys a release's comfy/quant_ops.py defines (as a dict literal key or QUANT_ALGOS["key"] =)."""
+    source = root / "comfy" / "quant_ops.py"
+    if not source.is_file() or "QUANT_ALGOS = {" not in source.read_text(encoding="utf-8"):
+        return set()
+    text = source.read_text(encoding="utf-8").split("QUANT_ALGOS = {", 1)[1]
+    return set(re.findall(r'^    "(\w+)": \{', text.split("\n}", 1)[0], re.M)) | set(re.findall(r'QUANT_ALGOS\["(\w+)"\] =', text))
+
+
+RELEASES = sorted(Path.home().glob("ComfyUI-[0-9]*"))
+
+
+@pytest.mark.skipif(not RELEASES, reason="no ComfyUI releases at ~/ComfyUI-<version>")
+@pytest.mark.parametrize("root", RELEASES, ids=lambda root: root.name)
+def test_first_core_table_matches_each_release_quant_algos(root):
+    core = core_from_version(root.name.split("-", 1)[1])
+    algos = _release_quant_algos(root)
+    for name, fmt in QUANTIZED_FORMATS.items():
+        assert (tuple(core.version) >= FORMAT_SUPPORT[name].first_core) == (fmt.quant_algo in algos), (root, name)

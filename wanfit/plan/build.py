@@ -64,7 +64,7 @@ def build_plan(request, result, outlook=None, suggestion=""):
                                                                    else " (stay fp8, cast per layer)"))
         launch = Launch(("--cpu",), {}, ())
     else:
-        reasons += _gpu_reasons(request, result, manager, pinned, outlook)
+        reasons += _gpu_reasons(request, result, manager, pinned, outlook, compute)
         launch = launch_flags(LaunchSituation(
             core=core, memory_manager=manager, device_kind=device.kind, ram_bytes=ram_bytes,
             reserve_vram_bytes=reserve, other_process_vram_bytes=reserve - DEFAULT_RESERVE_VRAM_BYTES,
@@ -136,8 +136,9 @@ def build_plan(request, result, outlook=None, suggestion=""):
     )
 
 
-def _gpu_reasons(request, result, manager, pinned, outlook):
-    """Why the weights, CFG, text encoder, decode budget and reserve are what they are on a GPU."""
+def _gpu_reasons(request, result, manager, pinned, outlook, compute):
+    """Why the weights (and, for a quantized format, how the card computes it: `compute`, a formats.ComputePath),
+    CFG, text encoder, decode budget and reserve are what they are on a GPU."""
     variant, job, overrides, core = request.variant, request.job, request.overrides, request.core
     chosen, reserve = result.chosen, result.reserve_vram_bytes
     candidate = chosen.candidate
@@ -145,11 +146,10 @@ def _gpu_reasons(request, result, manager, pinned, outlook):
     streamed = model - resident
     reasons = []
     fmt = footprint.QUANTIZED_FORMATS.get(candidate.weight_dtype)
-    if fmt is not None:
+    if fmt is not None:  # only ever forced: auto plans fp16 or fp8_scaled and suggests a format
         reasons.append(f"weights {candidate.weight_dtype} (ComfyUI's {fmt.quant_algo}: the block linears with their "
                        f"scales, the rest 16-bit; {format_gib(model)} {'an expert' if variant.experts > 1 else 'in all'}): "
-                       + ("forced" if overrides.weight_dtype else "chosen")
-                       + f"; computed {compute_path(candidate.weight_dtype, request.device).describe()}")
+                       f"forced; computed {compute.describe()}")
     elif candidate.weight_dtype in footprint.FP8_DTYPES:
         why = "forced" if overrides.weight_dtype else (
             "16-bit weights do not fit RAM" if variant.experts == 1 else "a 16-bit expert would not stay resident in VRAM or fit RAM")

@@ -61,7 +61,7 @@ class QuantizedFormat:
 
 
 # The plan's names for ComfyUI's formats (the QUANT_ALGOS keys are longer, and fp8_e4m3fn already names a plain
-# fp8 file): float8 = float8_e4m3fn (e5m2 is stored the same), int8 = int8_tensorwise.
+# fp8 file): float8 = float8_e4m3fn (an e5m2 file is the same size), int8 = int8_tensorwise.
 QUANTIZED_FORMATS = {fmt.name: fmt for fmt in (
     QuantizedFormat("float8", "float8_e4m3fn", 8),  # 1 byte + a per-tensor fp32 weight_scale
     QuantizedFormat("int8", "int8_tensorwise", 8),  # 1 byte + a per-tensor fp32 weight_scale

@@ -39,8 +39,8 @@ FORMAT_SUPPORT = {support.name: support for support in (
     FormatSupport("float8", (8, 9), "fp8 tensor cores (Ada sm89, Hopper sm90, Blackwell)", (0, 3, 76), 1),
     FormatSupport("int8", (7, 5), "int8 tensor cores (Turing sm75 and newer)", (0, 28, 0), 1),
 )}
-# The QUANT_ALGOS keys, accepted as spellings of the plan's names.
-WEIGHT_DTYPE_ALIASES = {"float8_e4m3fn": "float8", "float8_e5m2": "float8", "int8_tensorwise": "int8"}
+# The QUANT_ALGOS keys, accepted as spellings of the plan's names (float8_e5m2 is not: 0.3.76 loads only e4m3fn).
+WEIGHT_DTYPE_ALIASES = {"float8_e4m3fn": "float8", "int8_tensorwise": "int8"}
 NATIVE = "native"
 DEQUANTIZED = "dequantized per layer"
 
@@ -104,28 +104,35 @@ class FormatSuggestion:
     weight_dtype: str
     model_weight_bytes: int
     compute: ComputePath
+    model_label: str  # "expert" (A14B) or "model"
+    chosen_dtype: str  # what the plan chose
+    chosen_streamed_bytes: int  # what the chosen dtype streams each step
 
-    def describe(self, label, streamed_bytes, chosen_dtype):
-        return (f"{self.weight_dtype} would keep the whole {label} on the GPU ({format_gib(self.model_weight_bytes)}, "
-                f"nothing streamed; {chosen_dtype} streams {format_gib(streamed_bytes)} each step), "
-                f"{self.compute.mode} on this card: with {self.weight_dtype} files, plan weight_dtype {self.weight_dtype}")
+    def describe(self):
+        return (f"{self.weight_dtype} would keep the whole {self.model_label} on the GPU "
+                f"({format_gib(self.model_weight_bytes)}, nothing streamed; {self.chosen_dtype} streams "
+                f"{format_gib(self.chosen_streamed_bytes)} each step), {self.compute.mode} on this card: with "
+                f"{self.weight_dtype} files, plan weight_dtype {self.weight_dtype}")
 
 
-def suggest_format(request, streamed_bytes):
-    """The fastest QUANTIZED_FORMATS entry that plans fully resident on this card (native before dequantized, then
-    the faster matmul, then the larger file), or None: only where the chosen plan streams weights and the user did
-    not choose the dtype."""
-    if request.overrides.weight_dtype or not request.device.is_gpu or streamed_bytes <= 0:
+def suggest_format(request, chosen):
+    """For the plan's chosen search.Evaluation: the fastest QUANTIZED_FORMATS entry that plans fully resident on this
+    card (native before dequantized, then the faster matmul, then the larger file, closer to 16-bit), or None. Only
+    where the chosen plan streams weights on a GPU and the user left the dtype to the plan."""
+    streamed = chosen.model_weight_bytes - chosen.resident_model_bytes
+    if request.overrides.weight_dtype or not request.device.is_gpu or streamed <= 0:
         return None
     found = []
     for name, support in FORMAT_SUPPORT.items():
         if tuple(request.core.version) < support.first_core:
             continue
-        chosen = search(replace(request, overrides=replace(request.overrides, weight_dtype=name))).chosen
-        if chosen is not None and chosen.resident_model_bytes >= chosen.model_weight_bytes:
+        fits = search(replace(request, overrides=replace(request.overrides, weight_dtype=name))).chosen
+        if fits is not None and fits.resident_model_bytes >= fits.model_weight_bytes:
             path = compute_path(name, request.device)
-            found.append(((not path.native, support.speed_rank, -chosen.model_weight_bytes),
-                          FormatSuggestion(name, chosen.model_weight_bytes, path)))
+            label = "expert" if request.variant.experts > 1 else "model"
+            found.append(((not path.native, support.speed_rank, -fits.model_weight_bytes),
+                          FormatSuggestion(name, fits.model_weight_bytes, path, label, chosen.candidate.weight_dtype,
+                                           streamed)))
     return min(found, key=lambda item: item[0])[1] if found else None
 
 

@@ -27,11 +27,8 @@ def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides 
     result = search(request)
     if result.chosen is None:
         raise refusal(request, result.last_tried)
-    streamed = result.chosen.model_weight_bytes - result.chosen.resident_model_bytes
-    suggestion = suggest_format(request, streamed)
-    text = suggestion.describe("expert" if request.variant.experts > 1 else "model", streamed,
-                               result.chosen.candidate.weight_dtype) if suggestion else ""
-    chosen = build_plan(request, result, suggestion=text)
+    suggestion = suggest_format(request, result.chosen)
+    chosen = build_plan(request, result, suggestion=suggestion.describe() if suggestion else "")
     log.info("plan %s %dx%dx%d on %s, ComfyUI %s (%s): %s, resident %s, peak VRAM %s, RAM %s", chosen.model_variant,
              job.width, job.height, job.frames, device.name, chosen.core_version, chosen.memory_manager,
              chosen.weight_dtype, format_gib(chosen.resident_model_bytes), format_gib(chosen.predicted_peak_vram_bytes),
