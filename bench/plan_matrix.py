@@ -116,8 +116,10 @@ def formats_table():
     print("| format (weight_dtype) | ComfyUI format | one A14B expert, planned | computed natively on "
           "| first core that loads it | what WanFit plans |")
     print("|---|---|---|---|---|---|")
-    print(f"| fp8_scaled | scaled_fp8 (legacy; 0.33.0 reads it as float8_e4m3fn) | {fp8:,} B ({gib(fp8):.1f} GiB) | "
-          f"{_cards_computing('float8')} | every supported core (0.3.64) | chosen by auto where a 16-bit model does not fit |")
+    print(f"| fp8_scaled | scaled_fp8 (legacy; from 0.5.0 read as float8_e4m3fn) | {fp8:,} B ({gib(fp8):.1f} GiB) | "
+          f"{_cards_computing('float8')} where the core reads it as float8 (0.33.0); 0.3.64 dequantizes it per layer "
+          "(fp8 matmul only with fp8 optimizations on) | every supported core (0.3.64) | "
+          "chosen by auto where a 16-bit model does not fit |")
     plans = {
         "float8": "sized as fp8_scaled; native from sm89, else dequantized per layer",
         "int8": "sized as fp8_scaled; native wherever ComfyUI runs (comfy-kitchen int8_linear)",
