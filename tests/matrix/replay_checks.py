@@ -109,11 +109,13 @@ def check_lean_forward(release, failed=CheckFailed):
 
 
 # VAE fixture, latent channels, latent (frames, height, width), the most tiles the budget may give (Wan 2.1: 2x2
-# exact tiles; Wan 2.2: one tile after a whole-frame stem: several exact Wan 2.2 tiles need a latent this CPU
-# decodes too slowly for 16 releases; the self-check before it decodes at 2x2 exact tiles)
+# exact tiles). Wan 2.2: the self-check alone (None), which decodes its latent at 2x2 exact tiles and by the
+# core: a further Wan 2.2 decode of several exact tiles needs a latent this CPU decodes too slowly for 16
+# releases, and one tile after a whole-frame stem added a minute a release without reaching another layer
+# (tests/host/test_decode_tiles.py decodes Wan 2.2 at many tilings against both cores' own decoders).
 DECODE_CASES = {
     "wan21": ("wanfit_random_wan_2.1_vae.safetensors", 16, (2, 6, 6), 4),
-    "wan22": ("wanfit_random_wan2.2_vae.safetensors", 48, (2, 4, 4), 1),
+    "wan22": ("wanfit_random_wan2.2_vae.safetensors", 48, None, None),
 }
 
 
