@@ -185,6 +185,58 @@ def linear_path(module):
     return "module"
 
 
+def uses_quantized_matmul(module):
+    """True where a mixed-precision op (0.33 on) multiplies in its quantized format: its weight is
+    quantized and nothing (a disabled format, a LoRA patch, a forced cast) sends it to the dequantizing path."""
+    return (_qualname(getattr(type(module), "forward", None)).startswith("mixed_precision_ops.")
+            and getattr(module, "layout_type", None) is not None and not getattr(module, "_full_precision_mm", True)
+            and not getattr(module, "comfy_force_cast_weights", False)
+            and len(getattr(module, "weight_function", ())) == 0 and len(getattr(module, "bias_function", ())) == 0)
+
+
+def quant_format(module):
+    """The layer's quantized format as the core names it ('nvfp4', 'float8_e4m3fn', ...), else None."""
+    return getattr(module, "quant_format", None) if getattr(module, "layout_type", None) is not None else None
+
+
+_per_call_layouts = {}  # (layout, dtype, device type) -> whether one row's quantization depends on the others
+
+
+def layout_scales_per_call(layout, dtype, device):
+    """Whether the core's `layout` quantizes a row differently when other rows come with it (nvfp4 takes its
+    tensor scale from the whole call's input when no input_scale is given; fp8 without one uses 1, mxfp8
+    scales each row's blocks alone). Asked of the core's own QuantizedTensor.from_float on two rows, once per
+    process: not a table of formats. A probe that raises answers True (the self-check then decides)."""
+    key = (layout, dtype, torch.device(device).type)
+    if key not in _per_call_layouts:
+        try:
+            from comfy.quant_ops import QuantizedTensor
+
+            rows = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+            rows[1] *= 64  # the second row holds the call's largest values
+            rows = rows.to(device=device, dtype=dtype)
+            together = QuantizedTensor.from_float(rows, layout).dequantize()[:1]
+            alone = QuantizedTensor.from_float(rows[:1].clone(), layout).dequantize()[:1]
+            _per_call_layouts[key] = not torch.equal(together.float(), alone.float())
+        except Exception:  # noqa: BLE001 - a layout this probe cannot drive: treat it as per call
+            _per_call_layouts[key] = True
+    return _per_call_layouts[key]
+
+
+def quantizes_input_per_call(module, dtype, device):
+    """True where this layer quantizes its input with a scale read from the whole call's input: chunking
+    its input would give each chunk its own scale (nvfp4 without a stored input_scale)."""
+    if not uses_quantized_matmul(module) or getattr(module, "input_scale", None) is not None:
+        return False
+    try:
+        from comfy.quant_ops import QUANT_ALGOS
+    except ImportError:
+        return False
+    if not QUANT_ALGOS.get(quant_format(module), {}).get("quantize_input", True):
+        return False  # weight-only formats (int8_tensorwise) never quantize the activations
+    return layout_scales_per_call(module.layout_type, dtype, device)
+
+
 class _Linear:
     """A Linear applied to chunks: the weight is cast once (on the first chunk) and kept until close().
 
@@ -199,7 +251,24 @@ class _Linear:
         self.path = linear_path(module)
         self.weight = self.bias = None
         self.input_scale = None
+        self.extremes = None  # per input column, the sequence's largest |value| (cover())
         self._ready = False
+
+    def cover(self, inputs, spans, like):
+        """Where the layer takes its activation scale from the whole call (quantizes_input_per_call), read
+        each input column's largest |value| over the sequence first (inputs(start, stop) is recomputed, one
+        extra pass); each chunk is then called with that row appended, so its per-call scale is the whole
+        sequence's and every token is quantized as in the core's one call (the extra output row is dropped)."""
+        if self.path != "module" or len(spans) < 2 or not quantizes_input_per_call(self.module, like.dtype,
+                                                                                    like.device):
+            return
+        extremes = None
+        for start, stop in spans:
+            piece = inputs(start, stop)
+            column = piece.reshape(-1, piece.shape[-1]).abs().amax(dim=0)
+            extremes = column if extremes is None else torch.maximum(extremes, column)
+            del piece
+        self.extremes = extremes
 
     def _prepare(self, like):
         import comfy.ops
@@ -243,13 +312,16 @@ class _Linear:
         if not self._ready:
             self._prepare(chunk)
         if self.path == "module":
-            return self.module(chunk)
+            if self.extremes is None:
+                return self.module(chunk)
+            rows = torch.cat([chunk.reshape(-1, chunk.shape[-1]), self.extremes.unsqueeze(0)])
+            return self.module(rows)[:-1].reshape(*chunk.shape[:-1], -1)
         if self.input_scale is not None:
             chunk = chunk * self.input_scale
         return torch.nn.functional.linear(chunk, self.weight, self.bias)
 
     def close(self):
-        self.weight = self.bias = self.input_scale = None
+        self.weight = self.bias = self.input_scale = self.extremes = None
 
 
 # --- the block ------------------------------------------------------------------------
@@ -314,6 +386,7 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
         layer = linear(module)
         out = None
         try:
+            layer.cover(inputs, spans, x)
             for start, stop in spans:
                 piece = layer(inputs(start, stop))
                 if post is not None:
@@ -355,6 +428,7 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     x_own = None
     layer = linear(attn.o)
     try:
+        layer.cover(lambda start, stop: out[:, start:stop], spans, x)
         for start, stop in spans:
             piece = torch.addcmul(x[:, start:stop], layer(out[:, start:stop]), modulation_rows(e[2], tokens, start, stop))
             if x_own is None:
@@ -376,6 +450,7 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     del q, k_text, v_text
     layer = linear(cross.o)
     try:
+        layer.cover(lambda start, stop: out[:, start:stop], spans, x)
         for start, stop in spans:
             x_now[:, start:stop] += layer(out[:, start:stop])
     finally:
@@ -395,11 +470,15 @@ def lean_block_forward(block, x, e, freqs, context, transformer_options, replay,
     up, down = linear(up_module), linear(down_module)
     feed_forward = getattr(wan, "WanFeedForward", None)
     fused = replay.fused_ffn_activation and feed_forward is not None and isinstance(block.ffn, feed_forward)
+    eager_activation = comfy.ops.INPUT_ACT_EAGER["gelu_tanh"] if fused else activation
     try:
+        up.cover(lambda start, stop: modulated(block.norm2, e[3], e[4], start, stop), spans, x)
+        down.cover(lambda start, stop: eager_activation(up(modulated(block.norm2, e[3], e[4], start, stop))),
+                   spans, x)
         for start, stop in spans:
             hidden = up(modulated(block.norm2, e[3], e[4], start, stop))
             if fused:
-                if down.path == "module":
+                if down.path == "module" and down.extremes is None:
                     hidden = comfy.ops.linear_input_act(down_module, hidden, "gelu_tanh")
                 else:
                     hidden = down(comfy.ops.INPUT_ACT_EAGER["gelu_tanh"](hidden))
