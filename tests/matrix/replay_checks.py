@@ -64,8 +64,14 @@ LEAN_MODELS = (
 )
 
 
+# bf16 and fp16 on one A14B expert and TI2V-5B (its per-frame modulation): CPU time across 16 releases
+HALF_DTYPE_MODELS = ("wanfit_tiny_t2v_high_noise_14B.safetensors", "wanfit_tiny_ti2v_5B.safetensors")
+LEAN_DTYPES = ("float32", "bfloat16", "float16")  # the weights' (model_options) and the inputs' dtype
+
+
 def check_lean_forward(release, failed=CheckFailed):
-    """Lean forward in mode on (its check against this release's block must pass) equals the release's blocks."""
+    """Lean forward in mode on (its check against this release's block must pass) equals the release's blocks,
+    computing in fp32, bf16 and fp16 (within the check's own tolerance: exact replays give 0)."""
     import torch
 
     release.require("comfy.sd", "comfy.ldm.wan.model")
@@ -77,26 +83,31 @@ def check_lean_forward(release, failed=CheckFailed):
     files = fixture_paths()
     results, problems = {}, []
     for name, channels, (frames, height, width), per_frame in LEAN_MODELS:
-        model = comfy.sd.load_diffusion_model(str(files["diffusion_models"][name]))
-        lean_model, report = lean_forward.patch_model_lean(model, 97, mode="on")
-        inputs = _inputs(channels, frames, height, width, per_frame)
-        comfy.model_management.load_models_gpu([model])
-        with torch.inference_mode():
-            stock = model.model.diffusion_model(*inputs, transformer_options={}).float()
-            options = dict(lean_model.model_options.get("transformer_options", {}))
-            try:
-                lean = model.model.diffusion_model(*inputs, transformer_options=options).float()
-            except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
-                problems.append(f"{name}: {error}")
-                continue
-        blocks = lean_forward.installed_lean_blocks(lean_model).values()
-        lean_calls = sum(block.calls for block in blocks)
-        difference = ((lean - stock).abs().max() / stock.abs().max()).item()
-        results[name] = {"relative_difference": difference, "lean_block_calls": lean_calls}
-        if lean_calls != len(blocks):
-            problems.append(f"{name}: {lean_calls} of {len(blocks)} blocks ran lean")
-        if not difference <= LEAN_TOLERANCE:
-            problems.append(f"{name}: max |lean - stock| / max |stock| = {difference:.3g}, expected <= {LEAN_TOLERANCE}")
+        for dtype_name in LEAN_DTYPES if name in HALF_DTYPE_MODELS else LEAN_DTYPES[:1]:
+            dtype = getattr(torch, dtype_name)
+            model = comfy.sd.load_diffusion_model(str(files["diffusion_models"][name]), model_options={"dtype": dtype})
+            lean_model, report = lean_forward.patch_model_lean(model, 97, mode="on")
+            comfy.model_management.load_models_gpu([model])
+            x, t, context = _inputs(channels, frames, height, width, per_frame)
+            inputs = (x.to(dtype), t, context.to(dtype))
+            with torch.inference_mode():
+                stock = model.model.diffusion_model(*inputs, transformer_options={}).float()
+                options = dict(lean_model.model_options.get("transformer_options", {}))
+                try:
+                    lean = model.model.diffusion_model(*inputs, transformer_options=options).float()
+                except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
+                    problems.append(f"{name} {dtype_name}: {error}")
+                    continue
+            blocks = lean_forward.installed_lean_blocks(lean_model).values()
+            lean_calls = sum(block.calls for block in blocks)
+            difference = ((lean - stock).abs().max() / stock.abs().max()).item()
+            tolerance = min(LEAN_TOLERANCE, lean_forward.tolerance_for(dtype))
+            results[f"{name} {dtype_name}"] = {"relative_difference": difference, "lean_block_calls": lean_calls}
+            if lean_calls != len(blocks):
+                problems.append(f"{name} {dtype_name}: {lean_calls} of {len(blocks)} blocks ran lean")
+            if not difference <= tolerance:
+                problems.append(f"{name} {dtype_name}: max |lean - stock| / max |stock| = {difference:.3g}, "
+                                f"expected <= {tolerance}")
     checks = {" ".join(map(str, check.key)): check.describe()
               for check in replay_check.cached_checks(lean_forward.REPLAY)}
     replay = lean_forward.replay_for_running_core()
