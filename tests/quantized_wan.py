@@ -9,6 +9,7 @@ the core's `supports_*_compute` probes answer False there; comfy_kitchen's eager
 Used by tests/host/test_lean_forward_formats.py and bench/lean_forward_formats.py.
 """
 
+import inspect
 import json
 
 import torch
@@ -45,6 +46,14 @@ def _float_model(dtype, seed):
     return model
 
 
+def quantized_state(quantized, prefix):
+    """The state-dict entries of one quantized weight, as the core's own layer state_dict writes them (releases
+    before comfy_kitchen, 0.3.76-0.5.x, have fp8 only and write its data and scale themselves)."""
+    if hasattr(quantized, "state_dict"):
+        return quantized.state_dict(prefix + "weight")
+    return {prefix + "weight": quantized._qdata, prefix + "weight_scale": quantized._layout_params["scale"]}
+
+
 def quantized_wan(fmt, dtype, seed=0, input_scale=False):
     """The core's WanModel (dim 128, 2 blocks) with every block linear stored in `fmt`, computed in `dtype`.
 
@@ -55,15 +64,22 @@ def quantized_wan(fmt, dtype, seed=0, input_scale=False):
 
     layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
     state = _float_model(dtype, seed).state_dict()
+    by_layer = "layer_quant_config" in inspect.signature(comfy.ops.mixed_precision_ops).parameters  # 0.3.76
     for index in range(LAYERS):
         for name in BLOCK_LINEAR:
             prefix = f"blocks.{index}.{name}."
             weight = state.pop(prefix + "weight")
-            state.update(QuantizedTensor.from_float(weight, layout).state_dict(prefix + "weight"))
-            state[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+            state.update(quantized_state(QuantizedTensor.from_float(weight, layout), prefix))
+            if not by_layer:
+                state[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()),
+                                                             dtype=torch.uint8)
             if input_scale:
                 state[prefix + "input_scale"] = torch.tensor(0.01, dtype=torch.float32)
-    operations = comfy.ops.mixed_precision_ops({}, dtype, disabled=[])
+    if by_layer:  # the layers' formats go to the ops, not into the state dict
+        layers = {f"blocks.{index}.{name}": {"format": fmt} for index in range(LAYERS) for name in BLOCK_LINEAR}
+        operations = comfy.ops.mixed_precision_ops(layers, dtype)
+    else:
+        operations = comfy.ops.mixed_precision_ops({}, dtype)  # no format disabled (the default)
     model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
                          text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
                          operations=operations)

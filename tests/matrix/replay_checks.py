@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 # imported before a release's checkout goes on sys.path: ComfyUI has a `tests` package of its own
+from tests import quantized_wan
 from tests.decode_budgets import tiled_exact_budget
 from tests.fixtures.generate import default_cache_root, fixture_paths as _fixture_paths
 
@@ -114,6 +115,52 @@ def check_lean_forward(release, failed=CheckFailed):
     details = {"models": results, "checks": checks, "fingerprint": lean_forward.block_source_fingerprint()[:12],
                "replay": {"block_patches": replay.block_patches, "fused_ffn_activation": replay.fused_ffn_activation,
                           "offloadable_casts": replay.offloadable_casts}}
+    if problems:
+        raise failed(f"{len(problems)} problem(s): " + " | ".join(problems), details)
+    return details
+
+
+# format -> the compute dtypes the matrix runs it in: nvfp4 (a per-call activation scale) in all three,
+# the others in bf16 (exact replays of per-chunk-independent quantization; CPU time across the releases)
+LEAN_FORMATS = {"float8_e4m3fn": ("bfloat16",), "int8_tensorwise": ("bfloat16",), "mxfp8": ("bfloat16",),
+                "nvfp4": ("float32", "bfloat16", "float16")}
+
+
+def check_lean_forward_formats(release, failed=CheckFailed):
+    """On each quantized format this release has (its own QUANT_ALGOS), on the quantized-matmul path: the
+    lean forward (mode on) equals the release's blocks exactly (tests/quantized_wan.py builds the model)."""
+    import torch
+
+    release.require("comfy.ops", "comfy.ldm.wan.model")
+    from wanfit import lean_forward, replay_check
+
+    known = quantized_wan.core_formats()
+    results, problems = {}, []
+    for fmt, dtypes in LEAN_FORMATS.items():
+        if fmt not in known:
+            continue
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            where = f"{fmt} {dtype_name}"
+            try:
+                model = quantized_wan.quantized_wan(fmt, dtype)
+            except Exception as error:  # noqa: BLE001 - the release's loader refusing its own format is a finding
+                problems.append(f"{where}: the release's own loader: {type(error).__name__}: {str(error)[:200]}")
+                continue
+            options = lean_forward.lean_transformer_options(quantized_wan.LAYERS, chunk_tokens=97, mode="on")
+            with torch.inference_mode():
+                stock = model(*quantized_wan.inputs(dtype), transformer_options={})
+                try:
+                    lean = model(*quantized_wan.inputs(dtype), transformer_options=options)
+                except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
+                    problems.append(f"{where}: {error}")
+                    continue
+            difference = quantized_wan.relative_difference(lean, stock)
+            results[where] = difference
+            if difference != 0:
+                problems.append(f"{where}: max |lean - core| / max |core| = {difference:.3g}, expected 0")
+    details = {"formats": sorted(set(known) & set(LEAN_FORMATS)) or "none", "relative_difference": results,
+               "checks": [check.describe() for check in replay_check.cached_checks(lean_forward.REPLAY)]}
     if problems:
         raise failed(f"{len(problems)} problem(s): " + " | ".join(problems), details)
     return details
