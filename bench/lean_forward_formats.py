@@ -11,6 +11,7 @@ share of the extra pass that layers with a per-call activation scale need).
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -44,6 +45,8 @@ def main():
     parser.add_argument("--chunk", type=int, default=97)
     arguments = parser.parse_args()
     import_core(arguments.core_path)
+    # comfy_kitchen warns on every mxfp8 matmul that the CPU falls back to dequantizing: once is enough
+    logging.getLogger("comfy_kitchen").setLevel(logging.ERROR)
     from wanfit import lean_forward, replay_check
 
     known = quantized_wan.core_formats()
