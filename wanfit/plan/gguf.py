@@ -215,7 +215,7 @@ def read_gguf_file(path):
     except OSError as error:
         raise GGUFFileError(path, f"it cannot be read ({error.strerror or error})") from None
     with handle:
-        reader = _HeaderReader(handle, path, min(size, MAX_GGUF_HEADER_BYTES))
+        reader = _HeaderReader(handle, path, MAX_GGUF_HEADER_BYTES)
         magic = handle.read(4)
         reader.read_bytes = 4
         if magic != GGUF_MAGIC:
