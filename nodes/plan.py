@@ -24,16 +24,6 @@ def running_core():
     return read_running_core()
 
 
-def model_file_path(name):
-    """The path of a diffusion model file name (models/diffusion_models, where ComfyUI-GGUF's .gguf files live too),
-    None for an empty name; a missing file is refused naming the folder and the fix."""
-    if not name or not name.strip():
-        return None
-    from ..wanfit.models import resolve_model_path
-
-    return resolve_model_path("diffusion_models", name.strip())
-
-
 class WanFitOffloadPlan(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -63,9 +53,6 @@ class WanFitOffloadPlan(io.ComfyNode):
                                tooltip="Where umt5-xxl runs; cpu saves about 6 GB of VRAM."),
                 Device.Input("device", optional=True,
                              tooltip="Optional WanFit Device Info output, planned for instead of probing again."),
-                io.String.Input("model_file", default="", optional=True,
-                                tooltip="Optional diffusion model file name in models/diffusion_models (.safetensors "
-                                        "or .gguf) to size the plan from its header."),
             ],
             outputs=[output(Plan, "plan", "The plan, for WanFit loaders, Sage Attention and VAE Decode."),
                      output(io.String, "summary", "The plan as text: tier, predicted VRAM/RAM, choices and reasons."),
@@ -79,7 +66,7 @@ class WanFitOffloadPlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_variant, width, height, frames, batch, cfg, mode, reserve_vram_gb, weight_dtype,
-                text_encoder_device, device=None, model_file=""):
+                text_encoder_device, device=None):
         import comfy.cli_args
         import comfy.model_management
 
@@ -87,9 +74,8 @@ class WanFitOffloadPlan(io.ComfyNode):
 
         core = running_core()
         probe = probe_for_plan if device is None else lambda: device
-        path = model_file_path(model_file)
         result = plan_from_options(probe, model_variant, width, height, frames, batch, cfg, mode,
-                                   reserve_vram_gb, weight_dtype, text_encoder_device, core=core, model_file=path)
+                                   reserve_vram_gb, weight_dtype, text_encoder_device, core=core)
         lines = [result.summary()]
         if mode == "auto":
             lines += apply_runtime_settings(result, comfy.model_management, comfy.cli_args.args, core)

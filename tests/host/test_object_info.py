@@ -2,7 +2,7 @@
 
 tests/host/object_info_v1.json holds the answer of the V1 nodes on each core, cut to what saved workflows
 and the front end rely on (tests/host/node_contract.py). Two differences are expected and named here:
-WanFit Offload Plan's optional `device` input (fed by WanFit Device Info) and `model_file` input, and the hidden inputs a V3
+WanFit Offload Plan's optional `device` input (fed by WanFit Device Info), and the hidden inputs a V3
 output node is given (prompt, extra_pnginfo), which no workflow stores.
 """
 
@@ -12,8 +12,7 @@ import pytest
 
 from tests.host.node_contract import FIXTURE, core_version, wanfit_contracts
 
-ADDED_INPUTS = {"WanFitOffloadPlan": {"optional": {"device": ["WANFIT_DEVICE", {}],
-                                                 "model_file": ["STRING", {"default": "", "multiline": False}]}}}
+ADDED_INPUTS = {"WanFitOffloadPlan": {"optional": {"device": ["WANFIT_DEVICE", {}]}}}
 
 
 @pytest.fixture(scope="module")
@@ -57,5 +56,5 @@ def test_hidden_inputs_are_kept(object_info, recorded):
 def test_the_plan_takes_a_device_after_its_widgets(object_info):
     info = object_info["WanFitOffloadPlan"]
     assert info["input"]["optional"]["device"][0] == "WANFIT_DEVICE"
-    assert info["input_order"]["optional"] == ["device", "model_file"]
+    assert info["input_order"]["optional"] == ["device"]
     assert object_info["WanFitDeviceInfo"]["output"][1] == "WANFIT_DEVICE"
