@@ -300,3 +300,12 @@ def test_a_gguf_with_wrong_tensor_shapes_is_refused(tmp_path):
     writer.close()
     with pytest.raises(InvalidInputError, match="a WAN 2.2 diffusion model GGUF"):
         size_model_file(str(other))
+
+
+def test_a_pipe_named_as_a_model_is_refused_without_opening_it(tmp_path):
+    for name in ("pipe.gguf", "pipe.safetensors"):
+        path = tmp_path / name
+        os.mkfifo(path)
+        with pytest.raises(WanFitError, match="regular file|not a model file|Not a model file") as refused:
+            size_model_file(str(path))
+        assert str(path) in str(refused.value)

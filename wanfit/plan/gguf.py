@@ -15,6 +15,7 @@ attention v weights (".v.weight") and the FFN down projection (".ffn.2.weight") 
 
 from dataclasses import dataclass
 import os
+import stat
 import struct
 
 from ..errors import WanFitError
@@ -210,7 +211,10 @@ class _HeaderReader:
 def read_gguf_file(path):
     """The GGUFFile of `path`: GGUF v2/v3 header, key/values and tensor infos, checked against the file's size."""
     try:
-        size = os.stat(path).st_size
+        file_stat = os.stat(path)
+        if not stat.S_ISREG(file_stat.st_mode):
+            raise GGUFFileError(path, "it is not a regular file (a folder, pipe or device)")
+        size = file_stat.st_size
         handle = open(path, "rb")
     except OSError as error:
         raise GGUFFileError(path, f"it cannot be read ({error.strerror or error})") from None

@@ -6,6 +6,8 @@ fix); a .gguf file through gguf.read_gguf_file, then the same WAN detection on i
 the header is read: a 14 GB expert is sized in milliseconds.
 """
 
+import os
+
 from ..errors import InvalidInputError
 from ..models import check_diffusion_model
 from ..models.detection import detect_variant
@@ -28,9 +30,12 @@ LLAMA_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_
 
 
 def is_gguf(path):
-    """A .gguf name, or a file that starts with the GGUF magic."""
+    """A .gguf name, or a regular file that starts with the GGUF magic (never opens a FIFO or device: the
+    safetensors reader then refuses it by name)."""
     if str(path).lower().endswith(".gguf"):
         return True
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as handle:
             return handle.read(4) == GGUF_MAGIC
