@@ -67,6 +67,8 @@ def main():
 
     print()
     quantized_formats()
+    print()
+    gguf_quantizations()
 
 
 FORMAT_CARDS = CARDS + ("L4", "RTX PRO 6000", "B200")
@@ -102,6 +104,31 @@ def quantized_formats():
         auto_cell += f", suggests {suggestion}" if suggestion else ""
         capability = capability_text(NAMED_GPUS[card][1])
         print(f"| {card} ({gib(device.total_vram_bytes):.1f}, {capability}) | " + " | ".join(cells) + f" | {auto_cell} |")
+
+
+GGUF_TABLE_DTYPES = ("gguf_q8_0", "gguf_q6_k", "gguf_q5_k_m", "gguf_q4_k_m", "gguf_q3_k_m", "gguf_q2_k")
+
+
+def gguf_quantizations():
+    variant, job = FORMAT_JOB
+    print("## GGUF models (ComfyUI-GGUF)\n")
+    print(f"{variant} {job.width}x{job.height}x{job.frames} with {FORMAT_RAM_GB} GB RAM on ComfyUI {newest_core().version_text},")
+    print("weight_dtype set to each GGUF quantization (loaded by ComfyUI-GGUF's Unet Loader): resident / planned GiB of")
+    print("one expert as the file stores it (llama-quantize's WAN mix: Q*_K_M keep attention v and FFN down larger).")
+    print("Planned on partial loading on every core (ComfyUI-GGUF's model patcher is not a dynamic VRAM one);")
+    print("its GGMLOps dequantize each layer per call on every card.\n")
+    print("| card | " + " | ".join(GGUF_TABLE_DTYPES) + " |")
+    print("|---|" + "---|" * len(GGUF_TABLE_DTYPES))
+    for card in FORMAT_CARDS:
+        device = device_for_gpu(card, FORMAT_RAM_GB * BYTES_PER_GIB)
+        cells = []
+        for dtype in GGUF_TABLE_DTYPES:
+            try:
+                result = plan(device, variant, job, Overrides(weight_dtype=dtype), core=newest_core())
+                cells.append(f"{gib(result.resident_model_bytes):.1f} / {gib(result.model_weight_bytes):.1f}")
+            except PlanDoesNotFitError:
+                cells.append("refused")
+        print(f"| {card} ({gib(device.total_vram_bytes):.1f}) | " + " | ".join(cells) + " |")
 
 
 def _cards_computing(name):
@@ -226,6 +253,9 @@ def launch_flags():
     print("the format, so a smaller format can stream less and need a smaller `--cache-ram`. A core older than the")
     firsts = ", ".join(f"{name} {format_version(support.first_core)}" for name, support in FORMAT_SUPPORT.items())
     print(f"format's first release ({firsts}) is refused for it.\n")
+    print("GGUF models (weight_dtype gguf_q8_0, gguf_q4_k_m, ...; ComfyUI-GGUF's Unet Loader) need no flag either:")
+    print("their model patcher is a plain one, so even 0.33.0 places them by partial loading, and the plan sizes")
+    print("that; on 0.33.0 it emits the same flags as for other weights (never --lowvram, async offload is on).\n")
     print("## What each emitted flag does\n")
     for version, meanings in FLAG_MEANINGS.items():
         print(f"ComfyUI {version}:\n")

@@ -9,7 +9,11 @@ GPU_TIER_NAMES = ("CONSUMER_8GB", "CONSUMER_12GB", "CONSUMER_16GB", "PROSUMER_24
 PLAN_MODES = ("auto",) + GPU_TIER_NAMES
 # ComfyUI-native quantized formats come last (saved workflows keep their widget values): float8 = float8_e4m3fn,
 # int8 = int8_tensorwise, mxfp8, nvfp4 (comfy/quant_ops.py QUANT_ALGOS; wanfit/plan/formats.py).
-PLAN_WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled", "float8", "int8", "mxfp8", "nvfp4")
+# GGUF files (ComfyUI-GGUF's Unet Loader) follow, one value per quantization (wanfit/plan/gguf.py GGUF_QUANTS).
+PLAN_WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled", "float8", "int8", "mxfp8", "nvfp4",
+                      "gguf_f16", "gguf_bf16", "gguf_q8_0", "gguf_q6_k", "gguf_q5_k_m", "gguf_q5_k_s", "gguf_q5_1",
+                      "gguf_q5_0", "gguf_q4_k_m", "gguf_q4_k_s", "gguf_q4_1", "gguf_q4_0", "gguf_q3_k_m", "gguf_q3_k_s",
+                      "gguf_q2_k")
 PLAN_TEXT_ENCODER_DEVICES = ("auto", "cpu", "gpu")
 ATTENTION_MODES = ("auto", "disabled", "sageattn", "qk_int8_pv_fp16_triton", "qk_int8_pv_fp16_cuda",
                    "qk_int8_pv_fp8_cuda", "qk_int8_pv_fp8_cuda_sm90", "sageattn3")

@@ -30,6 +30,8 @@ def test_nvfp4_on_a_24_gb_ada_card_is_planned_dequantized_or_refused_by_an_old_c
             client.run(plan_graph(), timeout_s=60)
         assert f"weight_dtype='nvfp4' is invalid: expected a format ComfyUI {core.version_text} loads" in str(failure.value)
         assert "from 0.8.2 on" in str(failure.value)
+        # read from the running core itself, not from a version table
+        assert "(it has no comfy/quant_ops.py, so no quantized format)" in str(failure.value)
 
 
 def test_route_plans_int8_where_the_core_loads_it(client, comfyui):
@@ -43,3 +45,11 @@ def test_route_plans_int8_where_the_core_loads_it(client, comfyui):
         assert status == 200 and answer["weight_dtype"] == "int8" and answer["weight_compute"] == "native"
     else:
         assert status == 400 and "weight_dtype" in json.dumps(answer)
+
+
+def test_the_node_plans_a_gguf_quantization_on_partial_loading(client):
+    entry = client.run(plan_graph(weight_dtype="gguf_q4_k_m"), timeout_s=60)
+    plan = entry["outputs"]["1"]["wanfit_plan"][0]
+    assert plan["weight_dtype"] == "gguf_q4_k_m" and plan["memory_manager"] == "partial_loading"
+    assert plan["model_weight_bytes"] == 9_659_863_296 and plan["weight_compute"] == "dequantized per layer"
+    assert "GGUF: a GGUF Q4_K_M model: load it with ComfyUI-GGUF's Unet Loader (GGUF)" in entry["outputs"]["1"]["text"][0]

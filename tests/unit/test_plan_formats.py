@@ -15,7 +15,8 @@ from wanfit.errors import InvalidInputError
 from wanfit.models.quantization import QUANT_FORMATS
 from wanfit.plan import Job, Overrides, cpu_device, device_for_gpu, plan, plan_from_options
 from wanfit.plan.footprint import QUANTIZED_FORMATS, T2V_A14B_EXPERT, TI2V_5B, transformer_weight_bytes
-from wanfit.plan.formats import FORMAT_SUPPORT
+from wanfit.models.core_support import CoreQuantSupport
+from wanfit.plan.formats import FORMAT_SUPPORT, check_core_loads, core_loads, core_quant_support
 from wanfit.units import BYTES_PER_GIB
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,7 +111,8 @@ def test_every_planned_format_is_one_comfyui_knows():
 
 def test_the_node_widget_keeps_the_old_values_first():
     assert PLAN_WEIGHT_DTYPES[:6] == ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
-    assert set(PLAN_WEIGHT_DTYPES[6:]) == set(NEW_FORMATS)
+    assert set(PLAN_WEIGHT_DTYPES[6:10]) == set(NEW_FORMATS)
+    assert all(name.startswith("gguf_") for name in PLAN_WEIGHT_DTYPES[10:])
 
 
 # --- options and CLI ----------------------------------------------------------------------------------------------
@@ -244,6 +246,28 @@ def _release_quant_algos(root):
 
 
 RELEASES = sorted(Path.home().glob("ComfyUI-[0-9]*"))
+
+
+def test_the_planner_reads_first_cores_from_the_loaders_table():
+    for name, support in FORMAT_SUPPORT.items():
+        assert support.first_core == core_from_version(QUANT_FORMATS[support.quant_algo].first_core).version
+
+
+def test_a_running_core_is_asked_for_its_own_formats_not_the_table():
+    # a core that reports 0.33.0 but whose QUANT_ALGOS lacks nvfp4 (comfy-kitchen without it, a fork): refused,
+    # naming what the core's table lists; the version table alone would have planned it
+    support = CoreQuantSupport(frozenset({"float8_e4m3fn", "int8_tensorwise"}), True, "comfy.quant_ops.QUANT_ALGOS")
+    core = core_from_version("0.33.0")
+    assert core_loads("nvfp4", core) and not core_loads("nvfp4", core, support)
+    with pytest.raises(InvalidInputError, match="its comfy.quant_ops.QUANT_ALGOS lists float8_e4m3fn, int8_tensorwise"):
+        check_core_loads("nvfp4", core, support)
+    check_core_loads("int8", core, support)
+    # and the other way: an old version whose table has the format plans it
+    assert core_loads("int8", core_from_version("0.25.0"), support)
+
+
+def test_a_plan_ahead_reads_no_running_core():
+    assert core_quant_support(core_from_version("0.33.0")) is None
 
 
 @pytest.mark.skipif(not RELEASES, reason="no ComfyUI releases at ~/ComfyUI-<version>")

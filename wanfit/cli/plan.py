@@ -24,7 +24,11 @@ log = logging.getLogger("wanfit")
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m wanfit plan", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ti2v_5b", choices=MODEL_VARIANTS, help="model variant (default ti2v_5b)")
+    parser.add_argument("--model", default=None, choices=MODEL_VARIANTS,
+                        help="model variant (default: the --model-file's, else ti2v_5b)")
+    parser.add_argument("--model-file", default=None, metavar="PATH",
+                        help="a WAN 2.2 diffusion model file (.safetensors, or a .gguf for ComfyUI-GGUF): the plan sizes "
+                             "the model from its header, and takes its format when --weight-dtype is not given")
     parser.add_argument("--width", type=int, default=None, help="video width (default 1280)")
     parser.add_argument("--height", type=int, default=None, help="video height (default 704 for 5B, 720 for A14B)")
     parser.add_argument("--frames", type=int, default=None, help="frames, 4n+1 (default 121 for 5B, 81 for A14B)")
@@ -35,8 +39,9 @@ def build_parser():
                         help="plan for this much system RAM instead of this machine's (with --tier / GPU_TIER)")
     parser.add_argument("--reserve-vram-gb", type=float, default=None,
                         help="VRAM to leave to other processes (e.g. a local LLM server)")
-    parser.add_argument("--weight-dtype", default=None, help="force the diffusion model dtype: fp16, bf16, fp8_scaled, ..., or a ComfyUI-native quantized "
-                             "format: float8, int8, mxfp8, nvfp4 (default auto)")
+    parser.add_argument("--weight-dtype", default=None, help="force the diffusion model dtype: fp16, bf16, fp8_scaled, ..., a ComfyUI-native quantized "
+                             "format: float8, int8, mxfp8, nvfp4, or a GGUF quantization: gguf_q8_0, gguf_q4_k_m, ... "
+                             "(default auto)")
     parser.add_argument("--text-encoder-device", default=None, choices=("cpu", "gpu"))
     parser.add_argument("--core", default=None, metavar="PATH_OR_VERSION",
                         help="the ComfyUI core to plan for: a checkout folder or a version such as 0.33.0 "
@@ -94,7 +99,8 @@ def main(argv=None):
         result = plan_from_options(lambda: device, args.model, args.width, args.height, args.frames, args.batch,
                                    cfg=not args.no_cfg, reserve_vram_gb=args.reserve_vram_gb or 0.0,
                                    weight_dtype=args.weight_dtype or "auto",
-                                   text_encoder_device=args.text_encoder_device or "auto", core=core)
+                                   text_encoder_device=args.text_encoder_device or "auto", core=core,
+                                   model_file=args.model_file)
     except WanFitError as error:
         print(f"wanfit plan: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from ..units import format_gib
 from . import footprint
 from .catalogue import tier_for_vram
 from .formats import compute_path
+from .gguf import GGUF_QUANTS
 from .launch import Launch, LaunchSituation, launch_flags
 from .memory_manager import MEMORY_MANAGERS, memory_manager, pinned_ram_cap_bytes
 from .search import DEFAULT_RESERVE_VRAM_BYTES
@@ -34,6 +35,34 @@ def decode_outlook(device, variant, job, budget_bytes):
                                             device_type)
 
 
+GGUF_MANAGER_REASON = ("a GGUF model: ComfyUI-GGUF's Unet Loader wraps it in its GGUFModelPatcher, a plain ModelPatcher, "
+                       "so dynamic VRAM does not place it; ComfyUI partial loading keeps a budget of it on the GPU and "
+                       "casts the rest from RAM per layer")
+
+
+def gguf_note(weight_dtype, device):
+    """How a GGUF model is loaded and planned, in words (empty for any other dtype)."""
+    quant = GGUF_QUANTS.get(weight_dtype)
+    if quant is None:
+        return ""
+    where = "the GPU" if device.is_gpu else "the CPU"
+    return (f"a GGUF {quant.file_type} model: load it with ComfyUI-GGUF's Unet Loader (GGUF) (WanFit's loaders refuse "
+            f".gguf); every tensor stays as the file stores it and its GGMLOps dequantize each layer on {where} at "
+            f"every call, so the plan is for the core's non-dynamic path (partial loading) and the dequantize costs "
+            f"speed, not memory")
+
+
+def gguf_compute(weight_dtype, device):
+    """The ComputePath of a GGUF model: dequantized per layer on every device (None for any other dtype)."""
+    from .formats import DEQUANTIZED, ComputePath
+
+    if weight_dtype not in GGUF_QUANTS:
+        return None
+    dtype = "16-bit" if device.is_gpu else "fp32"
+    return ComputePath(weight_dtype, DEQUANTIZED, f"ComfyUI-GGUF's GGMLOps dequantize each layer to {dtype} as it "
+                                                  "runs, on every card: the memory saving stays, the speed-up does not")
+
+
 def build_plan(request, result, outlook=None, suggestion=""):
     """The Plan of result.chosen; `outlook` replaces the decode outlook at the planned budget (a test's lever);
     `suggestion` is the format suggestion's text (formats.suggest_format)."""
@@ -47,15 +76,26 @@ def build_plan(request, result, outlook=None, suggestion=""):
     drop_high = candidate.drops_high_noise_expert
     attention, attention_reason = attention_backend(device)
     manager, manager_reason = memory_manager(core, device)
+    if manager == "dynamic_vram" and candidate.weight_dtype in GGUF_QUANTS:
+        manager, manager_reason = "partial_loading", GGUF_MANAGER_REASON
     pinned = min(streamed, pinned_ram_cap_bytes(ram_bytes)) if manager == "dynamic_vram" else 0
     reasons = [f"core: {core.describe()}; memory manager {MEMORY_MANAGERS[manager]}: {manager_reason}"]
-    compute = compute_path(candidate.weight_dtype, device)
+    compute = compute_path(candidate.weight_dtype, device) or gguf_compute(candidate.weight_dtype, device)
+    note = gguf_note(candidate.weight_dtype, device)
+    if request.model_file is not None:
+        reasons.append(f"diffusion model {request.model_file.describe()}"
+                       + (" (both experts planned at this size)" if variant.experts > 1 else ""))
+    if note:
+        reasons.append(f"GGUF: {note}")
     if outlook is None:
         outlook = decode_outlook(device, variant, job, chosen.decode_budget_bytes)
     if not device.is_gpu:
         reasons.append(f"CPU: no GPU is available to PyTorch on {device.name}, so ComfyUI runs every model on the CPU "
                        "(--cpu) in float32; expect minutes per step, even at small sizes")
-        if compute is not None:
+        if candidate.weight_dtype in GGUF_QUANTS:
+            reasons.append(f"weights {candidate.weight_dtype} (every tensor as the GGUF stores it), computed "
+                           f"{compute.describe()}")
+        elif compute is not None:
             reasons.append(f"weights {candidate.weight_dtype} (block linears stay {candidate.weight_dtype}, the rest "
                            f"loads as fp32), computed {compute.describe()}")
         else:
@@ -133,6 +173,9 @@ def build_plan(request, result, outlook=None, suggestion=""):
         weight_compute=compute.mode if compute else "",
         weight_compute_reason=compute.why if compute else "",
         format_suggestion=suggestion,
+        model_file=request.model_file.path if request.model_file else "",
+        model_file_sizing=request.model_file.describe() if request.model_file else "",
+        gguf_note=note,
     )
 
 
@@ -146,16 +189,22 @@ def _gpu_reasons(request, result, manager, pinned, outlook, compute):
     streamed = model - resident
     reasons = []
     fmt = footprint.QUANTIZED_FORMATS.get(candidate.weight_dtype)
+    quant = GGUF_QUANTS.get(candidate.weight_dtype)
+    size = f"{format_gib(model)} {'an expert' if variant.experts > 1 else 'in all'}"
+    why = "from the model file" if request.model_file is not None else "forced"
     if fmt is not None:  # only ever forced: auto plans fp16 or fp8_scaled and suggests a format
         reasons.append(f"weights {candidate.weight_dtype} (ComfyUI's {fmt.quant_algo}: the block linears with their "
-                       f"scales, the rest 16-bit; {format_gib(model)} {'an expert' if variant.experts > 1 else 'in all'}): "
-                       f"forced; computed {compute.describe()}")
+                       f"scales, the rest 16-bit; {size}): {why}; computed {compute.describe()}")
+    elif quant is not None:
+        reasons.append(f"weights {candidate.weight_dtype} (a GGUF {quant.file_type}: the block linears "
+                       f"{quant.mix_text()}, the other matrices F16, the vectors F32; {size}): {why}; computed "
+                       f"{compute.describe()}")
     elif candidate.weight_dtype in footprint.FP8_DTYPES:
-        why = "forced" if overrides.weight_dtype else (
+        why = why if overrides.weight_dtype else (
             "16-bit weights do not fit RAM" if variant.experts == 1 else "a 16-bit expert would not stay resident in VRAM or fit RAM")
         reasons.append(f"weights {candidate.weight_dtype}: {why}")
     else:
-        reasons.append(f"weights {candidate.weight_dtype}: " + ("forced" if overrides.weight_dtype else "full quality fits"))
+        reasons.append(f"weights {candidate.weight_dtype}: " + (why if overrides.weight_dtype else "full quality fits"))
     if streamed and manager == "dynamic_vram":
         reasons.append(f"dynamic VRAM: predicted {format_gib(resident)} of {format_gib(model)} stays in VRAM (the "
                        f"first blocks: comfy-aimdo keeps the lowest addresses of the model's VBAR and evicts above a "

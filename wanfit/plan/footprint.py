@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import math
 
 from ..units import BYTES_PER_GIB, BYTES_PER_MIB
+from .gguf import GGUF_QUANTS, block_linear_bytes as gguf_block_linear_bytes
 
 # --- bytes per stored weight -------------------------------------------------
 
@@ -68,8 +69,10 @@ QUANTIZED_FORMATS = {fmt.name: fmt for fmt in (
     QuantizedFormat("mxfp8", "mxfp8", 8, group_size=32, group_scale_bytes=1, tensor_scale_bytes=0),
     QuantizedFormat("nvfp4", "nvfp4", 4, group_size=16, group_scale_bytes=1),
 )}
-QUANTIZED_DTYPES = FP8_DTYPES + tuple(QUANTIZED_FORMATS)  # weights below 16 bits: they stay so on the CPU too
-WEIGHT_DTYPES = tuple(DTYPE_BYTES) + tuple(QUANTIZED_FORMATS)
+# GGUF files (ComfyUI-GGUF's loader; wanfit/plan/gguf.py): every tensor stays as stored, on the CPU too.
+GGUF_DTYPES = tuple(GGUF_QUANTS)
+QUANTIZED_DTYPES = FP8_DTYPES + tuple(QUANTIZED_FORMATS) + GGUF_DTYPES  # below 16 bits: they stay so on the CPU too
+WEIGHT_DTYPES = tuple(DTYPE_BYTES) + tuple(QUANTIZED_FORMATS) + GGUF_DTYPES
 
 
 def dtype_bytes(dtype):
@@ -161,10 +164,30 @@ def transformer_param_count(config):
     return sum(matrix + vector for matrix, vector in transformer_param_counts(config).values())
 
 
+BLOCK_LINEAR_NAMES = tuple(f"{attention}.{name}" for attention in ("self_attn", "cross_attn") for name in "qkvo") + (
+    "ffn.0", "ffn.2")
+
+
 def block_linear_shapes(config):
-    """(out, in) of every block linear: q, k, v, o of self- and cross-attention and the two FFN matrices."""
+    """(out, in) of every block linear: q, k, v, o of self- and cross-attention and the two FFN matrices
+    (BLOCK_LINEAR_NAMES, in that order)."""
     dim, ffn = config.dim, config.ffn_dim
     return ((dim, dim),) * 8 + ((ffn, dim), (dim, ffn))
+
+
+def gguf_weight_bytes(config, weight_dtype):
+    """Bytes of a WAN GGUF (GGUF_DTYPES) as ComfyUI-GGUF holds it: the file's tensors as stored (gguf.py): the block
+    linears in the quantization's mix, the other matrices F16, vectors, modulation and the patch embedding F32."""
+    quant = GGUF_QUANTS[weight_dtype]
+    counts = transformer_param_counts(config)
+    linears, v_index = 0, 0
+    for block in range(config.num_layers):
+        for name, (out_features, in_features) in zip(BLOCK_LINEAR_NAMES, block_linear_shapes(config)):
+            linears += gguf_block_linear_bytes(quant, out_features, in_features, f"blocks.{block}.{name}", v_index)
+            v_index += name.endswith(".v")
+    other_matrices = sum(m for name, (m, v) in counts.items() if name not in ("blocks", "patch_embedding"))
+    vectors = sum(v for name, (m, v) in counts.items() if name != "patch_embedding")
+    return linears + other_matrices * 2 + vectors * 4 + sum(counts["patch_embedding"]) * 4
 
 
 def transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=False):
@@ -175,8 +198,11 @@ def transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=False):
     (ComfyUI builds it with dtype=float32). `upcast_to_fp32`: ComfyUI with --cpu
     computes in fp32 and loads 16-bit files as fp32 (fp8 files stay fp8). A
     QUANTIZED_FORMATS name quantizes the block matrices in that format, with its
-    scales; the rest is at the compute dtype (fp32 with upcast_to_fp32).
+    scales; the rest is at the compute dtype (fp32 with upcast_to_fp32). A GGUF_DTYPES name:
+    gguf_weight_bytes, as stored whatever the device.
     """
+    if weight_dtype in GGUF_QUANTS:
+        return gguf_weight_bytes(config, weight_dtype)
     counts = transformer_param_counts(config)
     if weight_dtype in QUANTIZED_FORMATS:
         fmt = QUANTIZED_FORMATS[weight_dtype]

@@ -6,38 +6,53 @@ a layer in such a format is dequantized to the compute dtype each time it runs (
 saving stays, the speed-up does not. int8_tensorwise is never in that list: its linear always runs comfy-kitchen's
 `int8_linear` (cuBLASLt from sm75 when torch is built for CUDA 13+, otherwise the eager backend's
 `torch._int_mm`, which PyTorch runs on int8 tensor cores, Turing sm75 and newer, and on the CPU).
-The sizes are footprint.QUANTIZED_FORMATS.
+The sizes are footprint.QUANTIZED_FORMATS. Which core loads a format: the running core's own QUANT_ALGOS
+(wanfit.models.core_support) when the plan is for the ComfyUI this process runs in; otherwise, planning ahead
+for a core named by version or checkout, the first release that has it (wanfit.models.quantization.QUANT_FORMATS,
+one table for the loaders and the planner).
 """
 
 from dataclasses import dataclass, replace
 
-from ..core import format_version
+from ..core import parse_version
 from ..errors import InvalidInputError
+from ..models.core_support import running_core_support
+from ..models.quantization import QUANT_FORMATS
 from ..units import format_gib
 from .footprint import QUANTIZED_FORMATS
 from .search import search
 
+RUNNING_CORE_SOURCE = "running process"  # wanfit.core.running_core's Core.source: the core this process runs
+
 
 @dataclass(frozen=True)
 class FormatSupport:
-    """Where one format runs natively and since which ComfyUI release it loads."""
+    """Where one format runs natively (which core loads it: first_core, from QUANT_FORMATS)."""
 
     name: str  # the plan's weight_dtype (a footprint.QUANTIZED_FORMATS key)
     native_from: tuple  # the lowest CUDA compute capability that computes it
     hardware: str  # in words, for the plan's reasons
-    first_core: tuple  # the first release checked whose comfy/quant_ops.py QUANT_ALGOS has it
     speed_rank: int  # matmul throughput where native: lower is faster
     condition: str = ""  # what else ComfyUI checks before it computes the format natively
 
+    @property
+    def quant_algo(self):
+        """Its key in ComfyUI's QUANT_ALGOS (float8 -> float8_e4m3fn, int8 -> int8_tensorwise)."""
+        return QUANTIZED_FORMATS[self.name].quant_algo
 
-# First cores: `grep QUANT_ALGOS` over the releases 0.3.64 ... 0.33.0 of tests/matrix; the release before each
-# (0.3.68, 0.5.0, 0.16.4, 0.25.0) lacks the format. mxfp8 is registered only when comfy-kitchen has MXFP8.
+    @property
+    def first_core(self):
+        """The first release checked whose QUANT_ALGOS has it (wanfit.models.quantization.QUANT_FORMATS), a tuple."""
+        return parse_version(QUANT_FORMATS[self.quant_algo].first_core)
+
+
+# mxfp8 is registered only when comfy-kitchen has MXFP8.
 FORMAT_SUPPORT = {support.name: support for support in (
-    FormatSupport("nvfp4", (10, 0), "fp4 tensor cores (Blackwell: sm100 datacenter, sm120 consumer)", (0, 8, 2), 0),
-    FormatSupport("mxfp8", (10, 0), "MXFP8 tensor cores (Blackwell, sm100 and sm120)", (0, 18, 1), 1,
+    FormatSupport("nvfp4", (10, 0), "fp4 tensor cores (Blackwell: sm100 datacenter, sm120 consumer)", 0),
+    FormatSupport("mxfp8", (10, 0), "MXFP8 tensor cores (Blackwell, sm100 and sm120)", 1,
                   "torch 2.10 or newer, and a comfy-kitchen with MXFP8"),
-    FormatSupport("float8", (8, 9), "fp8 tensor cores (Ada sm89, Hopper sm90, Blackwell)", (0, 3, 76), 1),
-    FormatSupport("int8", (7, 5), "int8 tensor cores (Turing sm75 and newer)", (0, 28, 0), 1),
+    FormatSupport("float8", (8, 9), "fp8 tensor cores (Ada sm89, Hopper sm90, Blackwell)", 1),
+    FormatSupport("int8", (7, 5), "int8 tensor cores (Turing sm75 and newer)", 1),
 )}
 # The QUANT_ALGOS keys, accepted as spellings of the plan's names (float8_e5m2 is not: 0.3.76 loads only e4m3fn).
 WEIGHT_DTYPE_ALIASES = {"float8_e4m3fn": "float8", "int8_tensorwise": "int8"}
@@ -86,13 +101,29 @@ def compute_path(weight_dtype, device):
                        "the memory saving stays, the speed-up does not")
 
 
-def check_core_loads(weight_dtype, core):
+def core_quant_support(core):
+    """The running core's own CoreQuantSupport when `core` is the ComfyUI this process runs in, else None (a plan
+    ahead for a core named by version or checkout reads the first-core table)."""
+    return running_core_support() if core.source == RUNNING_CORE_SOURCE else None
+
+
+def core_loads(weight_dtype, core, quant_support=None):
+    """Whether `core` loads files in a FORMAT_SUPPORT format: its own QUANT_ALGOS (`quant_support`, a
+    CoreQuantSupport) when known, else whether its version reaches the format's first core."""
+    support = FORMAT_SUPPORT[weight_dtype]
+    if quant_support is not None:
+        return support.quant_algo in quant_support.formats
+    return tuple(core.version) >= support.first_core
+
+
+def check_core_loads(weight_dtype, core, quant_support=None):
     """Refuse a format the planned core cannot load (its QUANT_ALGOS lacks it), naming the release that can."""
-    support = FORMAT_SUPPORT.get(weight_dtype)
-    if support is None or tuple(core.version) >= support.first_core:
+    if weight_dtype not in FORMAT_SUPPORT or core_loads(weight_dtype, core, quant_support):
         return
-    first = format_version(support.first_core)
-    raise InvalidInputError("weight_dtype", weight_dtype, f"a format ComfyUI {core.version_text} loads",
+    support = FORMAT_SUPPORT[weight_dtype]
+    first = QUANT_FORMATS[support.quant_algo].first_core
+    read = f" ({quant_support.describe()})" if quant_support is not None else ""
+    raise InvalidInputError("weight_dtype", weight_dtype, f"a format ComfyUI {core.version_text} loads{read}",
                             f"ComfyUI loads {weight_dtype} files from {first} on: update ComfyUI, or plan "
                             "fp8_scaled, fp16 or bf16 files")
 
@@ -124,7 +155,7 @@ def suggest_format(request, chosen):
         return None
     found = []
     for name, support in FORMAT_SUPPORT.items():
-        if tuple(request.core.version) < support.first_core:
+        if not core_loads(name, request.core, request.quant_support):
             continue
         fits = search(replace(request, overrides=replace(request.overrides, weight_dtype=name))).chosen
         if fits is not None and fits.resident_model_bytes >= fits.model_weight_bytes:

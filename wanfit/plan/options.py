@@ -11,6 +11,7 @@ from ..errors import InvalidInputError
 from ..units import gib_to_bytes
 from .catalogue import GPU_TIERS, MODEL_VARIANTS, device_for_tier
 from .formats import WEIGHT_DTYPE_ALIASES
+from .model_file import size_model_file
 from .planner import plan
 from .types import Job, Overrides
 
@@ -19,12 +20,20 @@ DEFAULT_JOB = {"ti2v_5b": (1280, 704, 121), "t2v_a14b": (1280, 720, 81), "i2v_a1
 
 
 def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=None, frames=None, batch=1, cfg=True,
-                      mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto", core=None):
+                      mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto", core=None,
+                      model_file=None):
     """Build the plan for `core` (a wanfit.core.Core; None: the newest supported core).
 
     `probe_device()` is always called (a tier keeps this machine's RAM) but a tier mode plans
-    for that tier's card instead of this one.
+    for that tier's card instead of this one. `model_file` (a path to a .safetensors or .gguf diffusion
+    model) sizes the model from its header; weight_dtype auto then takes the file's format, and
+    model_variant None the file's variant.
     """
+    sized = size_model_file(model_file) if model_file else None
+    if model_variant is None:
+        model_variant = sized.variant if sized else "ti2v_5b"
+    if sized is not None and weight_dtype == "auto":
+        weight_dtype = sized.weight_dtype
     if model_variant not in MODEL_VARIANTS:
         raise InvalidInputError("model_variant", model_variant, "one of " + ", ".join(MODEL_VARIANTS))
     if mode not in PLAN_MODES:
@@ -33,7 +42,7 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
     if weight_dtype not in PLAN_WEIGHT_DTYPES:
         raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(PLAN_WEIGHT_DTYPES),
                                 "int8, nvfp4, mxfp8 and float8 name ComfyUI's native quantized files; fp8_scaled "
-                                "the *_fp8_scaled ones")
+                                "the *_fp8_scaled ones; gguf_q8_0, gguf_q4_k_m, ... GGUF files of that quantization")
     if text_encoder_device not in PLAN_TEXT_ENCODER_DEVICES:
         raise InvalidInputError("text_encoder_device", text_encoder_device, "auto, cpu or gpu")
     _check_reserve_vram_gb(reserve_vram_gb)
@@ -46,7 +55,7 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
     overrides = Overrides(reserve_vram_bytes=gib_to_bytes(reserve_vram_gb) if reserve_vram_gb else None,
                           weight_dtype=None if weight_dtype == "auto" else weight_dtype,
                           text_encoder_device=None if text_encoder_device == "auto" else text_encoder_device)
-    return plan(device, model_variant, job, overrides, core=core)
+    return plan(device, model_variant, job, overrides, core=core, model_file=sized)
 
 
 def _check_reserve_vram_gb(reserve_vram_gb):

@@ -16,14 +16,15 @@ log = logging.getLogger("wanfit")
 
 
 def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides = None, system_ram_bytes=None,
-         core: Core = None) -> Plan:
+         core: Core = None, model_file=None) -> Plan:
     """Choose dtype, placement, offload budget and launch flags for `job` on `device` under `core`.
 
     `core` (wanfit.core.Core) is the ComfyUI the plan is for; None plans for the newest supported
     core (0.33.0), which is what a fresh install runs. The node and the route pass the running
-    core, the CLI the one at --core / $COMFYUI_PATH.
+    core, the CLI the one at --core / $COMFYUI_PATH. `model_file` (a types.ModelFileSize, model_file.size_model_file)
+    sizes the diffusion model from a file's header instead of from the dtype's formula.
     """
-    request = plan_request(device, model_variant, job, overrides, system_ram_bytes, core)
+    request = plan_request(device, model_variant, job, overrides, system_ram_bytes, core, model_file)
     result = search(request)
     if result.chosen is None:
         raise refusal(request, result.last_tried)

@@ -104,11 +104,19 @@ def reserve_vram_bytes(device, overrides):
     return DEFAULT_RESERVE_VRAM_BYTES + other
 
 
-def _ram_phases(variant, job, on_cpu, candidate, te_device, sample_workspace, decode_workspace):
-    config = variant.transformer
-    weight_dtype = candidate.weight_dtype
-    upcast = on_cpu and weight_dtype not in footprint.FP8_DTYPES  # quantized formats: their unquantized rest
-    model = footprint.transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=upcast)
+def model_weight_bytes(request, weight_dtype):
+    """One diffusion model as loaded: from the file's header when the request has a file in this dtype, else
+    the dtype's formula (fp32 on the CPU for 16-bit weights and the unquantized rest of a quantized format)."""
+    on_cpu = not request.device.is_gpu
+    if request.model_file is not None and request.model_file.weight_dtype == weight_dtype:
+        return request.model_file.cpu_bytes if on_cpu else request.model_file.stored_bytes
+    upcast = on_cpu and weight_dtype not in footprint.FP8_DTYPES
+    return footprint.transformer_weight_bytes(request.variant.transformer, weight_dtype, upcast_to_fp32=upcast)
+
+
+def _ram_phases(request, on_cpu, candidate, te_device, sample_workspace, decode_workspace):
+    variant, job = request.variant, request.job
+    model = model_weight_bytes(request, candidate.weight_dtype)
     te = footprint.text_encoder_weight_bytes(candidate.text_encoder_dtype)
     vae = decode_memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
     video = footprint.decoded_video_ram_bytes(job.width, job.height, job.frames, job.batch)
@@ -138,8 +146,7 @@ def evaluate(request, reserve, candidate):
     act_single = footprint.transformer_activation_bytes(config, job.width, job.height, job.frames, job.batch,
                                                         compute_bytes, core_version=core.version, lean_forward=lean)
     state = footprint.sampler_state_bytes(config, job.width, job.height, job.frames, job.batch)
-    model = footprint.transformer_weight_bytes(
-        config, candidate.weight_dtype, upcast_to_fp32=on_cpu and candidate.weight_dtype not in footprint.FP8_DTYPES)
+    model = model_weight_bytes(request, candidate.weight_dtype)
     decode_need = decode_memory.job_exact_budget_bytes(variant.vae, job.width, job.height, job.frames, job.batch,
                                                        "cpu") if on_cpu else 0
 
@@ -187,7 +194,7 @@ def evaluate(request, reserve, candidate):
         tiled = not decode.untiled
         sample_ws, decode_ws = 0, 0
 
-    ram = _ram_phases(variant, job, on_cpu, candidate, te_device, sample_ws, decode_ws)
+    ram = _ram_phases(request, on_cpu, candidate, te_device, sample_ws, decode_ws)
     usable_ram = int(request.ram_bytes * RAM_USABLE_FRACTION)
     if ram.peak > usable_ram:
         failures.append(f"system RAM: the {ram.largest_phase()} phase holds {format_gib(ram.peak)} "

@@ -46,6 +46,25 @@ class PlanRequest:
     overrides: Overrides
     ram_bytes: int  # the system RAM planned for (the device's unless the caller said otherwise)
     core: Core
+    quant_support: object = None  # the running core's own CoreQuantSupport (wanfit.models.core_support), else None
+    model_file: object = None  # a model_file.ModelFileSize: the diffusion model sized from a file's header
+
+
+@dataclass(frozen=True)
+class ModelFileSize:
+    """A diffusion model file as the plan sizes it: from its header, not from the format's formula."""
+
+    path: str
+    kind: str  # "safetensors" or "gguf"
+    variant: str  # ti2v_5b | t2v_a14b | i2v_a14b
+    weight_dtype: str  # the plan's name for what it stores (nvfp4, fp8_scaled, fp16, gguf_q4_k_m, ...)
+    stored_bytes: int  # what ComfyUI holds once it loads the file (GPU)
+    cpu_bytes: int  # the same under --cpu (16-bit tensors of a safetensors file load as fp32; a GGUF stays)
+    description: str  # "nvfp4 400 of 400 block linears", "GGUF Q4_K_M: Q4_K 320, Q6_K 160, F32 ..."
+
+    def describe(self):
+        """'sized from <file>: 9.9 GB, nvfp4 400 of 400 block linears'."""
+        return f"sized from {self.path}: {format_gib(self.stored_bytes)}, {self.description}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,11 @@ class Plan:
     weight_compute_reason: str = ""
     # where weights stream and weight_dtype is auto: a quantized format that would keep the model resident, in words
     format_suggestion: str = ""
+    # the diffusion model file the plan was sized from ("" when sized from weight_dtype's formula), and how
+    model_file: str = ""
+    model_file_sizing: str = ""
+    # a GGUF model (ComfyUI-GGUF's Unet Loader): how it is loaded and planned, in words; "" otherwise
+    gguf_note: str = ""
 
     @property
     def resident_fraction(self):
@@ -138,6 +162,10 @@ class Plan:
         if self.lean_forward:
             lines.append(f"Lean forward: on (chunks of {self.lean_chunk_tokens} tokens), activations "
                          f"{format_gib(self.predicted_activation_bytes)}")
+        if self.model_file_sizing:
+            lines.append(f"Model file: {self.model_file_sizing}")
+        if self.gguf_note:
+            lines.append(f"GGUF: {self.gguf_note}")
         if self.weight_compute:
             lines.append(f"Weights {self.weight_dtype} computed {self.weight_compute} on {self.device_name}")
         if self.format_suggestion:

@@ -8,7 +8,7 @@ from ..errors import InvalidInputError
 from ..units import format_gib, gib
 from . import footprint
 from .catalogue import MODEL_VARIANTS, VARIANTS
-from .formats import check_core_loads
+from .formats import check_core_loads, core_quant_support
 from .types import Overrides, PlanRequest
 
 
@@ -63,8 +63,9 @@ def validate_overrides(overrides, device):
                                     "reserve only what the other process (e.g. an LLM server) really holds")
 
 
-def plan_request(device, model_variant, job, overrides=None, system_ram_bytes=None, core=None):
-    """The checked PlanRequest for plan()'s arguments (None core: the newest supported one)."""
+def plan_request(device, model_variant, job, overrides=None, system_ram_bytes=None, core=None, model_file=None):
+    """The checked PlanRequest for plan()'s arguments (None core: the newest supported one); `model_file` (a
+    types.ModelFileSize) sizes the diffusion model from a file's header."""
     core = core or cores.newest_core()
     if not isinstance(core, cores.Core):
         raise InvalidInputError("core", core, "a wanfit.core.Core (core_from_version / core_from_checkout / running_core)")
@@ -78,5 +79,18 @@ def plan_request(device, model_variant, job, overrides=None, system_ram_bytes=No
         raise InvalidInputError("total_vram_bytes", device.total_vram_bytes, f"> 0 for GPU {device.name!r}",
                                 "check nvidia-smi and CUDA_VISIBLE_DEVICES, set GPU_TIER, or run ComfyUI with --cpu")
     validate_overrides(overrides, device)
-    check_core_loads(overrides.weight_dtype, core)
-    return PlanRequest(device, variant, job, overrides, ram_bytes, core)
+    quant_support = core_quant_support(core)
+    try:
+        check_core_loads(overrides.weight_dtype, core, quant_support)
+    except InvalidInputError as error:
+        if model_file is None:
+            raise
+        raise InvalidInputError("model_file", model_file.path, f"a file ComfyUI {core.version_text} loads",
+                                f"it stores {model_file.weight_dtype}: {error}") from None
+    if model_file is not None and (model_file.variant != variant.key or model_file.weight_dtype != overrides.weight_dtype):
+        raise InvalidInputError("model_file", model_file.path, f"a {variant.key} file stored as "
+                                f"{overrides.weight_dtype or 'the plan chooses'}",
+                                f"it is a {model_file.variant} file stored as {model_file.weight_dtype}: plan "
+                                f"model_variant {model_file.variant} with weight_dtype {model_file.weight_dtype} "
+                                f"(or auto)")
+    return PlanRequest(device, variant, job, overrides, ram_bytes, core, quant_support, model_file)
