@@ -16,7 +16,7 @@ import struct
 
 from tests.fixtures.generate import default_cache_root
 
-GGUF_FIXTURE_VERSION = 1
+GGUF_FIXTURE_VERSION = 2  # bump whenever what is written changes
 QUANTIZATION_THRESHOLD = 1024  # tools/convert.py: tensors this small stay F32
 HIGH_PRECISION_KEYS = (".modulation",)  # ModelWan.keys_hiprec
 MAX_TENSOR_DIMS = 4  # tools/convert.py: larger ones go through tools/fix_5d_tensors.py
@@ -39,15 +39,13 @@ def gguf_name(source, quant_type):
 
 
 def tensor_type_for(key, shape, quant_type):
-    """The GGML type tools/convert.py (then llama-quantize) gives a float32 source tensor; None: a 5-D one."""
+    """The GGML type tools/convert.py (then llama-quantize) gives a float32 source tensor of at most 4-D."""
     import gguf
 
     types = gguf.GGMLQuantizationType
     values = 1
     for extent in shape:
         values *= extent
-    if len(shape) > MAX_TENSOR_DIMS:
-        return None
     if len(shape) == 1 or values <= QUANTIZATION_THRESHOLD or any(k in key for k in HIGH_PRECISION_KEYS):
         return types.F32
     if quant_type == "Q8_0" and len(shape) == 2:
@@ -66,13 +64,16 @@ def write_gguf(state_dict, path, quant_type, arch="wan"):
     writer = gguf.GGUFWriter(path=None, arch=arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(file_type)
-    set_aside = {}  # 5-D tensors, added back in F32 after their bias (tools/fix_5d_tensors.py)
+    # 5-D tensors: left out by the first pass (tools/convert.py), then added back in F32 after their bias
+    # (tools/fix_5d_tensors.py, a second pass over the written file)
+    set_aside = {key: tensor.detach().to(torch.float32).numpy() for key, tensor in state_dict.items()
+                 if tensor.dim() > MAX_TENSOR_DIMS}
+    five_d = set(set_aside)
     for key, tensor in state_dict.items():
+        if key in five_d:
+            continue
         data = tensor.detach().to(torch.float32).numpy()
         tensor_type = tensor_type_for(key, data.shape, quant_type)
-        if tensor_type is None:
-            set_aside[key] = data
-            continue
         try:
             stored = gguf.quants.quantize(data, tensor_type)
         except (AttributeError, gguf.QuantError):

@@ -81,29 +81,6 @@ MSG
   exit 3
 fi
 
-# ComfyUI-GGUF, the downstream loader the host tier runs WanFit's nodes behind (tests/host/test_gguf_downstream.py):
-# a checkout of github.com/city96/ComfyUI-GGUF, linked into that test's server only, never copied here.
-comfyui_gguf="${WANFIT_COMFYUI_GGUF:-$HOME/ComfyUI-GGUF}"
-host_selected=1
-for argument in "${pytest_args[@]}"; do
-  case "$argument" in
-    tests/host*) host_selected=1; break ;;
-    tests/*) host_selected=0 ;;
-  esac
-done
-if ((host_selected && !setup_only)) && [[ ! -f "$comfyui_gguf/nodes.py" || ! -f "$comfyui_gguf/loader.py" ]]; then
-  cat >&2 <<MSG
-error: no ComfyUI-GGUF checkout found at $comfyui_gguf
-  The host tier runs WanFit's nodes on models loaded by ComfyUI-GGUF's Unet Loader (GGUF); the checkout is
-  looked for at \$WANFIT_COMFYUI_GGUF, else ~/ComfyUI-GGUF.
-Fix: check it out, then run this command again (bash tests/run.sh):
-    git clone https://github.com/city96/ComfyUI-GGUF ~/ComfyUI-GGUF
-  Where only a stored snapshot is reachable:
-    git clone --no-checkout <snapshot> ~/ComfyUI-GGUF && cd ~/ComfyUI-GGUF && git checkout HEAD -- .
-MSG
-  exit 3
-fi
-
 # The matrix tier (tests/matrix): once, with the newest core's venv, against each release in
 # tests/matrix/releases.txt (plus both cores). It runs when no test path is given or a tests/matrix path is.
 matrix_core="${supported_cores[-1]}"
@@ -156,6 +133,29 @@ MSG
     } >&2
     exit 3
   fi
+fi
+
+# ComfyUI-GGUF, the downstream loader the host tier runs WanFit's nodes behind (tests/host/test_gguf_downstream.py):
+# a checkout of github.com/city96/ComfyUI-GGUF, linked into that test's server only, never copied here.
+comfyui_gguf="${WANFIT_COMFYUI_GGUF:-$HOME/ComfyUI-GGUF}"
+host_selected=1
+for argument in "${pytest_args[@]}"; do
+  case "$argument" in
+    tests/host*) host_selected=1; break ;;
+    tests/*) host_selected=0 ;;
+  esac
+done
+if ((host_selected && !setup_only)) && [[ ! -f "$comfyui_gguf/nodes.py" || ! -f "$comfyui_gguf/loader.py" ]]; then
+  cat >&2 <<MSG
+error: no ComfyUI-GGUF checkout found at $comfyui_gguf
+  The host tier runs WanFit's nodes on models loaded by ComfyUI-GGUF's Unet Loader (GGUF); the checkout is
+  looked for at \$WANFIT_COMFYUI_GGUF, else ~/ComfyUI-GGUF.
+Fix: check it out, then run this command again (bash tests/run.sh):
+    git clone https://github.com/city96/ComfyUI-GGUF ~/ComfyUI-GGUF
+  Where only a stored snapshot is reachable:
+    git clone --no-checkout <snapshot> ~/ComfyUI-GGUF && cd ~/ComfyUI-GGUF && git checkout HEAD -- .
+MSG
+  exit 3
 fi
 
 base_python="${WANFIT_BASE_PYTHON:-python3}"
