@@ -1,7 +1,8 @@
 """Print the plan matrix (card x RAM x job) as markdown: `python bench/plan_matrix.py > docs/plan_matrix.md`.
 
 `python bench/plan_matrix.py --launch-flags > docs/launch_flags.md` prints the launch flags per
-GPU_TIER x core instead. Pure arithmetic from wanfit.plan; no GPU needed. Regenerate after
+GPU_TIER x core instead; `python bench/plan_matrix.py --formats` the README's table of quantized
+formats. Pure arithmetic from wanfit.plan; no GPU needed. Regenerate after
 changing a constant.
 """
 
@@ -10,8 +11,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wanfit.core import core_from_version, newest_core  # noqa: E402
-from wanfit.plan import GPU_TIERS, Job, PlanDoesNotFitError, device_for_gpu, device_for_tier, plan  # noqa: E402
+from wanfit.core import core_from_version, format_version, newest_core  # noqa: E402
+from wanfit.plan import GPU_TIERS, Job, Overrides, PlanDoesNotFitError, device_for_gpu, device_for_tier, plan  # noqa: E402
+from wanfit.plan.catalogue import NAMED_GPUS  # noqa: E402
+from wanfit.plan.footprint import QUANTIZED_FORMATS, T2V_A14B_EXPERT, transformer_weight_bytes  # noqa: E402
+from wanfit.plan.formats import FORMAT_SUPPORT, capability_text  # noqa: E402
 from wanfit.units import BYTES_PER_GIB, gib  # noqa: E402
 
 CORES = ("0.3.64", "0.33.0")
@@ -60,6 +64,77 @@ def main():
               f"{'batched' if result.cfg_batched else 'sequential'} | {drop} | "
               f"{gib(result.predicted_peak_vram_bytes):.1f} / {gib(result.usable_vram_bytes):.1f} | "
               f"{gib(result.predicted_peak_ram_bytes):.1f} | `{' '.join(result.launch_args)}` |")
+
+    print()
+    quantized_formats()
+
+
+FORMAT_CARDS = CARDS + ("L4", "RTX PRO 6000", "B200")
+FORMAT_JOB = ("t2v_a14b", Job(1280, 720, 81))
+FORMAT_RAM_GB = 64
+FORMAT_DTYPES = ("fp8_scaled",) + tuple(QUANTIZED_FORMATS)
+
+
+def _format_cell(device, variant, job, dtype):
+    try:
+        result = plan(device, variant, job, Overrides(weight_dtype=dtype), core=newest_core())
+    except PlanDoesNotFitError:
+        return "refused"
+    compute = f" {result.weight_compute}" if result.weight_compute else ""
+    return f"{gib(result.resident_model_bytes):.1f} / {gib(result.model_weight_bytes):.1f}{compute}"
+
+
+def quantized_formats():
+    variant, job = FORMAT_JOB
+    print("## Quantized formats\n")
+    print(f"{variant} {job.width}x{job.height}x{job.frames} with {FORMAT_RAM_GB} GB RAM on ComfyUI {newest_core().version_text},")
+    print("weight_dtype forced to each format: resident / planned GiB of one expert, and whether the card computes")
+    print("the format natively or ComfyUI dequantizes each layer as it runs (fp8_scaled files load as float8 on this")
+    print("core). *auto* is the plan's own choice and, where it streams weights, the format it suggests.\n")
+    print("| card | " + " | ".join(FORMAT_DTYPES) + " | auto |")
+    print("|---|" + "---|" * (len(FORMAT_DTYPES) + 1))
+    for card in FORMAT_CARDS:
+        device = device_for_gpu(card, FORMAT_RAM_GB * BYTES_PER_GIB)
+        cells = [_format_cell(device, variant, job, dtype) for dtype in FORMAT_DTYPES]
+        auto = plan(device, variant, job, core=newest_core())
+        suggestion = auto.format_suggestion.split(" would ")[0] if auto.format_suggestion else ""
+        auto_cell = f"{auto.weight_dtype} {gib(auto.resident_model_bytes):.1f} / {gib(auto.model_weight_bytes):.1f}"
+        auto_cell += f", suggests {suggestion}" if suggestion else ""
+        capability = capability_text(NAMED_GPUS[card][1])
+        print(f"| {card} ({gib(device.total_vram_bytes):.1f}, {capability}) | " + " | ".join(cells) + f" | {auto_cell} |")
+
+
+def _cards_computing(name):
+    support = FORMAT_SUPPORT[name]
+    cards = [card for card, (_, capability) in NAMED_GPUS.items() if capability >= support.native_from]
+    return f"{capability_text(support.native_from)}+: " + ", ".join(cards)
+
+
+def formats_table():
+    """The README's table: one A14B expert per format, planned; where it computes; the first core that loads it."""
+    fp8 = transformer_weight_bytes(T2V_A14B_EXPERT, "fp8_scaled")
+    print("| format (weight_dtype) | ComfyUI format | one A14B expert, planned | computed natively on "
+          "| first core that loads it | what WanFit plans |")
+    print("|---|---|---|---|---|---|")
+    print(f"| fp8_scaled | scaled_fp8 (legacy; from 0.5.0 read as float8_e4m3fn) | {fp8:,} B ({gib(fp8):.1f} GiB) | "
+          f"{_cards_computing('float8')} where the core reads it as float8 (0.33.0); 0.3.64 dequantizes it per layer "
+          "(fp8 matmul only with fp8 optimizations on) | every supported core (0.3.64) | "
+          "chosen by auto where a 16-bit model does not fit |")
+    plans = {
+        "float8": "sized as fp8_scaled; native from sm89, else dequantized per layer",
+        "int8": "sized as fp8_scaled; native wherever ComfyUI runs (comfy-kitchen int8_linear)",
+        "mxfp8": "0.44 GB above fp8_scaled (one e8m0 scale per 32); native on Blackwell with torch 2.10+, else dequantized",
+        "nvfp4": "4-bit values + fp8 scales; native on Blackwell, else dequantized per layer; suggested where it keeps a "
+                 "streamed expert resident",
+    }
+    for name, fmt in QUANTIZED_FORMATS.items():
+        size = transformer_weight_bytes(T2V_A14B_EXPERT, name)
+        support = FORMAT_SUPPORT[name]
+        native = _cards_computing(name) + (f" ({support.condition})" if support.condition else "")
+        if name == "int8":
+            native = "sm75+ (int8 tensor cores): every card listed, and the CPU"
+        print(f"| {name} | {fmt.quant_algo} | {size:,} B ({gib(size):.1f} GiB) | {native} | "
+              f"{format_version(support.first_core)} | {plans[name]} |")
 
 
 TIER_JOBS = (("ti2v_5b", Job(1280, 704, 121)), ("t2v_a14b", Job(832, 480, 81)), ("t2v_a14b", Job(1280, 720, 81)))
@@ -146,6 +221,11 @@ def launch_flags():
     print("(detected, or `--reserve-vram-gb`); 0.3.64 adds `--disable-smart-memory`, 0.33.0 needs nothing more.")
     print("A core between the tested ones is planned with the flags of the nearest older one; older than")
     print("0.3.64 is refused.\n")
+    print("Quantized formats (weight_dtype float8, int8, mxfp8, nvfp4) need no flag of their own: ComfyUI picks")
+    print("native or dequantized compute per card itself (comfy/ops.py pick_operations); the plan sizes them from")
+    print("the format, so a smaller format can stream less and need a smaller `--cache-ram`. A core older than the")
+    firsts = ", ".join(f"{name} {format_version(support.first_core)}" for name, support in FORMAT_SUPPORT.items())
+    print(f"format's first release ({firsts}) is refused for it.\n")
     print("## What each emitted flag does\n")
     for version, meanings in FLAG_MEANINGS.items():
         print(f"ComfyUI {version}:\n")
@@ -160,5 +240,7 @@ def launch_flags():
 if __name__ == "__main__":
     if "--launch-flags" in sys.argv[1:]:
         launch_flags()
+    elif "--formats" in sys.argv[1:]:
+        formats_table()
     else:
         main()

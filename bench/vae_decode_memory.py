@@ -118,10 +118,10 @@ def run_case(case):
     return result
 
 
-def measure(case, timeout=900):
+def measure(case, timeout=900, env=None):
     """Run one case in a fresh Python process (peak memory must not carry over between cases)."""
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", json.dumps(case)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"case {case} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -47,7 +47,8 @@ class WanFitOffloadPlan(io.ComfyNode):
                 io.Float.Input("reserve_vram_gb", default=0.0, **limits("reserve_vram_gb"), step=0.5,
                                tooltip="VRAM to leave to other processes; 0 = automatic."),
                 io.Combo.Input("weight_dtype", options=list(PLAN_WEIGHT_DTYPES), default="auto",
-                               tooltip="auto lets the plan choose (fp8 on small cards); force one to match your files."),
+                               tooltip="auto lets the plan choose (fp8 on small cards); force one to match your "
+                                       "files, ComfyUI's quantized float8, int8, mxfp8 and nvfp4 included."),
                 io.Combo.Input("text_encoder_device", options=list(PLAN_TEXT_ENCODER_DEVICES), default="auto",
                                tooltip="Where umt5-xxl runs; cpu saves about 6 GB of VRAM."),
                 Device.Input("device", optional=True,

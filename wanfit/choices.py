@@ -7,7 +7,9 @@ MODEL_VARIANTS = ("ti2v_5b", "t2v_a14b", "i2v_a14b")
 GPU_TIER_NAMES = ("CONSUMER_8GB", "CONSUMER_12GB", "CONSUMER_16GB", "PROSUMER_24GB", "PROSUMER_32GB",
                   "PROSUMER_48GB", "DATACENTER_80GB", "DATACENTER_141GB")
 PLAN_MODES = ("auto",) + GPU_TIER_NAMES
-PLAN_WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
+# ComfyUI-native quantized formats come last (saved workflows keep their widget values): float8 = float8_e4m3fn,
+# int8 = int8_tensorwise, mxfp8, nvfp4 (comfy/quant_ops.py QUANT_ALGOS; wanfit/plan/formats.py).
+PLAN_WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled", "float8", "int8", "mxfp8", "nvfp4")
 PLAN_TEXT_ENCODER_DEVICES = ("auto", "cpu", "gpu")
 ATTENTION_MODES = ("auto", "disabled", "sageattn", "qk_int8_pv_fp16_triton", "qk_int8_pv_fp16_cuda",
                    "qk_int8_pv_fp8_cuda", "qk_int8_pv_fp8_cuda_sm90", "sageattn3")

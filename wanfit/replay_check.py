@@ -80,6 +80,12 @@ def cached_checks(replay=None):
     return [check for check in _checks.values() if replay is None or check.replay == replay]
 
 
+def find_check(replay, core, key):
+    """The process's check under exactly the key check_once would use, or None: a report quotes the check of
+    the module it runs on, never one of another module that shares its core and class."""
+    return _checks.get((replay, core, *key))
+
+
 def forget_checks():
     """Drop every verdict, so the next replayed run checks again (tests and bench/replay_check_cost.py)."""
     _checks.clear()

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 # imported before a release's checkout goes on sys.path: ComfyUI has a `tests` package of its own
+from tests import quantized_wan
 from tests.decode_budgets import tiled_exact_budget
 from tests.fixtures.generate import default_cache_root, fixture_paths as _fixture_paths
 
@@ -64,8 +65,14 @@ LEAN_MODELS = (
 )
 
 
+# bf16 and fp16 on one A14B expert and TI2V-5B (its per-frame modulation): CPU time across 16 releases
+HALF_DTYPE_MODELS = ("wanfit_tiny_t2v_high_noise_14B.safetensors", "wanfit_tiny_ti2v_5B.safetensors")
+LEAN_DTYPES = ("float32", "bfloat16", "float16")  # the weights' (model_options) and the inputs' dtype
+
+
 def check_lean_forward(release, failed=CheckFailed):
-    """Lean forward in mode on (its check against this release's block must pass) equals the release's blocks."""
+    """Lean forward in mode on (its check against this release's block must pass) equals the release's blocks,
+    computing in fp32, bf16 and fp16 (within the check's own tolerance: exact replays give 0)."""
     import torch
 
     release.require("comfy.sd", "comfy.ldm.wan.model")
@@ -77,26 +84,31 @@ def check_lean_forward(release, failed=CheckFailed):
     files = fixture_paths()
     results, problems = {}, []
     for name, channels, (frames, height, width), per_frame in LEAN_MODELS:
-        model = comfy.sd.load_diffusion_model(str(files["diffusion_models"][name]))
-        lean_model, report = lean_forward.patch_model_lean(model, 97, mode="on")
-        inputs = _inputs(channels, frames, height, width, per_frame)
-        comfy.model_management.load_models_gpu([model])
-        with torch.inference_mode():
-            stock = model.model.diffusion_model(*inputs, transformer_options={}).float()
-            options = dict(lean_model.model_options.get("transformer_options", {}))
-            try:
-                lean = model.model.diffusion_model(*inputs, transformer_options=options).float()
-            except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
-                problems.append(f"{name}: {error}")
-                continue
-        blocks = lean_forward.installed_lean_blocks(lean_model).values()
-        lean_calls = sum(block.calls for block in blocks)
-        difference = ((lean - stock).abs().max() / stock.abs().max()).item()
-        results[name] = {"relative_difference": difference, "lean_block_calls": lean_calls}
-        if lean_calls != len(blocks):
-            problems.append(f"{name}: {lean_calls} of {len(blocks)} blocks ran lean")
-        if not difference <= LEAN_TOLERANCE:
-            problems.append(f"{name}: max |lean - stock| / max |stock| = {difference:.3g}, expected <= {LEAN_TOLERANCE}")
+        for dtype_name in LEAN_DTYPES if name in HALF_DTYPE_MODELS else LEAN_DTYPES[:1]:
+            dtype = getattr(torch, dtype_name)
+            model = comfy.sd.load_diffusion_model(str(files["diffusion_models"][name]), model_options={"dtype": dtype})
+            lean_model, report = lean_forward.patch_model_lean(model, 97, mode="on")
+            comfy.model_management.load_models_gpu([model])
+            x, t, context = _inputs(channels, frames, height, width, per_frame)
+            inputs = (x.to(dtype), t, context.to(dtype))
+            with torch.inference_mode():
+                stock = model.model.diffusion_model(*inputs, transformer_options={}).float()
+                options = dict(lean_model.model_options.get("transformer_options", {}))
+                try:
+                    lean = model.model.diffusion_model(*inputs, transformer_options=options).float()
+                except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
+                    problems.append(f"{name} {dtype_name}: {error}")
+                    continue
+            blocks = lean_forward.installed_lean_blocks(lean_model).values()
+            lean_calls = sum(block.calls for block in blocks)
+            difference = ((lean - stock).abs().max() / stock.abs().max()).item()
+            tolerance = min(LEAN_TOLERANCE, lean_forward.tolerance_for(dtype))
+            results[f"{name} {dtype_name}"] = {"relative_difference": difference, "lean_block_calls": lean_calls}
+            if lean_calls != len(blocks):
+                problems.append(f"{name} {dtype_name}: {lean_calls} of {len(blocks)} blocks ran lean")
+            if not difference <= tolerance:
+                problems.append(f"{name} {dtype_name}: max |lean - stock| / max |stock| = {difference:.3g}, "
+                                f"expected <= {tolerance}")
     checks = {" ".join(map(str, check.key)): check.describe()
               for check in replay_check.cached_checks(lean_forward.REPLAY)}
     replay = lean_forward.replay_for_running_core()
@@ -108,12 +120,60 @@ def check_lean_forward(release, failed=CheckFailed):
     return details
 
 
+# format -> the compute dtypes the matrix runs it in: nvfp4 (a per-call activation scale) in all three,
+# the others in bf16 (exact replays of per-chunk-independent quantization; CPU time across the releases)
+LEAN_FORMATS = {"float8_e4m3fn": ("bfloat16",), "int8_tensorwise": ("bfloat16",), "mxfp8": ("bfloat16",),
+                "nvfp4": ("float32", "bfloat16", "float16")}
+
+
+def check_lean_forward_formats(release, failed=CheckFailed):
+    """On each quantized format this release has (its own QUANT_ALGOS), on the quantized-matmul path: the
+    lean forward (mode on) equals the release's blocks exactly (tests/quantized_wan.py builds the model)."""
+    import torch
+
+    release.require("comfy.ops", "comfy.ldm.wan.model")
+    from wanfit import lean_forward, replay_check
+
+    known = quantized_wan.core_formats()
+    results, problems = {}, []
+    for fmt, dtypes in LEAN_FORMATS.items():
+        if fmt not in known:
+            continue
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            where = f"{fmt} {dtype_name}"
+            try:
+                model = quantized_wan.quantized_wan(fmt, dtype)
+            except Exception as error:  # noqa: BLE001 - the release's loader refusing its own format is a finding
+                problems.append(f"{where}: the release's own loader: {type(error).__name__}: {str(error)[:200]}")
+                continue
+            options = lean_forward.lean_transformer_options(quantized_wan.LAYERS, chunk_tokens=97, mode="on")
+            with torch.inference_mode():
+                stock = model(*quantized_wan.inputs(dtype), transformer_options={})
+                try:
+                    lean = model(*quantized_wan.inputs(dtype), transformer_options=options)
+                except (lean_forward.LeanForwardError, replay_check.ReplayMismatchError) as error:
+                    problems.append(f"{where}: {error}")
+                    continue
+            difference = quantized_wan.relative_difference(lean, stock)
+            results[where] = difference
+            if difference != 0:
+                problems.append(f"{where}: max |lean - core| / max |core| = {difference:.3g}, expected 0")
+    details = {"formats": sorted(set(known) & set(LEAN_FORMATS)) or "none", "relative_difference": results,
+               "checks": [check.describe() for check in replay_check.cached_checks(lean_forward.REPLAY)]}
+    if problems:
+        raise failed(f"{len(problems)} problem(s): " + " | ".join(problems), details)
+    return details
+
+
 # VAE fixture, latent channels, latent (frames, height, width), the most tiles the budget may give (Wan 2.1: 2x2
-# exact tiles; Wan 2.2: one tile after a whole-frame stem: several exact Wan 2.2 tiles need a latent this CPU
-# decodes too slowly for 16 releases; the self-check before it decodes at 2x2 exact tiles)
+# exact tiles). Wan 2.2: the self-check alone (None), which decodes its latent at 2x2 exact tiles and by the
+# core: a further Wan 2.2 decode of several exact tiles needs a latent this CPU decodes too slowly for 16
+# releases, and one tile after a whole-frame stem added a minute a release without reaching another layer
+# (tests/host/test_decode_tiles.py decodes Wan 2.2 at many tilings against both cores' own decoders).
 DECODE_CASES = {
     "wan21": ("wanfit_random_wan_2.1_vae.safetensors", 16, (2, 6, 6), 4),
-    "wan22": ("wanfit_random_wan2.2_vae.safetensors", 48, (2, 4, 4), 1),
+    "wan22": ("wanfit_random_wan2.2_vae.safetensors", 48, None, None),
 }
 
 

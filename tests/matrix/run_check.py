@@ -307,6 +307,13 @@ def check_lean_forward(release):
     return replay_checks.check_lean_forward(release, failed=CheckFailed)
 
 
+def check_lean_forward_formats(release):
+    """WanFit Lean Forward (mode on) on each quantized format this release has equals its blocks exactly."""
+    import replay_checks
+
+    return replay_checks.check_lean_forward_formats(release, failed=CheckFailed)
+
+
 def check_decode_wan21(release):
     """WanFit VAE Decode (mode on), Wan 2.1 VAE, 2x2 exact tiles: its self-check passes, equals VAE.decode."""
     import replay_checks
@@ -337,6 +344,7 @@ CHECKS = {
     "node_schemas": check_node_schemas,
     "launch_flags": check_launch_flags,
     "lean_forward": check_lean_forward,
+    "lean_forward_formats": check_lean_forward_formats,
     "decode_wan21": check_decode_wan21,
     "decode_wan22": check_decode_wan22,
 }

@@ -8,18 +8,50 @@ import torch
 
 from wanfit.plan import footprint as memory
 from wanfit.errors import InvalidInputError
-from wanfit.lean_forward import (LeanForwardError, apply_lean_forward, resolve_chunk_tokens, tolerance_for,
-                                  validate_chunk_setting)
+from wanfit import replay_check
+from wanfit.lean_forward import (LeanForwardError, apply_lean_forward, check_subject, resolve_chunk_tokens,
+                                  tolerance_for, validate_chunk_setting)
 
 
 def test_the_planner_knows_an_activation_profile_for_each_measured_core():
     assert tuple(sorted(profile.core_version for profile in memory.ACTIVATION_PROFILES)) == memory.LEAN_FORWARD_CORES
 
 
-def test_the_check_tolerance_is_1e_5_in_fp32_and_the_dtypes_rounding_otherwise():
+def test_the_check_tolerance_is_1e_5_in_fp32_and_catches_a_0_3_percent_drift_in_bf16_and_fp16():
     assert tolerance_for(torch.float32) == 1e-5
-    assert tolerance_for(torch.float16) == pytest.approx(4 * 2 ** -10)
-    assert tolerance_for(torch.bfloat16) == pytest.approx(4 * 2 ** -7)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert 0 < tolerance_for(dtype) == 1e-3
+        check = replay_check.check_once("lean forward", "the core's own block", "drift", ("drift", str(dtype)),
+                                        tolerance_for(dtype), lambda: (3e-3, "0.3 % apart", None), core="unit")
+        exact = replay_check.check_once("lean forward", "the core's own block", "exact", ("exact", str(dtype)),
+                                        tolerance_for(dtype), lambda: (0.0, "0 apart", None), core="unit")
+        assert not check.passed and exact.passed
+    replay_check.forget_checks()
+
+
+class Block(torch.nn.Module):
+    """The attribute layout of the core's WanAttentionBlock (self_attn, cross_attn, ffn), with plain Linears."""
+
+    def __init__(self):
+        super().__init__()
+        self.self_attn = torch.nn.Module()
+        self.cross_attn = torch.nn.Module()
+        for attention in (self.self_attn, self.cross_attn):
+            for name in "qkvo":
+                setattr(attention, name, torch.nn.Linear(4, 4))
+        self.ffn = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 4))
+
+
+def test_the_check_key_holds_the_set_of_the_blocks_layer_formats():
+    plain, fp8, nvfp4 = Block(), Block(), Block()
+    for block, fmt in ((fp8, "float8_e4m3fn"), (nvfp4, "nvfp4")):
+        block.ffn[0].layout_type, block.ffn[0].quant_format = "Layout", fmt  # what the core's layer loader sets
+    keys = [check_subject("WanModel", block, torch.bfloat16, "cpu") for block in (plain, fp8, nvfp4)]
+    assert len({key for key, _ in keys}) == 3
+    assert keys[0][0][-1] == ("float32",) and keys[2][0][-1] == ("float32", "nvfp4")
+    assert keys[2][1] == "WanModel, bfloat16 compute on float32 + nvfp4 weights, cpu"
+    nvfp4.ffn[0].input_scale = torch.tensor(0.5)
+    assert check_subject("WanModel", nvfp4, torch.bfloat16, "cpu")[0][-1] == ("float32", "nvfp4 with input_scale")
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "4096", None])

@@ -80,3 +80,12 @@ def test_modes_are_auto_on_off_and_nothing_else():
     assert replay_check.validate_mode("off") == "off"
     with pytest.raises(InvalidInputError, match="mode"):
         replay_check.validate_mode("sometimes")
+
+
+def test_a_check_is_found_by_its_whole_key_only():
+    check, _ = run(1e-7, key=("WanModel", "bfloat16", ("float8_e4m3fn (quantized matmul)",)))
+    assert replay_check.find_check("lean forward", "0.33.0", ("WanModel", "bfloat16",
+                                                             ("float8_e4m3fn (quantized matmul)",))) is check
+    assert replay_check.find_check("lean forward", "0.33.0", ("WanModel", "bfloat16",
+                                                             ("nvfp4 (quantized matmul)",))) is None
+    assert replay_check.find_check("lean forward", "0.3.64", check.key[2:]) is None

@@ -35,7 +35,8 @@ def build_parser():
                         help="plan for this much system RAM instead of this machine's (with --tier / GPU_TIER)")
     parser.add_argument("--reserve-vram-gb", type=float, default=None,
                         help="VRAM to leave to other processes (e.g. a local LLM server)")
-    parser.add_argument("--weight-dtype", default=None, help="force the diffusion model dtype (fp16, bf16, fp8_scaled, ...)")
+    parser.add_argument("--weight-dtype", default=None, help="force the diffusion model dtype: fp16, bf16, fp8_scaled, ..., or a ComfyUI-native quantized "
+                             "format: float8, int8, mxfp8, nvfp4 (default auto)")
     parser.add_argument("--text-encoder-device", default=None, choices=("cpu", "gpu"))
     parser.add_argument("--core", default=None, metavar="PATH_OR_VERSION",
                         help="the ComfyUI core to plan for: a checkout folder or a version such as 0.33.0 "

@@ -49,10 +49,44 @@ APPROXIMATE_HALO_CAPS = (4, 2, 1)
 # fragmentation holds them (bench/vae_decode_memory.py workers, docs/benchmarks.md "CPU heap": RSS /
 # predicted 1.29-1.44 for Wan 2.1 and 1.34-1.72 for Wan 2.2, +126-160 MB, under glibc's dynamic mmap
 # threshold), and every CPU process holds ~30 MB of oneDNN and thread workspace. So on the CPU:
-# peak = predicted x CPU_PEAK_FACTOR + CPU_EXTRA_BYTES. The decode leaves glibc as the process set it.
+# peak = predicted x CPU_PEAK_FACTOR + CPU_EXTRA_BYTES.
 CPU_WORKSPACE_BYTES = 32 * 2**20
 CPU_PEAK_FACTOR = 1.45
 CPU_EXTRA_BYTES = 64 * 2**20 + CPU_WORKSPACE_BYTES
+
+# Blended (halo-capped) tiles differ in size tile by tile, and under glibc's dynamic mmap threshold that
+# fragments the heap past any factor: Wan 2.1 2x16x16 at 162.49 MB (6x8 tiles, cap 2) peaked at 348-391 MB
+# of RSS, malloc_trim after every tile included, while its live tensors peaked at 87 MB (the same decode
+# with the threshold fixed at 1 MiB). So a tiled decode on the CPU fixes the threshold once per process:
+# tensors of 1 MiB and more are then returned to the system when freed and RSS follows the live tensors
+# (docs/benchmarks.md, "VAE decode: approximate"). A threshold the user set (MALLOC_MMAP_THRESHOLD_) is kept.
+CPU_MMAP_THRESHOLD_BYTES = 2**20
+CPU_TRIM_THRESHOLD_BYTES = 128 * 2**10
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.lru_cache(maxsize=1)
+def follow_live_tensors_on_cpu():
+    """Fix glibc's mmap and trim thresholds (process-wide, once) so a CPU decode's RSS stays within its
+    budget; returns whether they were set (False off glibc or where the user chose a threshold)."""
+    import ctypes
+    import logging
+    import os
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    done = mallopt(_M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD_BYTES) == 1 and \
+        mallopt(_M_TRIM_THRESHOLD, CPU_TRIM_THRESHOLD_BYTES) == 1
+    if done:
+        logging.getLogger("wanfit").info(
+            "CPU VAE decode: glibc now returns freed blocks of 1 MiB or more at once (mmap threshold fixed), "
+            "so memory use follows the decode's budget")
+    return done
 
 
 # --- the untiled decode --------------------------------------------------------

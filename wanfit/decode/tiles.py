@@ -11,6 +11,7 @@ import logging
 import torch
 
 from . import tiling
+from .budget import follow_live_tensors_on_cpu
 from ..errors import WanFitError
 from .core_protocol import call_layer
 from .fused_layers import cached_conv, run_head, run_layer, unpatchify
@@ -46,6 +47,8 @@ def decode_tiles(layout, plan, latent, device, dtype, output_device, progress=No
     is called before every DecodeStep: an error it raises is handled as one raised there (the tests' OOMs).
     """
     batch, _, frames, h, w = latent.shape
+    if torch.device(device).type == "cpu":
+        follow_live_tensors_on_cpu()
     counter = _Progress(frames * (1 + plan.tile_count), progress)
     counter.per_tile = frames
     scale = layout.spec.total_scale * layout.stem_scale
@@ -290,6 +293,7 @@ class _TileRunner:
         param = next(decoder.parameters())
         home_device, home_dtype = param.device, param.dtype
         cpu = torch.device("cpu")
+        follow_live_tensors_on_cpu()
         try:
             decoder.to(device=cpu, dtype=torch.float32)
             empty_device_cache(self.device)

@@ -7,6 +7,7 @@ otherwise refuses with what would fit. One module per job:
 
 - catalogue: model variants, named GPUs, GPU_TIER names (device_for_tier)
 - footprint: what WAN 2.2 occupies (weights, activations, sampler state, overheads)
+- formats: ComfyUI's native quantized formats: which cards compute them, which cores load them, the suggestion
 - types: Job, Overrides, PlanRequest, Plan, PlanDoesNotFitError, plan_field (a field of a Plan or its dict)
 - validation: the inputs, checked field by field
 - memory_manager: dynamic VRAM, partial loading or the CPU

@@ -4,6 +4,7 @@ from ..decode import budget as decode_memory
 from ..units import format_gib
 from . import footprint
 from .catalogue import tier_for_vram
+from .formats import compute_path
 from .launch import Launch, LaunchSituation, launch_flags
 from .memory_manager import MEMORY_MANAGERS, memory_manager, pinned_ram_cap_bytes
 from .search import DEFAULT_RESERVE_VRAM_BYTES
@@ -33,8 +34,9 @@ def decode_outlook(device, variant, job, budget_bytes):
                                             device_type)
 
 
-def build_plan(request, result, outlook=None):
-    """The Plan of result.chosen; `outlook` replaces the decode outlook at the planned budget (a test's lever)."""
+def build_plan(request, result, outlook=None, suggestion=""):
+    """The Plan of result.chosen; `outlook` replaces the decode outlook at the planned budget (a test's lever);
+    `suggestion` is the format suggestion's text (formats.suggest_format)."""
     device, variant, job, overrides, core = request.device, request.variant, request.job, request.overrides, request.core
     ram_bytes, chosen, reserve = request.ram_bytes, result.chosen, result.reserve_vram_bytes
     candidate = chosen.candidate
@@ -47,17 +49,22 @@ def build_plan(request, result, outlook=None):
     manager, manager_reason = memory_manager(core, device)
     pinned = min(streamed, pinned_ram_cap_bytes(ram_bytes)) if manager == "dynamic_vram" else 0
     reasons = [f"core: {core.describe()}; memory manager {MEMORY_MANAGERS[manager]}: {manager_reason}"]
+    compute = compute_path(candidate.weight_dtype, device)
     if outlook is None:
         outlook = decode_outlook(device, variant, job, chosen.decode_budget_bytes)
     if not device.is_gpu:
         reasons.append(f"CPU: no GPU is available to PyTorch on {device.name}, so ComfyUI runs every model on the CPU "
                        "(--cpu) in float32; expect minutes per step, even at small sizes")
-        reasons.append(f"weights {candidate.weight_dtype}" + (" (16-bit files load as fp32 on the CPU)"
-                                                               if candidate.weight_dtype not in footprint.FP8_DTYPES
-                                                               else " (stay fp8, cast per layer)"))
+        if compute is not None:
+            reasons.append(f"weights {candidate.weight_dtype} (block linears stay {candidate.weight_dtype}, the rest "
+                           f"loads as fp32), computed {compute.describe()}")
+        else:
+            reasons.append(f"weights {candidate.weight_dtype}" + (" (16-bit files load as fp32 on the CPU)"
+                                                                   if candidate.weight_dtype not in footprint.FP8_DTYPES
+                                                                   else " (stay fp8, cast per layer)"))
         launch = Launch(("--cpu",), {}, ())
     else:
-        reasons += _gpu_reasons(request, result, manager, pinned, outlook)
+        reasons += _gpu_reasons(request, result, manager, pinned, outlook, compute)
         launch = launch_flags(LaunchSituation(
             core=core, memory_manager=manager, device_kind=device.kind, ram_bytes=ram_bytes,
             reserve_vram_bytes=reserve, other_process_vram_bytes=reserve - DEFAULT_RESERVE_VRAM_BYTES,
@@ -123,18 +130,27 @@ def build_plan(request, result, outlook=None):
         vae_decode_exact=outlook.exact or outlook.untiled,
         vae_decode_exact_budget_bytes=outlook.exact_budget_bytes,
         vae_decode_outlook=outlook.describe(),
+        weight_compute=compute.mode if compute else "",
+        weight_compute_reason=compute.why if compute else "",
+        format_suggestion=suggestion,
     )
 
 
-def _gpu_reasons(request, result, manager, pinned, outlook):
-    """Why the weights, CFG, text encoder, decode budget and reserve are what they are on a GPU."""
+def _gpu_reasons(request, result, manager, pinned, outlook, compute):
+    """Why the weights (and, for a quantized format, how the card computes it: `compute`, a formats.ComputePath),
+    CFG, text encoder, decode budget and reserve are what they are on a GPU."""
     variant, job, overrides, core = request.variant, request.job, request.overrides, request.core
     chosen, reserve = result.chosen, result.reserve_vram_bytes
     candidate = chosen.candidate
     model, resident = chosen.model_weight_bytes, chosen.resident_model_bytes
     streamed = model - resident
     reasons = []
-    if candidate.weight_dtype in footprint.FP8_DTYPES:
+    fmt = footprint.QUANTIZED_FORMATS.get(candidate.weight_dtype)
+    if fmt is not None:  # only ever forced: auto plans fp16 or fp8_scaled and suggests a format
+        reasons.append(f"weights {candidate.weight_dtype} (ComfyUI's {fmt.quant_algo}: the block linears with their "
+                       f"scales, the rest 16-bit; {format_gib(model)} {'an expert' if variant.experts > 1 else 'in all'}): "
+                       f"forced; computed {compute.describe()}")
+    elif candidate.weight_dtype in footprint.FP8_DTYPES:
         why = "forced" if overrides.weight_dtype else (
             "16-bit weights do not fit RAM" if variant.experts == 1 else "a 16-bit expert would not stay resident in VRAM or fit RAM")
         reasons.append(f"weights {candidate.weight_dtype}: {why}")

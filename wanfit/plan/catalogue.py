@@ -42,6 +42,10 @@ NAMED_GPUS = {
     "A100 80GB": (79.15, (8, 0)),
     "H100 80GB": (79.19, (9, 0)),
     "H200": (139.8, (9, 0)),
+    # Blackwell and Ada cards for the quantized formats' compute (nvfp4 and mxfp8 from sm100, sm120 included)
+    "L4": (22.03, (8, 9)),
+    "RTX PRO 6000": (95.59, (12, 0)),
+    "B200": (178.35, (10, 0)),
 }
 # GPU_TIER values (start scripts use these names) -> nominal GB and a representative card.
 GPU_TIERS = {

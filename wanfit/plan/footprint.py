@@ -29,8 +29,47 @@ DTYPE_BYTES = {
     "fp8_scaled": 1,
 }
 FP8_DTYPES = ("fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")
-WEIGHT_DTYPES = tuple(DTYPE_BYTES)
 FP8_SCALE_BYTES_PER_MATRIX = 4  # one fp32 scale_weight per quantized Linear
+
+
+def round_up(value, multiple):
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class QuantizedFormat:
+    """How one of ComfyUI's native quantized formats stores a block linear (comfy/quant_ops.py QUANT_ALGOS,
+    loaded by comfy/ops.py mixed_precision_ops): the values, their block scales and per-tensor scales.
+
+    Only the block linears are quantized; ComfyUI builds every other weight (norms, modulation, embeddings,
+    head, biases) at the compute dtype, 16-bit on a GPU."""
+
+    name: str  # the plan's weight_dtype
+    quant_algo: str  # its key in QUANT_ALGOS (wanfit.models.quantization.QUANT_FORMATS)
+    value_bits: int  # bits of one stored weight element
+    group_size: int = 0  # elements sharing one block scale; rows and columns are padded to it (0: no blocks)
+    group_scale_bytes: int = 0  # one block scale: fp8 e4m3 for nvfp4, e8m0 for mxfp8
+    tensor_scale_bytes: int = 4  # the layer's fp32 per-tensor scale (nvfp4's weight_scale_2; none for mxfp8)
+
+    def linear_bytes(self, out_features, in_features):
+        """Bytes of one out x in Linear's weight with its scales."""
+        rows, cols = out_features, in_features
+        if self.group_size:
+            rows, cols = round_up(rows, self.group_size), round_up(cols, self.group_size)
+        blocks = rows * (cols // self.group_size) * self.group_scale_bytes if self.group_size else 0
+        return rows * cols * self.value_bits // 8 + blocks + self.tensor_scale_bytes
+
+
+# The plan's names for ComfyUI's formats (the QUANT_ALGOS keys are longer, and fp8_e4m3fn already names a plain
+# fp8 file): float8 = float8_e4m3fn (an e5m2 file is the same size), int8 = int8_tensorwise.
+QUANTIZED_FORMATS = {fmt.name: fmt for fmt in (
+    QuantizedFormat("float8", "float8_e4m3fn", 8),  # 1 byte + a per-tensor fp32 weight_scale
+    QuantizedFormat("int8", "int8_tensorwise", 8),  # 1 byte + a per-tensor fp32 weight_scale
+    QuantizedFormat("mxfp8", "mxfp8", 8, group_size=32, group_scale_bytes=1, tensor_scale_bytes=0),
+    QuantizedFormat("nvfp4", "nvfp4", 4, group_size=16, group_scale_bytes=1),
+)}
+QUANTIZED_DTYPES = FP8_DTYPES + tuple(QUANTIZED_FORMATS)  # weights below 16 bits: they stay so on the CPU too
+WEIGHT_DTYPES = tuple(DTYPE_BYTES) + tuple(QUANTIZED_FORMATS)
 
 
 def dtype_bytes(dtype):
@@ -122,15 +161,29 @@ def transformer_param_count(config):
     return sum(matrix + vector for matrix, vector in transformer_param_counts(config).values())
 
 
+def block_linear_shapes(config):
+    """(out, in) of every block linear: q, k, v, o of self- and cross-attention and the two FFN matrices."""
+    dim, ffn = config.dim, config.ffn_dim
+    return ((dim, dim),) * 8 + ((ffn, dim), (dim, ffn))
+
+
 def transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=False):
     """Bytes the diffusion model occupies once loaded.
 
     fp8 applies to the block matrices (what the fp8 files quantize); embeddings,
     head, biases, norms and modulation stay 16-bit, the patch embedding fp32
     (ComfyUI builds it with dtype=float32). `upcast_to_fp32`: ComfyUI with --cpu
-    computes in fp32 and loads 16-bit files as fp32 (fp8 files stay fp8).
+    computes in fp32 and loads 16-bit files as fp32 (fp8 files stay fp8). A
+    QUANTIZED_FORMATS name quantizes the block matrices in that format, with its
+    scales; the rest is at the compute dtype (fp32 with upcast_to_fp32).
     """
     counts = transformer_param_counts(config)
+    if weight_dtype in QUANTIZED_FORMATS:
+        fmt = QUANTIZED_FORMATS[weight_dtype]
+        linears = config.num_layers * sum(fmt.linear_bytes(o, i) for o, i in block_linear_shapes(config))
+        block_vector = counts["blocks"][1]
+        other = sum(m + v for name, (m, v) in counts.items() if name not in ("blocks", "patch_embedding"))
+        return linears + (block_vector + other) * (4 if upcast_to_fp32 else 2) + sum(counts["patch_embedding"]) * 4
     if weight_dtype in FP8_DTYPES:
         block_matrix, block_vector = counts["blocks"]
         matrices_per_block = 8 + 2  # q k v o (self) + q k v o (cross) + 2 ffn

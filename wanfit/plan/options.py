@@ -10,6 +10,7 @@ from ..choices import PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES, 
 from ..errors import InvalidInputError
 from ..units import gib_to_bytes
 from .catalogue import GPU_TIERS, MODEL_VARIANTS, device_for_tier
+from .formats import WEIGHT_DTYPE_ALIASES
 from .planner import plan
 from .types import Job, Overrides
 
@@ -28,8 +29,11 @@ def plan_from_options(probe_device, model_variant="ti2v_5b", width=None, height=
         raise InvalidInputError("model_variant", model_variant, "one of " + ", ".join(MODEL_VARIANTS))
     if mode not in PLAN_MODES:
         raise InvalidInputError("mode", mode, "auto or a GPU tier: " + ", ".join(GPU_TIERS))
+    weight_dtype = WEIGHT_DTYPE_ALIASES.get(weight_dtype, weight_dtype)
     if weight_dtype not in PLAN_WEIGHT_DTYPES:
-        raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(PLAN_WEIGHT_DTYPES))
+        raise InvalidInputError("weight_dtype", weight_dtype, "one of " + ", ".join(PLAN_WEIGHT_DTYPES),
+                                "int8, nvfp4, mxfp8 and float8 name ComfyUI's native quantized files; fp8_scaled "
+                                "the *_fp8_scaled ones")
     if text_encoder_device not in PLAN_TEXT_ENCODER_DEVICES:
         raise InvalidInputError("text_encoder_device", text_encoder_device, "auto, cpu or gpu")
     _check_reserve_vram_gb(reserve_vram_gb)

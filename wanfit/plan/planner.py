@@ -6,6 +6,7 @@ from ..core import Core
 from ..device import DeviceInfo
 from ..units import format_gib
 from .build import build_plan
+from .formats import suggest_format
 from .refusal import refusal
 from .search import search
 from .types import Job, Overrides, Plan
@@ -26,7 +27,8 @@ def plan(device: DeviceInfo, model_variant: str, job: Job, overrides: Overrides 
     result = search(request)
     if result.chosen is None:
         raise refusal(request, result.last_tried)
-    chosen = build_plan(request, result)
+    suggestion = suggest_format(request, result.chosen)
+    chosen = build_plan(request, result, suggestion=suggestion.describe() if suggestion else "")
     log.info("plan %s %dx%dx%d on %s, ComfyUI %s (%s): %s, resident %s, peak VRAM %s, RAM %s", chosen.model_variant,
              job.width, job.height, job.frames, device.name, chosen.core_version, chosen.memory_manager,
              chosen.weight_dtype, format_gib(chosen.resident_model_bytes), format_gib(chosen.predicted_peak_vram_bytes),

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from ..units import BYTES_PER_GIB, format_gib, gib
 from .catalogue import NAMED_GPUS, VARIANTS, device_for_gpu
-from .footprint import FP8_DTYPES
+from .footprint import QUANTIZED_DTYPES
 from .search import DEFAULT_RESERVE_VRAM_BYTES, search
 from .types import Job, PlanDoesNotFitError
 
@@ -62,7 +62,7 @@ def refusal(request, last_tried):
                 replace(request, job=replace(job, width=width, height=height))):
             suggestions.append(f"a smaller size: {width}x{height} with {job.frames} frames")
             break
-    if overrides.weight_dtype and overrides.weight_dtype not in FP8_DTYPES:
+    if overrides.weight_dtype and overrides.weight_dtype not in QUANTIZED_DTYPES:
         if request_fits(replace(request, overrides=replace(overrides, weight_dtype="fp8_scaled"))):
             suggestions.append("fp8 weights (weight_dtype fp8_scaled)")
     if overrides.text_encoder_device == "gpu" and request_fits(

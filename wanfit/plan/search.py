@@ -107,7 +107,7 @@ def reserve_vram_bytes(device, overrides):
 def _ram_phases(variant, job, on_cpu, candidate, te_device, sample_workspace, decode_workspace):
     config = variant.transformer
     weight_dtype = candidate.weight_dtype
-    upcast = on_cpu and weight_dtype not in footprint.FP8_DTYPES
+    upcast = on_cpu and weight_dtype not in footprint.FP8_DTYPES  # quantized formats: their unquantized rest
     model = footprint.transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=upcast)
     te = footprint.text_encoder_weight_bytes(candidate.text_encoder_dtype)
     vae = decode_memory.vae_weight_bytes(variant.vae, upcast_to_fp32=on_cpu)
@@ -162,7 +162,7 @@ def evaluate(request, reserve, candidate):
                 f"one sampling pass needs {format_gib(fixed + act_single)} of VRAM "
                 f"({format_gib(act_single)} activations for {footprint.transformer_tokens(config, job.width, job.height, job.frames)} tokens) "
                 f"but only {format_gib(ceiling)} is usable")
-        if (variant.experts > 1 and candidate.weight_dtype not in footprint.FP8_DTYPES and resident < model
+        if (variant.experts > 1 and candidate.weight_dtype not in footprint.QUANTIZED_DTYPES and resident < model
                 and not overrides.weight_dtype):
             failures.append("16-bit experts are only worth it fully resident")
         te_bytes = footprint.text_encoder_weight_bytes(candidate.text_encoder_dtype)
@@ -205,7 +205,7 @@ def candidates(variant, overrides, lean_forward=False):
     retentions = RETENTIONS if variant.experts > 1 else RETENTIONS[:2]
     for retention in retentions:
         for dtype in dtypes:
-            te_dtypes = ("fp16", "fp8_scaled") if dtype not in footprint.FP8_DTYPES else ("fp8_scaled",)
+            te_dtypes = ("fp16", "fp8_scaled") if dtype not in footprint.QUANTIZED_DTYPES else ("fp8_scaled",)
             for te_dtype in te_dtypes:
                 yield Candidate(dtype, te_dtype, retention, lean_forward)
 

@@ -32,7 +32,7 @@ class Job:
 @dataclass(frozen=True)
 class Overrides:
     reserve_vram_bytes: int = None  # VRAM kept free for other processes (e.g. a local LLM server)
-    weight_dtype: str = None  # force the diffusion model dtype (footprint.WEIGHT_DTYPES)
+    weight_dtype: str = None  # force the diffusion model dtype (footprint.WEIGHT_DTYPES, quantized formats included)
     text_encoder_device: str = None  # "cpu" or "gpu"
 
 
@@ -90,6 +90,12 @@ class Plan:
     vae_decode_exact: bool = True
     vae_decode_exact_budget_bytes: int = 0
     vae_decode_outlook: str = ""
+    # a ComfyUI-native quantized format (footprint.QUANTIZED_FORMATS): "native" or "dequantized per layer" on this
+    # card, and why; empty for fp16, bf16 and the fp8 files
+    weight_compute: str = ""
+    weight_compute_reason: str = ""
+    # where weights stream and weight_dtype is auto: a quantized format that would keep the model resident, in words
+    format_suggestion: str = ""
 
     @property
     def resident_fraction(self):
@@ -132,6 +138,10 @@ class Plan:
         if self.lean_forward:
             lines.append(f"Lean forward: on (chunks of {self.lean_chunk_tokens} tokens), activations "
                          f"{format_gib(self.predicted_activation_bytes)}")
+        if self.weight_compute:
+            lines.append(f"Weights {self.weight_dtype} computed {self.weight_compute} on {self.device_name}")
+        if self.format_suggestion:
+            lines.append(f"Suggestion: {self.format_suggestion}")
         drops = [name for name, flag in (("text encoder after encode", self.drop_text_encoder_after_encode),
                                          ("high-noise expert before low", self.drop_high_noise_expert_before_low)) if flag]
         if drops:

@@ -8,6 +8,7 @@ from ..errors import InvalidInputError
 from ..units import format_gib, gib
 from . import footprint
 from .catalogue import MODEL_VARIANTS, VARIANTS
+from .formats import check_core_loads
 from .types import Overrides, PlanRequest
 
 
@@ -77,4 +78,5 @@ def plan_request(device, model_variant, job, overrides=None, system_ram_bytes=No
         raise InvalidInputError("total_vram_bytes", device.total_vram_bytes, f"> 0 for GPU {device.name!r}",
                                 "check nvidia-smi and CUDA_VISIBLE_DEVICES, set GPU_TIER, or run ComfyUI with --cpu")
     validate_overrides(overrides, device)
+    check_core_loads(overrides.weight_dtype, core)
     return PlanRequest(device, variant, job, overrides, ram_bytes, core)

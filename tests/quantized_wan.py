@@ -1,0 +1,102 @@
+"""A tiny WAN transformer whose block linears are in one of ComfyUI's native quantized formats, on the
+quantized-matmul path, built in-process with the running core's own code (0.33.0 and later).
+
+The weights are quantized by the core's own `QuantizedTensor.from_float` and loaded through its own
+`mixed_precision_ops` layer loader (the `.comfy_quant` encoding), with no format disabled: what
+`comfy.ops.pick_operations` builds on a card that computes every format natively (fp8 from sm89,
+nvfp4 and mxfp8 from sm100). On the CPU this is the only way to run the quantized matmul path, since
+the core's `supports_*_compute` probes answer False there; comfy_kitchen's eager backend computes it.
+Used by tests/host/test_lean_forward_formats.py and bench/lean_forward_formats.py.
+"""
+
+import inspect
+import json
+
+import torch
+
+BLOCK_LINEAR = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+DIM, FFN_DIM, HEADS, LAYERS = 128, 256, 2, 2
+
+
+def core_formats():
+    """The quantized formats this core knows (its own QUANT_ALGOS), or () for a core without them."""
+    try:
+        from comfy.quant_ops import QUANT_ALGOS
+    except ImportError:
+        return ()
+    return tuple(QUANT_ALGOS)
+
+
+def _float_model(dtype, seed):
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+
+    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
+                         text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
+                         operations=comfy.ops.disable_weight_init)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            fan_in = parameter.shape[-1] if parameter.ndim > 1 else 1
+            values = torch.randn(parameter.shape, generator=generator) / fan_in ** 0.5
+            if parameter.ndim == 1:
+                values = 1 + 0.1 * values
+            parameter.copy_(values.to(parameter.dtype))
+    return model
+
+
+def quantized_state(quantized, prefix):
+    """The state-dict entries of one quantized weight, as the core's own layer state_dict writes them (releases
+    before comfy_kitchen, 0.3.76-0.5.x, have fp8 only and write its data and scale themselves)."""
+    if hasattr(quantized, "state_dict"):
+        return quantized.state_dict(prefix + "weight")
+    return {prefix + "weight": quantized._qdata, prefix + "weight_scale": quantized._layout_params["scale"]}
+
+
+def quantized_wan(fmt, dtype, seed=0, input_scale=False):
+    """The core's WanModel (dim 128, 2 blocks) with every block linear stored in `fmt`, computed in `dtype`.
+
+    input_scale=True stores a per-layer `input_scale` as a calibrated file does (nvfp4 and fp8 take it)."""
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+    from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor
+
+    layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
+    state = _float_model(dtype, seed).state_dict()
+    by_layer = "layer_quant_config" in inspect.signature(comfy.ops.mixed_precision_ops).parameters  # 0.3.76
+    for index in range(LAYERS):
+        for name in BLOCK_LINEAR:
+            prefix = f"blocks.{index}.{name}."
+            weight = state.pop(prefix + "weight")
+            state.update(quantized_state(QuantizedTensor.from_float(weight, layout), prefix))
+            if not by_layer:
+                state[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()),
+                                                             dtype=torch.uint8)
+            if input_scale:
+                state[prefix + "input_scale"] = torch.tensor(0.01, dtype=torch.float32)
+    if by_layer:  # the layers' formats go to the ops, not into the state dict
+        layers = {f"blocks.{index}.{name}": {"format": fmt} for index in range(LAYERS) for name in BLOCK_LINEAR}
+        operations = comfy.ops.mixed_precision_ops(layers, dtype)
+    else:
+        operations = comfy.ops.mixed_precision_ops({}, dtype)  # no format disabled (the default)
+    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
+                         text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
+                         operations=operations)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{fmt}: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return model.eval().requires_grad_(False)
+
+
+def inputs(dtype, frames=3, height=24, width=40, seed=1):
+    """(x, timestep, context) for one forward: 3 x 12 x 20 = 720 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, frames, height, width, generator=generator).to(dtype)
+    context = torch.randn(1, 512, 4096, generator=generator).to(dtype)
+    return x, torch.tensor([600.0]), context
+
+
+def relative_difference(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max()).item()
