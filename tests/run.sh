@@ -16,6 +16,7 @@
 #
 # Core checkouts: $WANFIT_CORE_0_3_64 (default ~/ComfyUI-0.3.64) and $WANFIT_CORE_0_33_0
 # (default ~/ComfyUI-0.33.0). Venvs: $WANFIT_VENV_ROOT/<version> (default ~/.cache/wanfit/venv).
+# The host tier also needs a ComfyUI-GGUF checkout: $WANFIT_COMFYUI_GGUF (default ~/ComfyUI-GGUF).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -134,6 +135,29 @@ MSG
   fi
 fi
 
+# ComfyUI-GGUF, the downstream loader the host tier runs WanFit's nodes behind (tests/host/test_gguf_downstream.py):
+# a checkout of github.com/city96/ComfyUI-GGUF, linked into that test's server only, never copied here.
+comfyui_gguf="${WANFIT_COMFYUI_GGUF:-$HOME/ComfyUI-GGUF}"
+host_selected=1
+for argument in "${pytest_args[@]}"; do
+  case "$argument" in
+    tests/host*) host_selected=1; break ;;
+    tests/*) host_selected=0 ;;
+  esac
+done
+if ((host_selected && !setup_only)) && [[ ! -f "$comfyui_gguf/nodes.py" || ! -f "$comfyui_gguf/loader.py" ]]; then
+  cat >&2 <<MSG
+error: no ComfyUI-GGUF checkout found at $comfyui_gguf
+  The host tier runs WanFit's nodes on models loaded by ComfyUI-GGUF's Unet Loader (GGUF); the checkout is
+  looked for at \$WANFIT_COMFYUI_GGUF, else ~/ComfyUI-GGUF.
+Fix: check it out, then run this command again (bash tests/run.sh):
+    git clone https://github.com/city96/ComfyUI-GGUF ~/ComfyUI-GGUF
+  Where only a stored snapshot is reachable:
+    git clone --no-checkout <snapshot> ~/ComfyUI-GGUF && cd ~/ComfyUI-GGUF && git checkout HEAD -- .
+MSG
+  exit 3
+fi
+
 base_python="${WANFIT_BASE_PYTHON:-python3}"
 venv_root="${WANFIT_VENV_ROOT:-$HOME/.cache/wanfit/venv}"
 
@@ -183,6 +207,20 @@ prepare_venv() {  # version path -> prints the venv's python
     pip_install -r "$comfy_requirements" -r "$repo_root/requirements.txt" -r "$repo_root/tests/requirements.txt" $torch_spec
     rm -f "$comfy_requirements"
     echo "$stamp" > "$stamp_file"
+  fi
+  # The downstream custom nodes' packages (ComfyUI-GGUF's gguf) have their own stamp: adding one installs
+  # just that package into an existing venv.
+  local downstream_stamp_file="$venv/.wanfit-downstream.sha256" downstream_stamp
+  downstream_stamp="$(sha256sum < "$repo_root/tests/downstream-requirements.txt" | cut -d' ' -f1)"
+  if [[ "$(cat "$downstream_stamp_file" 2>/dev/null)" != "$downstream_stamp" ]]; then
+    local downstream_log="$venv/.wanfit-downstream-install.log"
+    echo "installing tests/downstream-requirements.txt into $venv (log: $downstream_log)" >&2
+    if ! "$python" -m pip install -q -r "$repo_root/tests/downstream-requirements.txt" > "$downstream_log" 2>&1; then
+      tail -n 40 "$downstream_log" >&2
+      echo "error: pip install -r tests/downstream-requirements.txt failed (full log: $downstream_log)" >&2
+      exit 4
+    fi
+    echo "$downstream_stamp" > "$downstream_stamp_file"
   fi
   echo "$python"
 }
@@ -318,7 +356,7 @@ for version in "${selected_cores[@]}"; do
   if ((${#host_paths[@]})); then
     echo "=== host tier on ComfyUI $version ($(core_path "$version")) ==="
     COMFYUI_PATH="$(core_path "$version")" WANFIT_FIXTURES_DIR="$fixtures_root/$version" \
-      run_tier "$version" "${core_python[$version]}" "${host_paths[@]}" "${options[@]}"
+      WANFIT_COMFYUI_GGUF="$comfyui_gguf" run_tier "$version" "${core_python[$version]}" "${host_paths[@]}" "${options[@]}"
   fi
   if ((${#browser_paths[@]})); then
     echo "=== browser tier on ComfyUI $version (headless $("$chromium" --version 2>/dev/null || echo Chromium)) ==="

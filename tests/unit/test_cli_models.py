@@ -10,6 +10,7 @@ import wanfit.cli.models as cli_models
 from wanfit.cli.models import main
 from wanfit.models import load_manifest
 from tests.misbehaving_server import FileServer
+from tests.gguf_files import gguf_header_bytes
 from tests.model_files import quantize, sd15_unet, t5_encoder, wan_dit, wan_vae, write_safetensors
 
 
@@ -227,8 +228,37 @@ def test_check_file_refuses_the_wrong_kind_and_an_unreadable_header(tmp_path, ca
 
 def test_check_file_names_comfyui_gguf_for_a_gguf(tmp_path, capsys):
     path = tmp_path / "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf"
-    path.write_bytes(b"GGUF" + bytes(60))
+    path.write_bytes(gguf_header_bytes("wan", [("blocks.0.ffn.0.weight", (5120, 13824), 12),
+                                               ("blocks.0.modulation", (5120, 6, 1), 0)]))
     assert main(["--check-file", str(path)]) == 2
     captured = capsys.readouterr()
+    assert "kind: GGUF model (general.architecture: wan)\nformat: GGUF v3, 2 tensors: F32 1, Q4_K 1" in captured.out
     assert "loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf" in captured.out
     assert "Fix: load it with ComfyUI-GGUF's Unet Loader (GGUF)" in captured.err
+
+
+@pytest.mark.parametrize("arch, named", [("llama", "'llama'"), ("flux", "'flux'"), (None, "missing")])
+def test_check_file_refuses_a_gguf_of_another_architecture_naming_it(tmp_path, capsys, arch, named):
+    path = tmp_path / "wan2.2_ti2v_5B-Q8_0.gguf"
+    path.write_bytes(gguf_header_bytes(arch))
+    assert main(["--check-file", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert (f"{path} is not a WAN GGUF: its general.architecture is {named}, not 'wan' (what ComfyUI-GGUF's "
+            "tools/convert.py writes for a WAN 2.2 model). Fix: pick a WAN 2.2 GGUF") in captured.err
+    assert "loads with" not in captured.out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[:40], "GGUF header is truncated: {path} ends inside its"),
+    (lambda raw: raw[:4] + bytes([1, 0, 0, 0]) + raw[8:], "{path} is GGUF version 1; ComfyUI-GGUF reads versions 2 "
+                                                          "and 3"),
+    (lambda raw: raw[:8] + bytes([255] * 8) + raw[16:], "GGUF header is damaged: {path} declares 18446744073709551615 "
+                                                        "tensors"),
+    (lambda raw: b"<html>" + raw[6:], "Not a GGUF file: {path} starts with b'<htm', not b'GGUF'"),
+])
+def test_check_file_refuses_a_damaged_gguf_header_with_the_fix(tmp_path, capsys, damage, message):
+    path = tmp_path / "wan2.2_ti2v_5B-Q8_0.gguf"
+    path.write_bytes(damage(gguf_header_bytes("wan")))
+    assert main(["--check-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err and "Fix: " in err

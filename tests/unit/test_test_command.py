@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def run_test_command(env_overrides, tmp_path, *args):
     env = {key: value for key, value in os.environ.items()
-           if key != "COMFYUI_PATH" and not key.startswith("WANFIT_CORE_")}
+           if key not in ("COMFYUI_PATH", "WANFIT_COMFYUI_GGUF") and not key.startswith("WANFIT_CORE_")}
     env.update(HOME=str(tmp_path), **env_overrides)
     started = time.monotonic()
     result = subprocess.run(["bash", str(REPO_ROOT / "tests/run.sh"), *args], env=env, capture_output=True,
@@ -79,3 +79,17 @@ def test_the_matrix_tier_refuses_a_core_whose_venv_it_does_not_use(tmp_path):
     assert result.returncode == 2
     assert "runs with ComfyUI 0.33.0's venv" in result.stderr and "--core 0.33.0 tests/matrix" in result.stderr
     assert not (tmp_path / ".cache").exists()
+
+
+def test_a_missing_comfyui_gguf_checkout_stops_the_host_tier_with_directions(tmp_path):
+    fake_checkout(tmp_path / "ComfyUI-0.3.64", "0.3.64", main="")
+    fake_checkout(tmp_path / "ComfyUI-0.33.0", "0.33.0", main="")
+    for version in matrix_releases():
+        fake_checkout(tmp_path / f"ComfyUI-{version}", version, main="")
+    result, seconds = run_test_command({}, tmp_path, "--core", "0.33.0", "tests/host/test_gguf_downstream.py")
+    assert result.returncode == 3, result.stderr
+    assert f"no ComfyUI-GGUF checkout found at {tmp_path}/ComfyUI-GGUF" in result.stderr
+    assert "WANFIT_COMFYUI_GGUF" in result.stderr
+    assert "git clone https://github.com/city96/ComfyUI-GGUF ~/ComfyUI-GGUF" in result.stderr
+    assert seconds < 5, f"took {seconds:.1f} s; it must fail before installing anything"
+    assert not (tmp_path / ".cache").exists(), "nothing may be installed when ComfyUI-GGUF is missing"

@@ -11,7 +11,8 @@ quantized formats included, e.g. "nvfp4, 400 of 400 block linears; the rest bf16
 what would load it, and, where ComfyUI is importable, whether that core loads the format (read from
 its comfy/quant_ops.py). Exit 0 when WanFit's loaders would load it, 2 with the fix when not (not a
 WAN 2.2 model, VAE or text encoder, an unreadable header, quantization metadata that disagrees
-with the tensors, a format the core lacks, or a .gguf file, which ComfyUI-GGUF's loader loads).
+with the tensors, a format the core lacks, or a .gguf file, which ComfyUI-GGUF's loader loads; a GGUF
+whose general.architecture is not "wan" is refused naming it).
 """
 
 import argparse
@@ -24,6 +25,7 @@ from ..errors import WanFitError
 from ..models import (DOWNLOAD_HINT, VARIANT_TITLES, check_diffusion_model, check_present_file, check_text_encoder,
                       check_vae_file, detect_variant, find_model_file, header_verifier, load_manifest,
                       manager_model_list, manifest_entry, workflow_status)
+from ..models.gguf_header import read_gguf_header
 from ..models.core_support import check_loads_on_core, core_verdict, running_core_support
 from ..remote.download import DownloadError, download_file
 
@@ -114,9 +116,16 @@ def check_file(path):
     """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
     print(f"file: {path}")
     if path.suffix.lower() == ".gguf":
-        size = f"{path.stat().st_size / 1e9:.2f} GB" if path.is_file() else "not found"
-        print("kind: GGUF model\nformat: GGUF (quantized by ComfyUI-GGUF's tools)")
-        print(f"size: {size}")
+        header = read_gguf_header(path)  # ModelFileError: not GGUF, truncated, damaged (with the fix)
+        print(f"kind: GGUF model (general.architecture: {header.architecture or 'none'})")
+        print(f"format: GGUF v{header.version}, {header.tensor_count} tensors: {header.types_text}")
+        size = path.stat().st_size
+        print(f"size: {size / 1e9:.2f} GB ({size} bytes)")
+        if not header.is_wan:
+            named = f"'{header.architecture}'" if header.architecture else "missing"
+            raise CliError(f"{path} is not a WAN GGUF: its general.architecture is {named}, not 'wan' (what "
+                           f"ComfyUI-GGUF's tools/convert.py writes for a WAN 2.2 model). Fix: pick a WAN 2.2 "
+                           f"GGUF (general.architecture 'wan'), or the .safetensors model ({DOWNLOAD_HINT}).")
         print("loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf")
         raise CliError(f"{path} is a GGUF file, which WanFit's loaders do not load. Fix: load it with "
                        f"ComfyUI-GGUF's Unet Loader (GGUF), or use the .safetensors version ({DOWNLOAD_HINT}).")
