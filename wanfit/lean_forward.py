@@ -781,7 +781,7 @@ def apply_lean_forward(model_patcher, mode="auto", chunk_tokens=0, plan=None, no
         return model_patcher, ("Lean forward not applied, ComfyUI's own blocks run (the model passes through "
                                f"unchanged): {error}")
     if mode == "auto" and plan is not None:
-        report += " (the plan needs it for this job to fit)"
+        report += " (the plan needs it for this job to fit, or to keep more weights resident)"
     return patched, report
 
 

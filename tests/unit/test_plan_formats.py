@@ -201,7 +201,7 @@ def test_16_bit_and_fp8_plans_carry_no_compute_line():
 # --- the suggestion ---------------------------------------------------------------------------------------------
 
 def test_auto_suggests_nvfp4_where_fp8_streams_and_keeps_its_own_choice():
-    result = plan(device_for_gpu("RTX 4090", RAM), "t2v_a14b", A14B_JOB)
+    result = plan(device_for_gpu("RTX 4080", RAM), "t2v_a14b", A14B_JOB)
     assert result.weight_dtype == "fp8_scaled" and result.streamed_model_bytes > 0
     assert result.format_suggestion.startswith("nvfp4 would keep the whole expert on the GPU (7.8 GB")
     assert "dequantized per layer on this card" in result.format_suggestion
@@ -209,7 +209,7 @@ def test_auto_suggests_nvfp4_where_fp8_streams_and_keeps_its_own_choice():
 
 
 def test_a_32_gb_blackwell_card_gets_nvfp4_native_where_fp8_streams():
-    result = plan(device_for_gpu("RTX 5090", RAM), "t2v_a14b", Job(1280, 720, 81, batch=2))
+    result = plan(device_for_gpu("RTX 5090", RAM), "t2v_a14b", Job(1280, 720, 161, batch=2))
     assert result.weight_dtype == "fp8_scaled" and result.streamed_model_bytes > 0
     assert result.format_suggestion.startswith("nvfp4 would keep the whole expert")
     assert "native on this card" in result.format_suggestion
@@ -225,7 +225,7 @@ def test_no_suggestion_where_nothing_streams_or_the_dtype_is_forced(card, varian
 
 
 def test_no_suggestion_of_a_format_the_core_cannot_load():
-    result = plan(device_for_gpu("RTX 4090", RAM), "t2v_a14b", A14B_JOB, core=core_from_version("0.3.64"))
+    result = plan(device_for_gpu("RTX 4080", RAM), "t2v_a14b", A14B_JOB, core=core_from_version("0.3.64"))
     assert result.streamed_model_bytes > 0 and result.format_suggestion == ""
 
 

@@ -124,7 +124,11 @@ def build_plan(request, result, outlook=None, suggestion=""):
                        f"{format_gib(chosen.activation_bytes)} instead of {format_gib(stock)} with ComfyUI's own blocks "
                        f"({footprint.lean_block_units(config, tokens):.1f} instead of "
                        f"{footprint.activation_hidden_units(config, core.version):.1f} hidden states of {tokens} tokens), "
-                       f"saving {format_gib(stock - chosen.activation_bytes)}: without it the job does not fit")
+                       f"saving {format_gib(stock - chosen.activation_bytes)}: " + (
+                           "without it the job does not fit" if result.stock_alternative is None else
+                           f"it keeps {format_gib(chosen.resident_model_bytes)} of the weights resident instead of "
+                           f"{format_gib(result.stock_alternative.resident_model_bytes)} (no slower than ComfyUI's "
+                           "own blocks; streaming weights is)"))
     if drop_te:
         reasons.append("RAM is short for keeping every model: free the text encoder after encoding" +
                        (" and the high-noise expert before the low-noise expert loads" if drop_high else "") +

@@ -1,12 +1,12 @@
 """The candidate search: simulate what the core holds in VRAM and RAM in each phase (text encode, sampling,
 VAE decode) for each configuration, fastest first, and keep the first that fits.
 
-The core's own forward first; WanFit's lean forward (wanfit/lean_forward.py) only where the stock
-activations make every candidate fail. Any supported core: the lean forward checks itself against
+The core's own forward first; WanFit's lean forward (wanfit/lean_forward.py) where the stock
+activations make every candidate fail or stream weights the lean forward keeps resident. Any supported core: the lean forward checks itself against
 the core's own block at run time.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..decode import budget as decode_memory
 from ..units import BYTES_PER_GIB, BYTES_PER_MIB, format_gib
@@ -91,6 +91,7 @@ class SearchResult:
     chosen: Evaluation  # the first candidate that fits; None when none does
     last_tried: Evaluation  # what the refusal quotes; None when nothing was tried
     reserve_vram_bytes: int
+    stock_alternative: Evaluation = None  # the core's own forward, where it fits but the lean one was chosen
 
 
 def reserve_vram_bytes(device, overrides):
@@ -218,12 +219,25 @@ def candidates(variant, overrides, lean_forward=False):
 
 
 def search(request):
-    """The first candidate that fits with the core's own forward, else with the lean forward."""
+    """The first candidate that fits with the core's own forward, else with the lean forward; and the lean
+    forward also where the stock forward fits only by streaming weights that the lean one keeps resident.
+
+    Why the second case: a card with a little more VRAM must never stream more than a smaller one (where the
+    stock forward fails and the lean one is chosen); the lean forward is no slower (docs/benchmarks.md) and
+    streaming weights is.
+    """
     stock = _search_forward(request, lean_forward=False)
-    if stock.chosen is None:
-        lean = _search_forward(request, lean_forward=True)
-        if lean.chosen is not None:
-            return lean
+    chosen = stock.chosen
+    if chosen is not None and chosen.resident_model_bytes >= chosen.model_weight_bytes:
+        return stock
+    lean = _search_forward(request, lean_forward=True)
+    if lean.chosen is None:
+        return stock
+    if chosen is None:
+        return lean
+    if (lean.chosen.candidate.weight_dtype == chosen.candidate.weight_dtype
+            and lean.chosen.resident_model_bytes > chosen.resident_model_bytes):
+        return replace(lean, stock_alternative=chosen)
     return stock
 
 
