@@ -112,6 +112,19 @@ def importable_core_support():
     return running_core_support()
 
 
+def machine_compute_text(quant_algo):
+    """Whether this machine's device computes a QUANT_ALGOS format natively or ComfyUI dequantizes it per layer."""
+    from ..device import probe_device
+    from ..plan.footprint import QUANTIZED_FORMATS
+    from ..plan.formats import compute_path
+
+    name = next((name for name, fmt in QUANTIZED_FORMATS.items() if fmt.quant_algo == quant_algo), None)
+    path = compute_path(name, probe_device()) if name else None
+    if path is None:
+        return f"{quant_algo}: not planned by WanFit (ComfyUI dequantizes it per layer where it lacks the kernel)"
+    return f"{path.mode} ({path.why})"
+
+
 def check_file(path):
     """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
     print(f"file: {path}")
@@ -146,6 +159,8 @@ def check_file(path):
         verdict = core_verdict(info, support)
         print(f"loads on this core: {'yes' if verdict.loads else 'no'} ({verdict.reason})")
         check_loads_on_core(info, support)
+    if quantization is not None and quantization.main_format:
+        print(f"computes on this machine: {machine_compute_text(quantization.main_format)}")
     print(f"loads with: {loaders}")
     return 0
 
