@@ -119,7 +119,7 @@ def run_to_video(client, graph, tmp_path, name):
 def test_the_gguf_fixtures_are_laid_out_as_comfyui_gguf_writes_wan(gguf_fixtures, quant_type):
     """1-D tensors, small ones and .modulation in F32, the 5-D patch embedding in F32 right after its bias
     (tools/fix_5d_tensors.py), every other 2-D weight in the file's type; general.architecture 'wan'."""
-    from wanfit.models.gguf_header import read_gguf_header
+    from wanfit.models.gguf_header import read_gguf_file
 
     path = gguf_fixtures[graphs.TI2V_5B, quant_type]
     types = gguf_tensor_types(path)
@@ -130,8 +130,8 @@ def test_the_gguf_fixtures_are_laid_out_as_comfyui_gguf_writes_wan(gguf_fixtures
     for name in ("blocks.0.self_attn.q.weight", "blocks.1.cross_attn.o.weight", "blocks.0.ffn.0.weight",
                  "text_embedding.0.weight", "head.head.weight"):
         assert types[name] == quant_type, name
-    header = read_gguf_header(path)
-    assert header.architecture == "wan" and header.tensor_types == {"F32": 43, quant_type: 26}
+    header = read_gguf_file(path)
+    assert header.architecture == "wan" and header.type_counts() == {"F32": 43, quant_type: 26}
 
 
 def without_video(graph):

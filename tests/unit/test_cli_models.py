@@ -269,3 +269,24 @@ def test_check_file_refuses_a_damaged_gguf_header_with_the_fix(tmp_path, capsys,
     assert main(["--check-file", str(path)]) == 2
     err = capsys.readouterr().err
     assert message.format(path=path) in err and "Fix: " in err
+
+
+def test_check_file_refuses_a_gguf_the_shared_reader_cannot_trust(tmp_path, capsys):
+    """The one GGUF reader (also the planner's): an unknown GGML type, rows its blocks cannot tile and a folder
+    named .gguf are refused naming the file, with the fix; the refusal is a ModelFileError."""
+    from wanfit.models import ModelFileError
+    from wanfit.models.gguf_header import GGUFFileError
+
+    assert issubclass(GGUFFileError, ModelFileError)
+    unknown = tmp_path / "unknown.gguf"
+    unknown.write_bytes(gguf_header_bytes("wan", [("blocks.0.ffn.0.weight", (128, 256), 99)]))
+    untiled = tmp_path / "untiled.gguf"
+    untiled.write_bytes(gguf_header_bytes("wan", [("blocks.0.ffn.0.weight", (100, 256), 12)]))
+    folder = tmp_path / "folder.gguf"
+    folder.mkdir()
+    for path, message in ((unknown, f"{unknown} stores tensor blocks.0.ffn.0.weight as GGML type 99"),
+                          (untiled, "as Q4_K, whose blocks of 256 values do not divide its rows"),
+                          (folder, f"{folder} is not a regular file")):
+        assert main(["--check-file", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Fix: download it again" in err, err

@@ -13,9 +13,10 @@ from tests.model_files import quantize, sd15_unet, wan_dit, write_safetensors
 from tests.unit.test_plan_formats import A14B_CHECKPOINT, loaded_bytes, wan_checkpoint
 from wanfit.core import core_from_version
 from wanfit.errors import InvalidInputError, WanFitError
+from wanfit.models.gguf_header import GGML_TYPES, GGUFFileError
 from wanfit.plan import device_for_gpu, plan_from_options
 from wanfit.plan.footprint import GGUF_DTYPES, T2V_A14B_EXPERT, TI2V_5B, WanTransformerConfig, transformer_weight_bytes
-from wanfit.plan.gguf import GGML_TYPES, GGUF_QUANTS, GGUFFileError
+from wanfit.plan.gguf import GGUF_QUANTS
 from wanfit.plan.model_file import LLAMA_FILE_TYPES, size_model_file
 from wanfit.units import BYTES_PER_GIB
 

@@ -25,7 +25,7 @@ from ..errors import WanFitError
 from ..models import (DOWNLOAD_HINT, VARIANT_TITLES, check_diffusion_model, check_present_file, check_text_encoder,
                       check_vae_file, detect_variant, find_model_file, header_verifier, load_manifest,
                       manager_model_list, manifest_entry, workflow_status)
-from ..models.gguf_header import read_gguf_header
+from ..models.gguf_header import read_gguf_file
 from ..models.core_support import check_loads_on_core, core_verdict, running_core_support
 from ..remote.download import DownloadError, download_file
 
@@ -129,7 +129,8 @@ def check_file(path):
     """`--check-file PATH`: what the file is and what loads it, from its header; 0 when WanFit loads it."""
     print(f"file: {path}")
     if path.suffix.lower() == ".gguf":
-        header = read_gguf_header(path)  # ModelFileError: not GGUF, truncated, damaged (with the fix)
+        # GGUFFileError (a ModelFileError): not GGUF, truncated, damaged (with the fix); the header alone is read
+        header = read_gguf_file(path, require_data=False)
         print(f"kind: GGUF model (general.architecture: {header.architecture or 'none'})")
         print(f"format: GGUF v{header.version}, {header.tensor_count} tensors: {header.types_text}")
         size = path.stat().st_size

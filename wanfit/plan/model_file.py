@@ -2,7 +2,7 @@
 
 A .safetensors file goes through the loaders' own gate (wanfit.models.check_diffusion_model: a damaged or
 foreign header, or quantization metadata that disagrees with the tensors, is refused naming the file and the
-fix); a .gguf file through gguf.read_gguf_file, then the same WAN detection on its names and shapes. Only
+fix); a .gguf file through wanfit.models.gguf_header.read_gguf_file, then the same WAN detection on its names and shapes. Only
 the header is read: a 14 GB expert is sized in milliseconds.
 """
 
@@ -13,7 +13,8 @@ from ..models import check_diffusion_model
 from ..models.detection import detect_variant
 from ..models.headers import SafetensorsHeader, TensorEntry
 from ..models.quantization import BLOCK_LINEAR, short_dtype
-from .gguf import GGUF_MAGIC, GGUF_QUANTS, read_gguf_file
+from ..models.gguf_header import GGUF_MAGIC, read_gguf_file
+from .gguf import GGUF_QUANTS
 from .types import ModelFileSize
 
 # The plan's names for what a safetensors diffusion model stores (its QUANT_ALGOS key or dominant dtype).
