@@ -163,7 +163,8 @@ def test_check_file_says_whether_the_importable_core_loads_it(tmp_path):
     path = write_safetensors(tmp_path / "wan2.2_t2v_high_noise_14B_nvfp4.safetensors", tensors, metadata)
     newest = check_file_on("0.33.0", path)
     assert newest.returncode == 0, newest.stderr[-2000:]
-    assert "loads on this core: yes (nvfp4 in comfy.quant_ops.QUANT_ALGOS)\nloads with:" in newest.stdout
+    assert "loads on this core: yes (nvfp4 in comfy.quant_ops.QUANT_ALGOS)\ncomputes on this machine: " in newest.stdout
+    assert "\nloads with: WanFit Load" in newest.stdout
     oldest = check_file_on("0.3.64", path)
     assert oldest.returncode == 2
     assert ("loads on this core: no (this core has no nvfp4: it has no comfy/quant_ops.py, so no quantized format)"
