@@ -325,8 +325,8 @@ def test_more_frames_or_pixels_never_lower_predicted_memory(variant, card, ram_g
     device = device_for_gpu(card, ram_gb * GIB)
     small = _try(device, variant, _job(variant, width_units, height_units, n))
     big = _try(device, variant, _job(variant, width_units + more_w, height_units, n + more_n))
-    if small is None or big is None or big.weight_dtype != small.weight_dtype:
-        return  # a refusal or a cheaper dtype is the planner's answer to more memory
+    if small is None or big is None or big.weight_dtype != small.weight_dtype or big.lean_forward != small.lean_forward:
+        return  # a refusal, a cheaper dtype or the lean forward is the planner's answer to more memory
     assert big.predicted_peak_vram_bytes >= small.predicted_peak_vram_bytes
     same_ram_choices = all(getattr(big, choice) == getattr(small, choice) for choice in (
         "drop_text_encoder_after_encode", "drop_high_noise_expert_before_low", "text_encoder_dtype",
