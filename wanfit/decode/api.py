@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..errors import InvalidInputError
-from .budget import untiled_decode_bytes
+from .budget import follow_live_tensors_on_cpu, untiled_decode_bytes
 from .layout import require_protocol
 from .plan import layouts_of, plan_decode, plan_for_layouts
 from .tiles import DecodeStep, decode_tiles, empty_device_cache, is_oom
@@ -156,6 +156,8 @@ def decode_comfy_vae(vae, samples, budget_bytes, overlap=None, progress=None, fr
     protocol = None
     # the untiled path is the core's own WanVAE.decode, nothing replayed; no plan: decode_latent says why
     if plan is not None and not plan.untiled:
+        if torch.device(vae.device).type == "cpu":
+            follow_live_tensors_on_cpu()  # the check's untiled core decode comes first and counts too
         check = check_against_core(vae)
         if not replay_check.follow(check, mode, "WanFit VAE Decode", self_check.CORE_PATH):
             note(replay_check.fallback_note(check, self_check.CORE_PATH))
