@@ -4,13 +4,11 @@ ComfyUI-GGUF's loader, and the files the plan refuses (naming the file and the f
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from tests.model_files import quantize, sd15_unet, wan_dit, write_safetensors
-from tests.unit.test_plan_formats import A14B_CHECKPOINT, loaded_bytes, wan_checkpoint
+from tests.unit.test_plan_formats import A14B_CHECKPOINT, loaded_bytes, run_cli, wan_checkpoint
 from wanfit.core import core_from_version
 from wanfit.errors import InvalidInputError, WanFitError
 from wanfit.models.gguf_header import GGML_TYPES, GGUFFileError
@@ -20,7 +18,6 @@ from wanfit.plan.gguf import GGUF_QUANTS
 from wanfit.plan.model_file import LLAMA_FILE_TYPES, size_model_file
 from wanfit.units import BYTES_PER_GIB
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAM = 64 * BYTES_PER_GIB
 
 
@@ -28,13 +25,6 @@ def card(name="RTX 4090"):
     return lambda: device_for_gpu(name, RAM)
 
 
-def run_cli(*args):
-    env = dict(os.environ)
-    env.pop("GPU_TIER", None)
-    env.pop("COMFYUI_PATH", None)
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run([sys.executable, "-m", "wanfit", "plan", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
