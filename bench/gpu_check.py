@@ -23,7 +23,18 @@ its own try/except, so one failure is recorded and the run goes on):
   - WanFit's budgeted VAE decode at a small budget against the core's own VAE decode;
   - on cores with dynamic VRAM (0.33+): the same sampling with --disable-dynamic-vram;
   - ComfyUI's template graph (UNETLoader + KSampler + VAEDecode, as video_wan2_2_5B_ti2v.json) against
-    WanFit's shipped workflows/api/ti2v_5b_t2v.json for the same job on the same capped card.
+    WanFit's shipped workflows/api/ti2v_5b_t2v.json for the same job on the same capped card;
+  - ComfyUI's native quantized formats (cores whose comfy.quant_ops.QUANT_ALGOS has them, 0.33; an older core
+    reports the case skipped, naming what its QUANT_ALGOS lacks): TI2V-5B with its block linears quantized
+    by the core's own QuantizedTensor.from_float (tests/quantized_wan.py) to float8_e4m3fn, int8_tensorwise,
+    nvfp4 and mxfp8, loaded by the core as a file with a _quantization_metadata header and sampled by its own
+    sampler, against the same model in fp16: s/step, peak VRAM against the plan's prediction for that
+    weight_dtype, whether the core computes each layer natively or dequantizes it as it runs (its loader's
+    per-layer choice, beside wanfit.plan.formats' verdict for the card), and WanFit's lean forward's
+    max |lean - core| / max |core| on one forward of that model. Kept cheap (41 frames, 2 steps: loading,
+    not sampling, should be most of the roughly one to two minutes it is estimated to take on an H100) and
+    placed after the cap-24 cases, which say more about WanFit, but before the cap-32 repeats, which the
+    formats' first measurement on a GPU is worth more than.
 The text encoder is skipped: conditioning of the real shape (1, 512, 4096) stands in for it.
 Random weights are built on the GPU (no downloads); speed and memory do not depend on their values.
 
@@ -34,6 +45,7 @@ Internal: `--case NAME[,NAME]` runs cases in a child process and writes their re
 import argparse
 import contextlib
 import datetime
+import inspect
 import json
 import os
 from pathlib import Path
@@ -59,6 +71,14 @@ JOBS = {
 # The decode case: real resolution, fewer frames on a GPU (the graph cases decode the whole 121 frames).
 DECODE_JOBS = {"gpu": (1280, 704, 41), "cpu-tiny": (32, 32, 5)}
 DECODE_BUDGET_BYTES = {"gpu": 2 * 2**30, "cpu-tiny": 256 * 2**20}
+# The formats case: one TI2V-5B model per format, 2 steps (the second step's interval is the s/step) at 41 frames,
+# a third of the token count of the sample cases, so five loads and samplings stay near a minute on an H100.
+FORMAT_JOBS = {"gpu": (1280, 704, 41, 2), "cpu-tiny": (32, 32, 5, 2)}
+# fp16 first: the same model unquantized, the baseline the formats' s/step and peaks are read against
+FORMAT_ARMS = ("fp16", "float8_e4m3fn", "int8_tensorwise", "nvfp4", "mxfp8")
+# the lean forward against the core's: one forward at the sampling latent on a GPU; 3x24x40 (720 tokens) on the CPU
+LEAN_LATENT = {"cpu-tiny": (3, 24, 40)}
+FORMATS_CASE = "formats_ti2v_5b_cap24"
 CAPS_GB = (24, 32)
 CFG = 5.0
 SAMPLER, SCHEDULER = "uni_pc", "simple"
@@ -133,6 +153,7 @@ def build_cases(mode, dynamic_core):
              sample("t2v_a14b", 24, ["auto"]),
              {"name": "decode_wan22_cap24", "kind": "decode", "cap_gb": 24},
              lean_a14b,
+             {"name": FORMATS_CASE, "kind": "formats", "cap_gb": 24},
              sample("ti2v_5b", 32, ["sdpa", "auto"]),
              sample("t2v_a14b", 32, ["auto"])]
     for case in cases:
@@ -183,6 +204,7 @@ class Child:
         import tests.fixtures.generate  # noqa: F401
         import tests.host.graphs  # noqa: F401
         import tests.host.test_nodes  # noqa: F401
+        import tests.quantized_wan  # noqa: F401
         import wanfit.plan  # noqa: F401
 
         sys.path.remove(str(REPO_ROOT))
@@ -456,15 +478,16 @@ def conditioning():
             fake_umt5_conditioning("blurry, static, low quality", 2))
 
 
-def wanfit_plan(child, variant, job):
+def wanfit_plan(child, variant, job, weight_dtype=None):
     """wanfit.plan.plan for the card as this process sees it (capped), as the plan node would probe it."""
     from wanfit.core import running_core
     from wanfit.device import probe_comfyui_device
-    from wanfit.plan import Job, plan
+    from wanfit.plan import Job, Overrides, plan
 
     width, height, frames, _ = job
     # the running core: its memory manager, dynamic VRAM on or off
-    return plan(probe_comfyui_device(), variant, Job(width, height, frames, cfg=True), core=running_core())
+    return plan(probe_comfyui_device(), variant, Job(width, height, frames, cfg=True),
+                overrides=Overrides(weight_dtype=weight_dtype) if weight_dtype else None, core=running_core())
 
 
 # --- case bodies -------------------------------------------------------------------------
@@ -784,7 +807,6 @@ class _QuietServer:
 
 
 def run_graph(child, case, result):
-    import inspect
     import torch
     import comfy.utils
     import execution
@@ -848,7 +870,208 @@ def run_graph(child, case, result):
     record(result, "run", run)
 
 
-CASE_RUNNERS = {"env": run_env, "prepare": run_prepare, "sample": run_sample, "decode": run_decode, "graph": run_graph}
+def _quantized_layers(patcher):
+    """(layers the core loaded in a quantized format, those it computes natively): the core's mixed_precision_ops
+    gives a quantized layer a `layout_type` and marks it `_full_precision_mm` where this card cannot compute its
+    format (comfy.ops.pick_operations): such a layer is dequantized to the compute dtype each time it runs."""
+    layers = [module for module in patcher.model.diffusion_model.modules()
+              if getattr(module, "layout_type", None) is not None]
+    return len(layers), sum(1 for module in layers if not getattr(module, "_full_precision_mm", False))
+
+
+def _kitchen_backends():
+    try:
+        import comfy_kitchen
+
+        return ", ".join(name for name, backend in comfy_kitchen.list_backends().items()
+                         if backend.get("available") and not backend.get("disabled")) or "none"
+    except Exception as error:  # noqa: BLE001
+        return f"unknown ({type(error).__name__}: {error})"
+
+
+def _lean_against_core(child, patcher, latent_shape, context):
+    """max |lean - core| / max |core| of the diffusion model's raw output: one forward through the core's own
+    apply_model with its blocks, one with WanFit's lean blocks (no self-check: the lean block alone)."""
+    import torch
+    import comfy.model_management as mm
+    from wanfit.lean_forward import lean_transformer_options
+    from tests.quantized_wan import relative_difference
+
+    device = mm.get_torch_device()
+    base = patcher.model
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(latent_shape, generator=generator).to(device)
+    sigma = torch.tensor([0.6], device=device)
+    outputs = []
+    hook = base.diffusion_model.register_forward_hook(lambda module, args, output: outputs.append(output.float()))
+    seconds = {}
+    mm.load_models_gpu([patcher])
+    patcher.pre_run()
+    try:
+        for arm, options in (("core", {}), ("lean", lean_transformer_options(len(base.diffusion_model.blocks),
+                                                                              mode="on", checked=False))):
+            with torch.inference_mode():
+                if not child.cpu:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                base.apply_model(x, sigma, c_crossattn=context.to(device), transformer_options=options)
+                if not child.cpu:
+                    torch.cuda.synchronize()
+                seconds[arm] = round(time.perf_counter() - started, 4)
+    finally:
+        hook.remove()
+        patcher.cleanup()
+    core, lean = outputs
+    return {"lean_over_core_max_relative": relative_difference(lean, core), "core_forward_seconds": seconds["core"],
+            "lean_forward_seconds": seconds["lean"], "forward_tokens": int(core[0, 0].numel() // 4)}
+
+
+def run_formats(child, case, result):
+    """TI2V-5B with its block linears quantized by the core's own QuantizedTensor.from_float, per format: loaded by
+    the core as a file with a `_quantization_metadata` header, sampled with ComfyUI's own sampler, and its forward
+    compared with WanFit's lean one."""
+    import torch
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.sd
+    import comfy.utils
+    from tests import quantized_wan
+    from wanfit.device import probe_comfyui_device
+    from wanfit.plan.formats import WEIGHT_DTYPE_ALIASES, compute_path
+
+    info = result["info"]
+    known = quantized_wan.core_formats()
+    info["core_quant_algos"] = list(known)
+    if not known:
+        result["skipped"] = (f"skipped: ComfyUI {core_version(child.core)} has no quantized formats "
+                             "(no comfy.quant_ops.QUANT_ALGOS)")
+        return
+    width, height, frames, steps = job = FORMAT_JOBS[child.mode]
+    info["job"] = (f"TI2V-5B {width}x{height}x{frames}, {steps} steps, cfg {CFG}, {SAMPLER}/{SCHEDULER}; the block "
+                   f"linears ({len(quantized_wan.BLOCK_LINEAR)} per block) quantized, the rest as in the fp16 file")
+    info["comfy_kitchen_backends"] = _kitchen_backends()
+    info["dynamic_vram_enabled"] = _aimdo_enabled()
+    if not child.apply_cap(case, result):
+        return
+    source = {}
+
+    def read():
+        started = time.perf_counter()
+        source["state_dict"] = comfy.utils.load_torch_file(str(model_paths(child)["ti2v_5b"]))
+        return {"seconds": round(time.perf_counter() - started, 2)}
+
+    record(result, "load", read)
+    if "state_dict" not in source:
+        return
+    num_layers = 1 + max(int(key.split(".")[1]) for key in source["state_dict"] if key.startswith("blocks."))
+    positive, negative = conditioning()
+    latent = torch.zeros(1, 48, (frames - 1) // 4 + 1, height // 16, width // 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    lean_shape = (1, 48, *LEAN_LATENT[child.mode]) if child.mode in LEAN_LATENT else tuple(latent.shape)
+    quantize_on = "cpu" if child.cpu else "cuda"
+    takes_metadata = "metadata" in inspect.signature(comfy.sd.load_diffusion_model_state_dict).parameters
+    device = probe_comfyui_device()
+    metrics = result["metrics"]
+
+    def measure(arm):
+        out = {}
+        state_dict = dict(source["state_dict"])
+        metadata = None
+        if arm != "fp16":
+            started = time.perf_counter()
+            quantized_wan.quantize_block_linears(state_dict, arm, num_layers, comfy_quant=not takes_metadata,
+                                                 device=quantize_on)
+            if not child.cpu:
+                torch.cuda.empty_cache()
+            out["quantize_seconds"] = round(time.perf_counter() - started, 2)
+            layers = {f"blocks.{index}.{name}": {"format": arm} for index in range(num_layers)
+                      for name in quantized_wan.BLOCK_LINEAR}
+            metadata = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+        weight_dtype = WEIGHT_DTYPE_ALIASES.get(arm, arm)
+        try:
+            plan = wanfit_plan(child, "ti2v_5b", job, weight_dtype)
+            info[f"{arm}_plan"] = plan.summary()
+        except Exception as error:  # noqa: BLE001 - a refusal is a result
+            plan = None
+            info[f"{arm}_plan"] = f"refused: {str(error)[:400]}"
+        started = time.perf_counter()
+        extra = {"metadata": metadata} if takes_metadata and metadata else {}
+        patcher = comfy.sd.load_diffusion_model_state_dict(state_dict, model_options={}, **extra)
+        out["load_seconds"] = round(time.perf_counter() - started, 2)
+        base = patcher.model  # get_dtype_inference arrived after 0.3.76
+        compute_dtype = base.get_dtype_inference() if hasattr(base, "get_dtype_inference") else (
+            base.manual_cast_dtype or base.get_dtype())
+        info[f"{arm}_compute_dtype"] = str(compute_dtype).replace("torch.", "")
+        quantized, native = _quantized_layers(patcher)
+        out["quantized_layers"] = quantized
+        if arm != "fp16":
+            # what the core did: its loader marks each layer it will dequantize as it runs
+            out["layers_native"], out["layers_dequantized"] = native, quantized - native
+            if not quantized:
+                out["core_ran_natively"] = na("no loaded layer has a layout_type to read")
+            elif native in (0, quantized):
+                out["core_ran_natively"] = native == quantized
+            else:
+                out["core_ran_natively"] = na(f"mixed: {native} of {quantized} layers native")
+            path = compute_path(weight_dtype, device)
+            info[f"{arm}_plan_compute"] = path.describe()
+            out["plan_says_native"] = path.native
+            if isinstance(out["core_ran_natively"], bool):
+                out["core_agrees_with_plan"] = out["core_ran_natively"] == path.native
+        stamps = []
+        with PeakMeter(child) as meter:
+            started = time.perf_counter()
+            comfy.sample.sample(patcher, noise, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent, seed=5,
+                                disable_pbar=True,
+                                callback=lambda step, x0, x, total: stamps.append(time.perf_counter()))
+            seconds = time.perf_counter() - started
+            peaks = meter.snapshot()
+        out["s_per_step"], info[f"{arm}_s_per_step_method"] = _step_seconds(stamps, seconds, steps)
+        out.update(sampling_seconds=round(seconds, 2), steps=steps, oom=False, **peaks)
+        if child.cpu:
+            out["predicted_sample_vram_gib"] = out["measured_over_predicted"] = NA_CPU
+        elif plan is not None:
+            predicted = plan.predicted_vram_by_phase.get("sample") or plan.predicted_peak_vram_bytes
+            out["predicted_sample_vram_gib"] = gib(predicted)
+            out["measured_over_predicted"] = ratio(peaks["peak_device_used_gib"], gib(predicted))
+        else:
+            out["predicted_sample_vram_gib"] = out["measured_over_predicted"] = na("the plan refused (see info)")
+        if child.remaining() <= 15:
+            out["lean_over_core_max_relative"] = na("skipped: global deadline reached")
+        else:  # a failure here must not lose the arm's other numbers
+            try:
+                out.update(_lean_against_core(child, patcher, lean_shape, positive[0][0]))
+            except Exception as error:  # noqa: BLE001
+                first_line = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                if is_oom(error):
+                    result["notes"].append(f"{arm} lean against core: out of memory ({first_line})")
+                    out["lean_over_core_max_relative"] = na("out of memory (see notes)")
+                else:
+                    result["errors"].append(f"{arm} lean against core: {first_line}\n{traceback.format_exc(limit=-8)}")
+                    out["lean_over_core_max_relative"] = na(f"the forward raised {type(error).__name__} (see errors)")
+        del patcher, state_dict
+        mm.unload_all_models()
+        return out
+
+    for arm in FORMAT_ARMS:
+        if arm != "fp16" and arm not in known:
+            metrics[arm] = na(f"this core's QUANT_ALGOS has no {arm} (it has {', '.join(known)})")
+        elif child.remaining() < 45:  # one arm on a GPU: quantize, load, sample and two forwards, about 15-20 s
+            metrics[arm] = na("skipped: global deadline reached")
+        else:
+            record(result, arm, lambda arm=arm: measure(arm))
+        child.save()
+    baseline = metrics.get("fp16")
+    for arm in FORMAT_ARMS[1:]:
+        if isinstance(metrics.get(arm), dict) and isinstance(baseline, dict):
+            metrics[arm]["s_per_step_over_fp16"] = ratio(metrics[arm].get("s_per_step"), baseline.get("s_per_step"))
+            metrics[arm]["peak_device_over_fp16"] = NA_CPU if child.cpu else ratio(
+                metrics[arm].get("peak_device_used_gib"), baseline.get("peak_device_used_gib"),
+                na("a peak is missing (OOM)"))
+
+
+CASE_RUNNERS = {"env": run_env, "prepare": run_prepare, "sample": run_sample, "decode": run_decode, "graph": run_graph,
+                "formats": run_formats}
 
 
 def child_main(args):
@@ -875,7 +1098,9 @@ def child_main(args):
         except Exception:  # noqa: BLE001
             result["errors"].append(traceback.format_exc())
         result["seconds"] = round(time.perf_counter() - started, 2)
-        result["status"] = "error" if result["errors"] else "ok"
+        result["status"] = "error" if result["errors"] else ("skipped" if result.get("skipped") else "ok")
+        if result.get("skipped"):
+            result["reason"] = result.pop("skipped")
         child.save()
     return 0
 
@@ -1004,6 +1229,13 @@ def summarise(report):
     summary["graph_wanfit_oom"] = metric("graph_wanfit_ti2v_5b_cap24", "run", "oom")
     summary["decode_wanfit_time_over_comfy"] = metric("decode_wan22_cap24", "wanfit_time_over_comfy")
     summary["decode_wanfit_peak_over_comfy"] = metric("decode_wan22_cap24", "wanfit_peak_over_comfy")
+    formats = cases.get(FORMATS_CASE, {})
+    for arm in FORMAT_ARMS[1:]:
+        if formats.get("status") in ("n/a", "skipped"):
+            summary[f"format_{arm}_s_per_step_over_fp16"] = formats.get("reason")
+            continue
+        summary[f"format_{arm}_s_per_step_over_fp16"] = metric(FORMATS_CASE, arm, "s_per_step_over_fp16")
+        summary[f"format_{arm}_lean_over_core_max_relative"] = metric(FORMATS_CASE, arm, "lean_over_core_max_relative")
     return {key: (value if value is not None else "n/a: not measured") for key, value in summary.items()}
 
 
@@ -1044,12 +1276,14 @@ def markdown(report):
         for arm, values in arms:
             peak_torch = values.get("peak_torch_allocated_gib", values.get("sampling_peak_torch_allocated_gib"))
             peak_device = values.get("peak_device_used_gib", values.get("sampling_peak_device_used_gib"))
-            plan_gib = planned.get("predicted_sample_vram_gib", values.get("predicted_peak_gib", values.get("budget_gib")))
+            plan_gib = planned.get("predicted_sample_vram_gib", values.get(
+                "predicted_sample_vram_gib", values.get("predicted_peak_gib", values.get("budget_gib"))))
             lines.append(f"| {name} | {arm} | {status} | {_fmt(values.get('s_per_step'))} | {_fmt(peak_torch)} | "
                          f"{_fmt(peak_device)} | {_fmt(plan_gib)} | "
                          f"{_fmt(values.get('measured_over_predicted', values.get('peak_over_budget')))} | "
                          f"{_fmt(values.get('oom'))} | "
                          f"{_fmt(values.get('seconds', values.get('sampling_seconds', values.get('prompt_seconds'))))} |")
+    lines += formats_markdown(report)
     lines += ["", "| comparison | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in report.get("summary", {}).items()]
     errors = [(name, case["errors"]) for name, case in report["cases"].items() if case.get("errors")]
@@ -1059,6 +1293,38 @@ def markdown(report):
             for message in messages:
                 lines.append(f"- {name}: {message.strip().splitlines()[-1][:300]}")
     return "\n".join(lines) + "\n"
+
+
+def formats_markdown(report):
+    """The formats case's own table: what the core computed natively, and the lean forward's difference."""
+    case = report["cases"].get(FORMATS_CASE)
+    if not case or case.get("status") in ("n/a", "skipped", "pending"):
+        return []
+    info = case.get("info", {})
+    lines = ["", f"## Quantized formats ({FORMATS_CASE}: {info.get('job', '')}; comfy-kitchen backends: "
+                 f"{info.get('comfy_kitchen_backends', '?')})", "",
+             "| format | s/step | over fp16 | peak device GiB | plan GiB | measured/plan | layers native/quantized "
+             "| core ran | plan says | lean vs core (max rel.) | lean s / core s per forward |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in FORMAT_ARMS:
+        values = case.get("metrics", {}).get(arm)
+        if not isinstance(values, dict):
+            lines.append(f"| {arm} | {_fmt(values)} | | | | | | | | | |")
+            continue
+
+        def mode(flag):
+            return flag if isinstance(flag, str) else ("native" if flag else "dequantized")
+
+        layers = (f"{values.get('layers_native')}/{values.get('quantized_layers')}" if "layers_native" in values
+                  else "-")
+        core_ran = "-" if arm == "fp16" else mode(values.get("core_ran_natively"))
+        plan_says = "-" if arm == "fp16" else mode(values.get("plan_says_native"))
+        lines.append(f"| {arm} ({info.get(f'{arm}_compute_dtype', '?')}) | {_fmt(values.get('s_per_step'))} | "
+                     f"{_fmt(values.get('s_per_step_over_fp16'))} | {_fmt(values.get('peak_device_used_gib'))} | "
+                     f"{_fmt(values.get('predicted_sample_vram_gib'))} | {_fmt(values.get('measured_over_predicted'))} "
+                     f"| {layers} | {core_ran} | {plan_says} | {_fmt(values.get('lean_over_core_max_relative'))} | "
+                     f"{_fmt(values.get('lean_forward_seconds'))} / {_fmt(values.get('core_forward_seconds'))} |")
+    return lines
 
 
 def write_outputs(out_dir, report):

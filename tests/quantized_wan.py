@@ -54,27 +54,40 @@ def quantized_state(quantized, prefix):
     return {prefix + "weight": quantized._qdata, prefix + "weight_scale": quantized._layout_params["scale"]}
 
 
+def quantize_block_linears(state, fmt, num_layers, input_scale=False, comfy_quant=True, device=None):
+    """`state` (a WAN state dict with the checkpoint's keys) with every block linear's weight replaced by the core's
+    own `QuantizedTensor.from_float` of it in `fmt`, in place; returned.
+
+    comfy_quant=True adds each layer's `.comfy_quant` entry, as the core's loader makes from a file's
+    `_quantization_metadata` header, so comfy.sd loads the state dict as it would load such a file. `device`: where
+    the quantizing runs (a GPU quantizes a 5B model in seconds); the entries come back to the weight's device."""
+    from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor
+
+    layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
+    for index in range(num_layers):
+        for name in BLOCK_LINEAR:
+            prefix = f"blocks.{index}.{name}."
+            weight = state.pop(prefix + "weight")
+            quantized = QuantizedTensor.from_float(weight.to(device or weight.device), layout)
+            state.update({key: value.to(weight.device) for key, value in quantized_state(quantized, prefix).items()})
+            if comfy_quant:
+                state[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()),
+                                                             dtype=torch.uint8)
+            if input_scale:
+                state[prefix + "input_scale"] = torch.tensor(0.01, dtype=torch.float32)
+    return state
+
+
 def quantized_wan(fmt, dtype, seed=0, input_scale=False):
     """The core's WanModel (dim 128, 2 blocks) with every block linear stored in `fmt`, computed in `dtype`.
 
     input_scale=True stores a per-layer `input_scale` as a calibrated file does (nvfp4 and fp8 take it)."""
     import comfy.ldm.wan.model as wan
     import comfy.ops
-    from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor
 
-    layout = QUANT_ALGOS[fmt]["comfy_tensor_layout"]
-    state = _float_model(dtype, seed).state_dict()
     by_layer = "layer_quant_config" in inspect.signature(comfy.ops.mixed_precision_ops).parameters  # 0.3.76
-    for index in range(LAYERS):
-        for name in BLOCK_LINEAR:
-            prefix = f"blocks.{index}.{name}."
-            weight = state.pop(prefix + "weight")
-            state.update(quantized_state(QuantizedTensor.from_float(weight, layout), prefix))
-            if not by_layer:
-                state[prefix + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()),
-                                                             dtype=torch.uint8)
-            if input_scale:
-                state[prefix + "input_scale"] = torch.tensor(0.01, dtype=torch.float32)
+    state = quantize_block_linears(_float_model(dtype, seed).state_dict(), fmt, LAYERS, input_scale=input_scale,
+                                   comfy_quant=not by_layer)
     if by_layer:  # the layers' formats go to the ops, not into the state dict
         layers = {f"blocks.{index}.{name}": {"format": fmt} for index in range(LAYERS) for name in BLOCK_LINEAR}
         operations = comfy.ops.mixed_precision_ops(layers, dtype)

@@ -15,6 +15,11 @@ import sys
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "gpu_check.py"
 
+FORMATS_CASE = "formats_ti2v_5b_cap24"
+FORMATS = ("float8_e4m3fn", "int8_tensorwise", "nvfp4", "mxfp8")
+# On the CPU only int8 has compute (torch._int_mm): the core dequantizes the other formats as each layer runs.
+CPU_NATIVE = {"float8_e4m3fn": False, "int8_tensorwise": True, "nvfp4": False, "mxfp8": False}
+
 # case -> the numbers it must measure on the CPU (path of keys under "metrics")
 EXPECTED = {
     "env": [("cpu_threads",)],
@@ -28,6 +33,10 @@ EXPECTED = {
     "sample_t2v_a14b_cap24_lean_vs_stock": [("sdpa", "s_per_step"), ("lean", "s_per_step"),
                                             ("lean_over_stock_s_per_step",)],
     "decode_wan22_cap24": [("comfy", "seconds"), ("wanfit", "seconds"), ("wanfit_time_over_comfy",)],
+    FORMATS_CASE: [("fp16", "s_per_step"), ("fp16", "lean_over_core_max_relative")]
+    + [(fmt, key) for fmt in FORMATS for key in ("s_per_step", "s_per_step_over_fp16", "quantized_layers",
+                                                  "layers_native", "layers_dequantized",
+                                                  "lean_over_core_max_relative")],
     "sample_ti2v_5b_cap32": [("sdpa", "s_per_step"), ("auto", "s_per_step")],
     "sample_t2v_a14b_cap32": [("auto", "s_per_step")],
 }
@@ -66,6 +75,9 @@ def test_cpu_tiny_runs_every_case_with_numbers_or_reasons(comfyui, fixtures, tmp
         if name == "sample_ti2v_5b_cap24_dynamic_vram_off" and not dynamic_core:
             assert case["status"] == "n/a" and case["reason"].startswith("n/a"), f"{name}: {case}"
             continue
+        if name == FORMATS_CASE and not case["info"]["core_quant_algos"]:  # 0.3.64: no comfy.quant_ops
+            assert case["status"] == "skipped" and "QUANT_ALGOS" in case["reason"], f"{name}: {case}"
+            continue
         assert case["status"] == "ok", f"{name}: status {case['status']!r} ({case.get('reason')})"
         for path, value in _leaves(case["metrics"]):
             where = f"{name}: metrics {'.'.join(path)}"
@@ -86,6 +98,17 @@ def test_cpu_tiny_runs_every_case_with_numbers_or_reasons(comfyui, fixtures, tmp
     assert sample["sage_speedup_over_sdpa"].startswith("n/a on CPU")
     assert sample["lean_over_stock_peak_torch"].startswith("n/a on CPU")
     assert report["cases"]["sample_t2v_a14b_cap24_lean_vs_stock"]["info"]["lean_report"].startswith("Lean forward on")
+
+    formats = report["cases"][FORMATS_CASE]
+    if formats["status"] == "ok":
+        for fmt in FORMATS:
+            measured = formats["metrics"][fmt]
+            # what the core did, read from its loaded layers, and the plan's verdict for the CPU agree
+            assert measured["core_ran_natively"] is CPU_NATIVE[fmt] and measured["core_agrees_with_plan"] is True, \
+                f"{fmt}: {measured}"
+            assert measured["quantized_layers"] == measured["layers_native"] + measured["layers_dequantized"] > 0
+            assert measured["lean_over_core_max_relative"] == 0, f"{fmt}: the lean forward differs from the core's"
+            assert measured["measured_over_predicted"].startswith("n/a on CPU")
 
     table = (out / "gpu_check.md").read_text()
     assert f"ComfyUI {version}" in table, table[:500]
