@@ -132,6 +132,37 @@ class WanFitLoadA14BExperts(io.ComfyNode):
         return shown(text, high, low, text)
 
 
+def gguf_folder_registered():
+    import folder_paths
+
+    return "unet_gguf" in folder_paths.folder_names_and_paths
+
+
+def diffusion_model_names():
+    """The diffusion models, then the .gguf ones where ComfyUI-GGUF registered its unet_gguf folder."""
+    return filenames("diffusion_models") + (filenames("unet_gguf") if gguf_folder_registered() else [])
+
+
+def diffusion_model_folder(name):
+    from ..wanfit.experts import is_gguf_name
+
+    return "unet_gguf" if is_gguf_name(name) and gguf_folder_registered() else "diffusion_models"
+
+
+def low_noise_refusal(name):
+    """validate_inputs' gate: a .gguf needs ComfyUI-GGUF's loader and a WAN 2.2 GGUF; any other file WanFit's own."""
+    import nodes
+
+    from ..wanfit.experts import comfyui_gguf_loader, is_gguf_name
+
+    if is_gguf_name(name):
+        try:
+            comfyui_gguf_loader(nodes.NODE_CLASS_MAPPINGS, name)
+        except WanFitError as error:
+            return str(error)
+    return refusal("check_low_noise_expert", diffusion_model_folder(name), name)
+
+
 class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -142,9 +173,9 @@ class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
             inputs=[io.Model.Input("high_noise_model", tooltip="The high-noise expert as loaded; released here when "
                                                                "the plan says so."),
                     io.Latent.Input("samples", tooltip="The high-noise sampler's output: the switch waits for it."),
-                    io.Combo.Input("low_noise_model", options=filenames("diffusion_models"),
+                    io.Combo.Input("low_noise_model", options=diffusion_model_names(),
                                    tooltip="The low-noise expert of the same task, e.g. "
-                                           "wan2.2_t2v_low_noise_14B_fp8_scaled."),
+                                           "wan2.2_t2v_low_noise_14B_fp8_scaled; a .gguf loads through ComfyUI-GGUF."),
                     weight_dtype_input(),
                     io.Combo.Input("release_high_noise", options=["auto", "always", "never"], default="auto",
                                    tooltip="auto releases the high-noise expert when the plan says RAM is short."),
@@ -155,29 +186,34 @@ class WanFitSwitchToLowNoiseExpert(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_noise_model):
-        return refusal("check_loadable_diffusion_model", "diffusion_models", low_noise_model)
+        return low_noise_refusal(low_noise_model)
 
     @classmethod
     def execute(cls, high_noise_model, samples, low_noise_model, weight_dtype, release_high_noise, plan=None):
         import comfy.model_management as model_management
+        import nodes
+        from server import PromptServer
 
-        from ..wanfit.experts import release_model, should_release, source_path
+        from ..wanfit.experts import (is_gguf_name, load_gguf_expert, release_high_noise_expert, should_release,
+                                      source_path)
 
-        low_path = models().resolve_model_path("diffusion_models", low_noise_model)
+        gguf = is_gguf_name(low_noise_model)
+        low_path = models().resolve_model_path(diffusion_model_folder(low_noise_model), low_noise_model)
         high_path = source_path(high_noise_model)
         if high_path:
-            pair = models().check_expert_pair(high_path, low_path)
+            pair = models().check_expert_pair(high_path, low_path, gguf_allowed=True)
             low_info, roles = pair.low, pair.roles
         else:
-            low_info, roles = models().check_diffusion_model(low_path), "high-noise expert loaded by another node"
+            low_info = models().check_expert(low_path, "low-noise", gguf_allowed=True)
+            roles = "high-noise expert loaded by another node"
         release, why = should_release(release_high_noise, plan)
-        lines = [roles]
-        if release:
-            freed = release_model(high_noise_model, model_management)
-            lines.append(f"released the high-noise expert ({freed / 2**30:.2f} GB): {why}")
+        lines = [roles, release_high_noise_expert(high_noise_model, why, model_management, PromptServer.instance)
+                 if release else why]
+        if gguf:
+            low, reason = load_gguf_expert(nodes.NODE_CLASS_MAPPINGS, low_noise_model, low_path,
+                                           models().check_gguf_diffusion_model(low_path).file.types_text)
         else:
-            lines.append(why)
-        low, reason = load_diffusion_model(low_path, low_info, weight_dtype, plan)
+            low, reason = load_diffusion_model(low_path, low_info, weight_dtype, plan)
         lines.append(f"loaded {low_noise_model}: {reason}")
         text = "\n".join(lines)
         return shown(text, low, samples, text)

@@ -66,3 +66,55 @@ def release_model(patcher, model_management):
     model_management.soft_empty_cache()
     log.info("WanFit: released %.1f GB of high-noise expert weights (%s)", size / 2**30, path or "unknown file")
     return size
+
+
+GGUF_LOADER_NODE = "UnetLoaderGGUF"  # ComfyUI-GGUF's loader node
+
+
+def is_gguf_name(name):
+    return str(name).lower().endswith(".gguf")
+
+
+def comfyui_gguf_loader(node_classes, name):
+    """ComfyUI-GGUF's loader node class: the switch loads a .gguf low-noise expert through it, after the
+    high-noise expert is released, as that node would; without ComfyUI-GGUF it refuses, naming the file."""
+    from .models import ModelMismatchError
+
+    loader = node_classes.get(GGUF_LOADER_NODE)
+    if loader is None:
+        raise ModelMismatchError(
+            f"{name} is a GGUF file: WanFit Switch To Low-Noise Expert loads it through ComfyUI-GGUF's Unet Loader "
+            f"(GGUF), which is not installed. Fix: install ComfyUI-GGUF (city96) with ComfyUI-Manager and restart "
+            f"ComfyUI, or pick the .safetensors low-noise expert.", [name])
+    return loader
+
+
+def load_gguf_expert(node_classes, name, path, gguf_types):
+    """-> (model, reason): the low-noise GGUF loaded by ComfyUI-GGUF's own node, its source remembered."""
+    (model,) = comfyui_gguf_loader(node_classes, name)().load_unet(name)
+    remember_source(model, path)
+    return model, (f"loaded by ComfyUI-GGUF's Unet Loader (GGUF) as stored ({gguf_types}, dequantized per layer); "
+                   f"weight_dtype does not apply to a GGUF")
+
+
+def reload_after_this_prompt(server):
+    """A model released in place that no WanFit loader made stays in ComfyUI's node cache, and the next prompt
+    would sample a model without weights. Setting the flag the Free model and node cache button sets (the prompt
+    worker then resets the cache after this prompt) makes the next prompt load it again. -> whether it was set."""
+    queue = getattr(server, "prompt_queue", None)
+    if queue is None or not callable(getattr(queue, "set_flag", None)):
+        return False
+    queue.set_flag("free_memory", True)
+    return True
+
+
+def release_high_noise_expert(patcher, why, model_management, server):
+    """release_model, and the line the switch reports; a model no WanFit loader made gets the cache flag too."""
+    line = f"released the high-noise expert ({release_model(patcher, model_management) / 2**30:.2f} GB): {why}"
+    if source_path(patcher):
+        return line  # the WanFit loader's fingerprint moves on (released_generation): it loads again
+    if reload_after_this_prompt(server):
+        return (line + "; ComfyUI's node cache is cleared after this prompt (as by Free model and node cache), so "
+                       "the next run loads the high-noise expert again")
+    return (line + "; press Free model and node cache before the next run (this ComfyUI has no cache flag to set), "
+                   "or load the high-noise expert with WanFit Load A14B Experts")

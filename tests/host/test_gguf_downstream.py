@@ -7,6 +7,7 @@ tiled VAE decode must take such a model as they take a safetensors one, and lean
 exactly. The GGUF fixtures are the host tier's tiny models written as ComfyUI-GGUF's tools write them
 (tests/gguf_files.py)."""
 
+import json
 import os
 from pathlib import Path
 import re
@@ -250,13 +251,58 @@ def test_the_expert_switch_releases_a_gguf_high_noise_expert(gguf_client, tmp_pa
     assert f"loaded {graphs.T2V_LOW}: weight dtype as stored (float16)" in switch
 
 
-def test_the_expert_switch_refuses_a_gguf_low_noise_expert_with_the_fix(gguf_client):
+def test_the_expert_switch_hands_over_to_a_gguf_low_noise_expert_and_the_next_run_loads_both_again(gguf_client,
+                                                                                                  tmp_path):
+    """A GGUF pair through WanFit's switch: it releases the high-noise GGUF (UnetLoaderGGUF's output, which ComfyUI's
+    node cache keeps) and loads the low-noise GGUF through ComfyUI-GGUF's own loader. A second run with another seed
+    must load the high-noise expert again, not sample the released one (weights on the meta device)."""
+    gguf_client.free()
+    low = gguf_name(graphs.T2V_LOW, "Q8_0")
+    graph = a14b_graph(gguf_name(graphs.T2V_HIGH, "Q8_0"), low, "video/gguf_switch", release=low)
+    assert low in json.dumps(gguf_client.object_info()["WanFitSwitchToLowNoiseExpert"]["input"]["required"])
+    first = run_a14b(gguf_client, graph, tmp_path, "first")
+    switch = ui_text(first, "44")
+    assert switch.startswith("high-noise expert loaded by another node\nreleased the high-noise expert (")
+    assert "ComfyUI's node cache is cleared after this prompt (as by Free model and node cache)" in switch
+    assert switch.endswith(f"loaded {low}: loaded by ComfyUI-GGUF's Unet Loader (GGUF) as stored (F32 43, Q8_0 26, "
+                           f"dequantized per layer); weight_dtype does not apply to a GGUF"), switch
+    assert "float32 compute on Q8_0 weights" in ui_text(first, "43")
+    graph["9"]["inputs"]["noise_seed"] += 1
+    second = run_a14b(gguf_client, graph, tmp_path, "second")
+    assert ui_text(second, "44").startswith("high-noise expert loaded by another node\nreleased the high-noise expert (")
+    first_latent = load_saved_latent(gguf_client, first, LATENT_NODE, tmp_path / "first_again")
+    second_latent = load_saved_latent(gguf_client, second, LATENT_NODE, tmp_path / "second_again")
+    assert not torch.equal(first_latent, second_latent)
+
+
+def test_the_expert_switch_refuses_a_gguf_low_noise_expert_that_is_no_wan_a14b_expert(gguf_server, gguf_client,
+                                                                                        fixtures):
+    import safetensors.torch
+
+    ti2v = gguf_name(graphs.TI2V_5B, "Q8_0")
     graph = a14b_graph(gguf_name(graphs.T2V_HIGH, "Q8_0"), gguf_name(graphs.T2V_LOW, "Q8_0"), "video/refused",
-                       release=gguf_name(graphs.T2V_LOW, "Q8_0"))
+                       release=ti2v)
     text = rejected_text(gguf_client, graph)
-    assert "wanfit_tiny_t2v_low_noise_14B-Q8_0.gguf" in text
-    assert "it looks like a GGUF file (needs the ComfyUI-GGUF loader, not WanFit's loaders)" in text
-    assert "Fix: download the .safetensors version of the model" in text
+    assert f"TI2V-5B is a single model, not an A14B expert: " in text and ti2v in text
+    llama = write_gguf(safetensors.torch.load_file(str(fixtures["diffusion_models"][graphs.T2V_LOW])),
+                       gguf_server.scratch_models / "diffusion_models" / "wanfit_tiny_low_noise_llama-Q8_0.gguf",
+                       "Q8_0", arch="llama")
+    graph["44"]["inputs"]["low_noise_model"] = llama.name
+    text = rejected_text(gguf_client, graph)
+    assert f"{llama} is not a WAN GGUF: its general.architecture is 'llama', not 'wan'" in text
+    assert "Fix: pick a WAN 2.2 GGUF" in text
+
+
+def test_without_comfyui_gguf_the_expert_switch_refuses_a_gguf_naming_the_fix(client):
+    """The plain server has no ComfyUI-GGUF: a .gguf low-noise name sent over /prompt is refused before it runs."""
+    graph = graphs.a14b_t2v_stock(prefix="video/refused")
+    graph["44"] = {"class_type": "WanFitSwitchToLowNoiseExpert", "inputs": {
+        "high_noise_model": ["1", 0], "samples": ["9", 0], "low_noise_model": "wan22_low_noise-Q4_K_M.gguf",
+        "weight_dtype": "auto", "release_high_noise": "always"}}
+    graph["10"]["inputs"]["latent_image"] = ["44", 1]
+    text = rejected_text(client, graph)
+    assert ("wan22_low_noise-Q4_K_M.gguf is a GGUF file: WanFit Switch To Low-Noise Expert loads it through "
+            "ComfyUI-GGUF's Unet Loader (GGUF), which is not installed. Fix: install ComfyUI-GGUF (city96)") in text
 
 
 @pytest.mark.parametrize("node", ["WanFitLoadDiffusionModel", "WanFitLoadA14BExperts"])

@@ -240,7 +240,8 @@ def test_check_file_names_comfyui_gguf_for_a_gguf(tmp_path, capsys):
     assert main(["--check-file", str(path)]) == 2
     captured = capsys.readouterr()
     assert "kind: GGUF model (general.architecture: wan)\nformat: GGUF v3, 2 tensors: F32 1, Q4_K 1" in captured.out
-    assert "loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf" in captured.out
+    assert ("loads with: ComfyUI-GGUF's Unet Loader (GGUF), which WanFit Switch To Low-Noise Expert also calls; "
+            "WanFit's loaders refuse .gguf") in captured.out
     assert "Fix: load it with ComfyUI-GGUF's Unet Loader (GGUF)" in captured.err
 
 

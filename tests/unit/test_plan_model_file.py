@@ -11,9 +11,11 @@ from tests.model_files import quantize, sd15_unet, wan_dit, write_safetensors
 from tests.unit.test_plan_formats import A14B_CHECKPOINT, loaded_bytes, run_cli, wan_checkpoint
 from wanfit.core import core_from_version
 from wanfit.errors import InvalidInputError, WanFitError
+from wanfit.models import ModelMismatchError
 from wanfit.models.gguf_header import GGML_TYPES, GGUFFileError
 from wanfit.plan import device_for_gpu, plan_from_options
-from wanfit.plan.footprint import GGUF_DTYPES, T2V_A14B_EXPERT, TI2V_5B, WanTransformerConfig, transformer_weight_bytes
+from wanfit.plan.footprint import (GGUF_DTYPES, I2V_A14B_EXPERT, T2V_A14B_EXPERT, TI2V_5B, WanTransformerConfig,
+                                   transformer_weight_bytes)
 from wanfit.plan.gguf import GGUF_QUANTS
 from wanfit.plan.model_file import LLAMA_FILE_TYPES, size_model_file
 from wanfit.units import BYTES_PER_GIB
@@ -141,11 +143,31 @@ def test_the_ggml_type_table_is_the_gguf_packages():
         assert gguf.LlamaFileType(number).name in (f"MOSTLY_{name}", "ALL_F32")
 
 
+# Published WAN 2.2 GGUFs (QuantStack's Hugging Face repos, converted from the fp16 files): file bytes, and the header
+# before their tensors (67,968 bytes for an A14B expert's 1,095 tensors, 51,168 for TI2V-5B's 825).
+PUBLISHED_GGUF_BYTES = {
+    (T2V_A14B_EXPERT, "gguf_q4_k_m"): 9_650_090_496, (T2V_A14B_EXPERT, "gguf_q3_k_s"): 6_513_373_696,
+    (I2V_A14B_EXPERT, "gguf_q8_0"): 15_406_608_896, (I2V_A14B_EXPERT, "gguf_q6_k"): 12_003_652_096,
+    (I2V_A14B_EXPERT, "gguf_q5_k_m"): 10_792_055_296, (I2V_A14B_EXPERT, "gguf_q4_k_m"): 9_651_728_896,
+    (I2V_A14B_EXPERT, "gguf_q3_k_s"): 6_515_012_096,
+    (TI2V_5B, "gguf_q8_0"): 5_400_179_040, (TI2V_5B, "gguf_q6_k"): 4_211_683_680, (TI2V_5B, "gguf_q5_k_m"): 3_810_603_360,
+    (TI2V_5B, "gguf_q5_k_s"): 3_559_928_160, (TI2V_5B, "gguf_q5_1"): 3_866_636_640, (TI2V_5B, "gguf_q5_0"): 3_642_503_520,
+    (TI2V_5B, "gguf_q4_k_m"): 3_433_116_000, (TI2V_5B, "gguf_q4_k_s"): 3_116_380_512, (TI2V_5B, "gguf_q4_1"): 3_253_219_680,
+    (TI2V_5B, "gguf_q4_0"): 3_029_086_560, (TI2V_5B, "gguf_q3_k_m"): 2_547_790_176, (TI2V_5B, "gguf_q3_k_s"): 2_294_755_680,
+    (TI2V_5B, "gguf_q2_k"): 1_853_862_240,
+}
+PUBLISHED_GGUF_HEADER_BYTES = {T2V_A14B_EXPERT: 67_968, I2V_A14B_EXPERT: 67_968, TI2V_5B: 51_168}
+
+
+@pytest.mark.parametrize("config, name", list(PUBLISHED_GGUF_BYTES), ids=lambda value: getattr(value, "name", value))
+def test_the_planned_gguf_size_is_the_published_files_tensors_to_the_byte(config, name):
+    published = PUBLISHED_GGUF_BYTES[config, name] - PUBLISHED_GGUF_HEADER_BYTES[config]
+    assert transformer_weight_bytes(config, name) == published
+
+
 def test_a14b_expert_sizes_per_gguf_quantization():
     sizes = {name: transformer_weight_bytes(T2V_A14B_EXPERT, name) for name in GGUF_DTYPES}
-    assert sizes["gguf_q4_k_m"] == 9_659_863_296  # "Q4_K_M about 9.7 GB an expert"
-    assert sizes["gguf_q8_0"] == 15_414_743_296
-    assert sizes["gguf_f16"] == sizes["gguf_bf16"] == 28_587_479_296
+    assert sizes["gguf_f16"] == sizes["gguf_bf16"] == 28_577_638_528
     assert sizes["gguf_q2_k"] < sizes["gguf_q3_k_s"] < sizes["gguf_q3_k_m"] < sizes["gguf_q4_k_s"] < sizes["gguf_q4_k_m"]
     # GGUF keeps every tensor as stored, on the CPU too
     assert transformer_weight_bytes(TI2V_5B, "gguf_q8_0", upcast_to_fp32=True) == transformer_weight_bytes(
@@ -182,8 +204,9 @@ TINY = WanTransformerConfig("tiny", dim=256, ffn_dim=512, num_layers=2, num_head
 
 
 def write_gguf(path, quant="Q8_0", arch="wan", file_type=True, skip_v=False):
-    """A tiny T2V WAN GGUF as ComfyUI-GGUF's tools write one: 1-D tensors, .modulation and the 5-D patch
-    embedding F32, the other matrices F16, the block linears in `quant` (Q4_K_M: v and ffn.2 in Q6_K, raw bytes)."""
+    """A tiny T2V WAN GGUF as ComfyUI-GGUF's tools write one from an fp16 model (as the published WAN 2.2 GGUFs
+    are): the 5-D patch embedding F32 (fix_5d_tensors.py), every other tensor F16 but the block linears, which are
+    in `quant` (Q4_K_M: v and ffn.2 in Q6_K, raw bytes)."""
     gguf = pytest.importorskip("gguf")
     import numpy
 
@@ -195,9 +218,9 @@ def write_gguf(path, quant="Q8_0", arch="wan", file_type=True, skip_v=False):
     for name, shape in wan_checkpoint(TINY.dim, TINY.ffn_dim, TINY.num_layers, TINY.in_dim, TINY.out_dim).items():
         data = numpy.zeros(shape, dtype=numpy.float32)
         block_linear = name.startswith("blocks.") and len(shape) == 2
-        if len(shape) != 2 or ".modulation" in name or data.size <= 1024:
+        if len(shape) == 5:
             writer.add_tensor(name, data, raw_dtype=types.F32)
-        elif not block_linear or quant == "F16":
+        elif len(shape) != 2 or ".modulation" in name or data.size <= 1024 or not block_linear or quant == "F16":
             writer.add_tensor(name, data.astype(numpy.float16), raw_dtype=types.F16)
         elif quant == "Q8_0":
             writer.add_tensor(name, gguf.quants.quantize(data, types.Q8_0), raw_dtype=types.Q8_0)
@@ -234,7 +257,7 @@ def test_a_gguf_without_file_type_takes_its_block_linears_type(tmp_path):
 
 def test_a_gguf_of_another_architecture_is_refused(tmp_path):
     path = write_gguf(tmp_path / "flux.gguf", arch="flux")
-    with pytest.raises(InvalidInputError, match="its architecture is 'flux'"):
+    with pytest.raises(ModelMismatchError, match="is not a WAN GGUF: its general.architecture is 'flux', not 'wan'"):
         size_model_file(path)
 
 
@@ -289,7 +312,7 @@ def test_a_gguf_with_wrong_tensor_shapes_is_refused(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(InvalidInputError, match="a WAN 2.2 diffusion model GGUF"):
+    with pytest.raises(ModelMismatchError, match="is a WAN GGUF that looks like .*Fix: pick a WAN 2.2 TI2V-5B or A14B"):
         size_model_file(str(other))
 
 

@@ -140,7 +140,8 @@ def check_file(path):
             raise CliError(f"{path} is not a WAN GGUF: its general.architecture is {named}, not 'wan' (what "
                            f"ComfyUI-GGUF's tools/convert.py writes for a WAN 2.2 model). Fix: pick a WAN 2.2 "
                            f"GGUF (general.architecture 'wan'), or the .safetensors model ({DOWNLOAD_HINT}).")
-        print("loads with: ComfyUI-GGUF's Unet Loader (GGUF); WanFit's loaders refuse .gguf")
+        print("loads with: ComfyUI-GGUF's Unet Loader (GGUF), which WanFit Switch To Low-Noise Expert also calls; "
+              "WanFit's loaders refuse .gguf")
         raise CliError(f"{path} is a GGUF file, which WanFit's loaders do not load. Fix: load it with "
                        f"ComfyUI-GGUF's Unet Loader (GGUF), or use the .safetensors version ({DOWNLOAD_HINT}).")
     info = detect_variant(path)  # ModelFileError (unreadable, damaged, not safetensors) carries its own fix

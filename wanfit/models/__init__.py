@@ -4,7 +4,8 @@ all import from here.
 
 headers      read and check a safetensors header; paths that are no regular file
 detection    which WAN 2.2 file a header is (ModelInfo), the variant of a loaded model
-checks       the loaders' gates: diffusion model, A14B expert pair, VAE, text encoder
+checks       the loaders' gates: diffusion model, A14B expert pair, VAE, text encoder; a WAN GGUF for
+             ComfyUI-GGUF's loader
 core_support whether the running ComfyUI loads a file's quantized format (its QUANT_ALGOS)
 manifest     the official files (manifest.json) and the missing-file error
 presence     where ComfyUI finds a file; a workflow's slots; the download header check
@@ -13,8 +14,9 @@ quantization ComfyUI's native quantization of a diffusion model (QuantizationInf
 load_options the weight dtype and text-encoder device a loader asks ComfyUI for
 """
 
-from .checks import (ExpertPair, check_diffusion_model, check_expert_pair, check_loadable_diffusion_model,
-                     check_loadable_expert_pair, check_text_encoder, check_vae_file, check_vae_for_model,
+from .checks import (ExpertPair, GGUFModel, check_diffusion_model, check_expert_pair, check_gguf_diffusion_model,
+                     check_expert, check_loadable_diffusion_model, check_loadable_expert_pair,
+                     check_low_noise_expert, expert_info, check_text_encoder, check_vae_file, check_vae_for_model,
                      noise_level_hint)
 from .core_support import (CoreQuantSupport, CoreVerdict, check_loads_on_core, core_verdict, running_core_support,
                            support_of)

@@ -12,6 +12,8 @@ import re
 from .core_support import check_loads_on_core
 from .detection import VARIANT_TITLES, ModelInfo, detect_variant
 from .errors import DOWNLOAD_HINT, ModelMismatchError
+from .gguf_header import GGUFFile, is_gguf_file, read_gguf_file
+from .headers import SafetensorsHeader, TensorEntry
 from .manifest import download_phrase
 
 # Which VAE file each diffusion variant needs (file names from the manifest).
@@ -21,6 +23,12 @@ EXPERT_FILES = {
     "t2v_a14b": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
     "i2v_a14b": ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"),
 }
+
+
+@dataclass
+class GGUFModel:
+    file: GGUFFile
+    info: ModelInfo
 
 
 @dataclass
@@ -55,6 +63,53 @@ def check_diffusion_model(path, expected_variant=None):
     return info
 
 
+def check_gguf_diffusion_model(path):
+    """The gate for a WAN 2.2 GGUF that ComfyUI-GGUF's loader will load (the expert switch hands it over, the plan
+    sizes it): its header must be GGUF, its architecture WAN's, its names and shapes a WAN 2.2 diffusion model."""
+    gguf_file = read_gguf_file(path)
+    if gguf_file.architecture not in (None, "wan"):
+        raise ModelMismatchError(
+            f"{path} is not a WAN GGUF: its general.architecture is {gguf_file.architecture!r}, not 'wan' (what "
+            f"ComfyUI-GGUF's tools/convert.py writes for a WAN 2.2 model). Fix: pick a WAN 2.2 GGUF, e.g. "
+            f"wan2.2_t2v_low_noise_14B_Q4_K_M.gguf, or the .safetensors model ({DOWNLOAD_HINT}).", [path])
+    # The detection reads names and shapes only; the dtype tag is a stand-in.
+    tensors = {key.removeprefix("model.diffusion_model."): TensorEntry("U8", tensor.shape, (0, 0))
+               for key, tensor in gguf_file.tensors.items()}
+    info = detect_variant(SafetensorsHeader(gguf_file.path, gguf_file.file_size_bytes, 0, tensors, {}))
+    if info.kind != "diffusion_model" or info.variant not in ("ti2v_5b", "t2v_a14b", "i2v_a14b"):
+        raise ModelMismatchError(
+            f"Not a WAN 2.2 model: {path} is a WAN GGUF that looks like {info.looks_like}. Fix: pick a WAN 2.2 "
+            f"TI2V-5B or A14B expert GGUF, e.g. wan2.2_t2v_low_noise_14B_Q4_K_M.gguf.", [path])
+    return GGUFModel(gguf_file, info)
+
+
+def expert_info(path, gguf_allowed=False):
+    """The ModelInfo of one expert file: a GGUF too where ComfyUI-GGUF will load it (the expert switch)."""
+    if gguf_allowed and is_gguf_file(path):
+        return check_gguf_diffusion_model(path).info
+    return check_diffusion_model(path)
+
+
+def check_expert(path, slot, gguf_allowed=False):
+    """One A14B expert file: a WAN 2.2 diffusion model, and not the single TI2V-5B model."""
+    info = expert_info(path, gguf_allowed)
+    if info.variant == "ti2v_5b":
+        raise ModelMismatchError(
+            f"TI2V-5B is a single model, not an A14B expert: {path} was given as the {slot} expert. "
+            f"Fix: load it with WanFit Load Diffusion Model, or give this node a T2V-A14B or I2V-A14B "
+            f"high-noise/low-noise pair.", [path])
+    return info
+
+
+def check_low_noise_expert(path):
+    """The expert switch's queue-time gate for its low-noise file: a .gguf (ComfyUI-GGUF loads it) or a file the
+    running core loads."""
+    info = check_expert(path, "low-noise", gguf_allowed=True)
+    if not is_gguf_file(path):
+        check_loads_on_core(info)
+    return info
+
+
 def check_loadable_diffusion_model(path):
     """The queue-time gate: check_diffusion_model, then whether the running core loads the file's format."""
     info = check_diffusion_model(path)
@@ -62,15 +117,15 @@ def check_loadable_diffusion_model(path):
     return info
 
 
-def check_loadable_expert_pair(high_path, low_path):
+def check_loadable_expert_pair(high_path, low_path, gguf_allowed=False):
     """The queue-time gate for two experts: check_expert_pair, then the running core's formats for each."""
-    pair = check_expert_pair(high_path, low_path)
+    pair = check_expert_pair(high_path, low_path, gguf_allowed)
     for info in (pair.high, pair.low):
         check_loads_on_core(info)
     return pair
 
 
-def check_expert_pair(high_path, low_path):
+def check_expert_pair(high_path, low_path, gguf_allowed=False):
     """Both A14B experts must be the same task and architecture, two different files, in the right slots."""
     if _same_file(high_path, low_path):
         raise ModelMismatchError(
@@ -79,15 +134,8 @@ def check_expert_pair(high_path, low_path):
             f"and the low-noise expert (…_low_noise_14B…) for the late steps. Fix: set the low-noise input to "
             f"the matching low-noise file, e.g. {EXPERT_FILES['t2v_a14b'][1]} or {EXPERT_FILES['i2v_a14b'][1]}.",
             [high_path, low_path])
-    infos = {}
-    for slot, path in (("high-noise", high_path), ("low-noise", low_path)):
-        info = check_diffusion_model(path)
-        if info.variant == "ti2v_5b":
-            raise ModelMismatchError(
-                f"TI2V-5B is a single model, not an A14B expert: {path} was given as the {slot} expert. "
-                f"Fix: load it with WanFit Load Diffusion Model, or give this node a T2V-A14B or I2V-A14B "
-                f"high-noise/low-noise pair.", [high_path, low_path])
-        infos[slot] = info
+    infos = {slot: check_expert(path, slot, gguf_allowed)
+             for slot, path in (("high-noise", high_path), ("low-noise", low_path))}
     high, low = infos["high-noise"], infos["low-noise"]
     if high.variant != low.variant:
         fix_files = EXPERT_FILES[high.variant]

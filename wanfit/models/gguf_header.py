@@ -154,6 +154,20 @@ class GGUFHeaderReader:
                                        f"{value_type}, which GGUF does not define")
 
 
+def is_gguf_file(path):
+    """A .gguf name, or a regular file that starts with the GGUF magic (never opens a FIFO or device: the
+    safetensors reader then refuses it by name)."""
+    if str(path).lower().endswith(".gguf"):
+        return True
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 def read_gguf_file(path, require_data=True):
     """The GGUFFile of `path`: GGUF v2/v3 header, key/values and tensor infos; with `require_data`, checked
     against the file's size (a header-only look, as `--check-file` takes, skips that)."""

@@ -201,8 +201,8 @@ def _gpu_reasons(request, result, manager, pinned, outlook, compute):
                        f"scales, the rest 16-bit; {size}): {why}; computed {compute.describe()}")
     elif quant is not None:
         reasons.append(f"weights {candidate.weight_dtype} (a GGUF {quant.file_type}: the block linears "
-                       f"{quant.mix_text()}, the other matrices F16, the vectors F32; {size}): {why}; computed "
-                       f"{compute.describe()}")
+                       f"{quant.mix_text()}, the other tensors F16 but the patch embedding's F32 weight; {size}): "
+                       f"{why}; computed {compute.describe()}")
     elif candidate.weight_dtype in footprint.FP8_DTYPES:
         why = why if overrides.weight_dtype else (
             "16-bit weights do not fit RAM" if variant.experts == 1 else "a 16-bit expert would not stay resident in VRAM or fit RAM")

@@ -177,7 +177,8 @@ def block_linear_shapes(config):
 
 def gguf_weight_bytes(config, weight_dtype):
     """Bytes of a WAN GGUF (GGUF_DTYPES) as ComfyUI-GGUF holds it: the file's tensors as stored (gguf.py): the block
-    linears in the quantization's mix, the other matrices F16, vectors, modulation and the patch embedding F32."""
+    linears in the quantization's mix, the other matrices, vectors and modulation F16, the patch embedding's weight
+    F32 -- what the published WAN 2.2 GGUFs, converted from the fp16 files, hold to the byte."""
     quant = GGUF_QUANTS[weight_dtype]
     counts = transformer_param_counts(config)
     linears, v_index = 0, 0
@@ -187,7 +188,8 @@ def gguf_weight_bytes(config, weight_dtype):
             v_index += name.endswith(".v")
     other_matrices = sum(m for name, (m, v) in counts.items() if name not in ("blocks", "patch_embedding"))
     vectors = sum(v for name, (m, v) in counts.items() if name != "patch_embedding")
-    return linears + other_matrices * 2 + vectors * 4 + sum(counts["patch_embedding"]) * 4
+    patch_weight, patch_bias = counts["patch_embedding"]
+    return linears + other_matrices * 2 + vectors * 2 + patch_weight * 4 + patch_bias * 2
 
 
 def transformer_weight_bytes(config, weight_dtype, upcast_to_fp32=False):

@@ -5,9 +5,12 @@ ComfyUI-GGUF's `UnetLoaderGGUF` keeps every tensor as the file stores it (a GGML
 dequantize each layer to the compute dtype on every call; its GGUFModelPatcher is a plain ModelPatcher,
 so ComfyUI's dynamic VRAM does not place these weights: partial loading does, on every core.
 
-How a WAN GGUF is made (city96/ComfyUI-GGUF tools): convert.py keeps 1-D tensors, tensors of at most 1024
-values and every `.modulation` in F32, the other weights in F16 (BF16 from a bf16 source), and sets the 5-D
-`patch_embedding.weight` aside for fix_5d_tensors.py (F32); then its patched llama-quantize (tools/lcpp.patch,
+How a WAN GGUF is made (city96/ComfyUI-GGUF tools): convert.py keeps the source's dtype (from a bf16 or fp32
+source it keeps 1-D tensors, tensors of at most 1024 values and every `.modulation` in F32), and sets the 5-D
+`patch_embedding.weight` aside for fix_5d_tensors.py (F32). The published WAN 2.2 GGUFs are converted from the
+fp16 files, so everything but the patch embedding's weight and the block linears is F16 (the planner's formula
+gives their tensor bytes to the byte; a bf16-sourced file is about 10 MB larger and is sized from its own
+header when connected). Then its patched llama-quantize (tools/lcpp.patch,
 LLM_ARCH_WAN) quantizes only the 2-D weights inside the blocks (not modulation, patch, text or time
 embeddings, time projection, head), with the mixes of `img_tensor_get_type`: the Q*_K_M files keep the
 attention v weights (".v.weight") and the FFN down projection (".ffn.2.weight") in a larger type.

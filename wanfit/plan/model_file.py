@@ -2,18 +2,14 @@
 
 A .safetensors file goes through the loaders' own gate (wanfit.models.check_diffusion_model: a damaged or
 foreign header, or quantization metadata that disagrees with the tensors, is refused naming the file and the
-fix); a .gguf file through wanfit.models.gguf_header.read_gguf_file, then the same WAN detection on its names and shapes. Only
-the header is read: a 14 GB expert is sized in milliseconds.
+fix); a .gguf file through wanfit.models.check_gguf_diffusion_model (the expert switch's gate). Only the
+header is read: a 14 GB expert is sized in milliseconds.
 """
 
-import os
-
 from ..errors import InvalidInputError
-from ..models import check_diffusion_model
-from ..models.detection import detect_variant
-from ..models.headers import SafetensorsHeader, TensorEntry
+from ..models import check_diffusion_model, check_gguf_diffusion_model
 from ..models.quantization import BLOCK_LINEAR, short_dtype
-from ..models.gguf_header import GGUF_MAGIC, read_gguf_file
+from ..models.gguf_header import is_gguf_file
 from .gguf import GGUF_QUANTS
 from .types import ModelFileSize
 
@@ -30,24 +26,10 @@ LLAMA_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_
                     18: "Q6_K", 32: "BF16"}
 
 
-def is_gguf(path):
-    """A .gguf name, or a regular file that starts with the GGUF magic (never opens a FIFO or device: the
-    safetensors reader then refuses it by name)."""
-    if str(path).lower().endswith(".gguf"):
-        return True
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
-
-
 def size_model_file(path):
     """The ModelFileSize of a WAN 2.2 diffusion model file (.safetensors or .gguf), refused with the fix when its
     header cannot be read, is no WAN 2.2 model, or stores a format the planner does not plan."""
-    return _size_gguf(path) if is_gguf(path) else _size_safetensors(path)
+    return _size_gguf(path) if is_gguf_file(path) else _size_safetensors(path)
 
 
 def _size_safetensors(path):
@@ -96,15 +78,8 @@ def _safetensors_bytes(path, info):
 
 
 def _size_gguf(path):
-    gguf_file = read_gguf_file(path)
-    if gguf_file.architecture not in (None, "wan"):
-        raise InvalidInputError("model_file", str(path), "a WAN GGUF (general.architecture 'wan')",
-                                f"its architecture is {gguf_file.architecture!r}; pick a WAN 2.2 GGUF, e.g. "
-                                "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf")
-    info = detect_variant(_as_header(gguf_file))
-    if info.kind != "diffusion_model" or info.variant not in ("ti2v_5b", "t2v_a14b", "i2v_a14b"):
-        raise InvalidInputError("model_file", str(path), "a WAN 2.2 diffusion model GGUF",
-                                f"it looks like {info.looks_like}; pick a WAN 2.2 TI2V-5B or A14B expert GGUF")
+    gguf_model = check_gguf_diffusion_model(path)
+    gguf_file, info = gguf_model.file, gguf_model.info
     file_type = LLAMA_FILE_TYPES.get(gguf_file.file_type) or _file_type_from_tensors(gguf_file)
     name = GGUF_FILE_TYPES.get(file_type)
     if name is None:
@@ -126,11 +101,3 @@ def _file_type_from_tensors(gguf_file):
         if key.endswith(".weight") and BLOCK_LINEAR.search(key[:-len(".weight")]):
             counts[tensor.type_name] = counts.get(tensor.type_name, 0) + 1
     return max(counts, key=counts.get) if counts else "unknown"
-
-
-def _as_header(gguf_file):
-    """The GGUF's names and shapes in the form the WAN detection reads (SafetensorsHeader); the dtype tag is a
-    stand-in, the detection reads only names and shapes."""
-    tensors = {key.removeprefix("model.diffusion_model."): TensorEntry("U8", tensor.shape, (0, 0))
-               for key, tensor in gguf_file.tensors.items()}
-    return SafetensorsHeader(gguf_file.path, gguf_file.file_size_bytes, 0, tensors, {})
