@@ -2,7 +2,10 @@ from comfy_api.latest import io
 
 from ..wanfit.choices import (MODEL_VARIANTS, PLAN_INPUT_LIMITS, PLAN_MODES, PLAN_TEXT_ENCODER_DEVICES,
                               PLAN_WEIGHT_DTYPES)
+from .loaders import diffusion_model_folder, diffusion_model_names
 from .sockets import Device, Plan, output, shown
+
+NO_MODEL_FILE = "none"
 
 
 def limits(name):
@@ -22,6 +25,12 @@ def running_core():
     from ..wanfit.core import running_core as read_running_core
 
     return read_running_core()
+
+
+def model_file_path(name):
+    from ..wanfit.models import resolve_model_path
+
+    return resolve_model_path(diffusion_model_folder(name), name)
 
 
 class WanFitOffloadPlan(io.ComfyNode):
@@ -53,6 +62,10 @@ class WanFitOffloadPlan(io.ComfyNode):
                                tooltip="Where umt5-xxl runs; cpu saves about 6 GB of VRAM."),
                 Device.Input("device", optional=True,
                              tooltip="Optional WanFit Device Info output, planned for instead of probing again."),
+                io.Combo.Input("model_file", options=[NO_MODEL_FILE] + diffusion_model_names(), default=NO_MODEL_FILE,
+                               optional=True,
+                               tooltip="Optional: the diffusion model (or .gguf) the plan is sized from, by its "
+                                       "header; weight_dtype auto then takes its format."),
             ],
             outputs=[output(Plan, "plan", "The plan, for WanFit loaders, Sage Attention and VAE Decode."),
                      output(io.String, "summary", "The plan as text: tier, predicted VRAM/RAM, choices and reasons."),
@@ -65,8 +78,22 @@ class WanFitOffloadPlan(io.ComfyNode):
             is_output_node=False)
 
     @classmethod
+    def validate_inputs(cls, model_file=NO_MODEL_FILE):
+        """A named file is read before the prompt is queued: a damaged, foreign or missing one is refused by name."""
+        from ..wanfit.errors import WanFitError
+        from ..wanfit.plan.model_file import size_model_file
+
+        if model_file == NO_MODEL_FILE:
+            return True
+        try:
+            size_model_file(model_file_path(model_file))
+        except WanFitError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, model_variant, width, height, frames, batch, cfg, mode, reserve_vram_gb, weight_dtype,
-                text_encoder_device, device=None):
+                text_encoder_device, device=None, model_file=NO_MODEL_FILE):
         import comfy.cli_args
         import comfy.model_management
 
@@ -75,7 +102,8 @@ class WanFitOffloadPlan(io.ComfyNode):
         core = running_core()
         probe = probe_for_plan if device is None else lambda: device
         result = plan_from_options(probe, model_variant, width, height, frames, batch, cfg, mode,
-                                   reserve_vram_gb, weight_dtype, text_encoder_device, core=core)
+                                   reserve_vram_gb, weight_dtype, text_encoder_device, core=core,
+                                   model_file=None if model_file == NO_MODEL_FILE else model_file_path(model_file))
         lines = [result.summary()]
         if mode == "auto":
             lines += apply_runtime_settings(result, comfy.model_management, comfy.cli_args.args, core)

@@ -58,7 +58,8 @@ def planned_size():
 
 def plan_node(variant, width, height, frames, cfg):
     return node("WanFitOffloadPlan", model_variant=variant, width=width, height=height, frames=frames, batch=1,
-                cfg=cfg, mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto")
+                cfg=cfg, mode="auto", reserve_vram_gb=0.0, weight_dtype="auto", text_encoder_device="auto",
+                model_file="none")
 
 
 def sage(model_ref):

@@ -23,7 +23,7 @@ NOTE_SIZE = (440, 560)
 DEFAULT_SIZE = (320, 130)
 # Width, height (below the title) of each node type as drawn, report areas included.
 NODE_SIZES = {
-    "WanFitOffloadPlan": (400, 630),
+    "WanFitOffloadPlan": (400, 660),
     "WanFitLoadDiffusionModel": (400, 250),
     "WanFitLoadTextEncoder": (400, 250),
     "WanFitLoadVAE": (400, 250),

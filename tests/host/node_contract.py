@@ -22,7 +22,7 @@ import tempfile
 
 FIXTURE = Path(__file__).resolve().with_name("object_info_v1.json")
 # dropdowns filled from the model and output folders: their choices depend on the files present
-FILE_INPUTS = ("model_name", "high_noise_model", "low_noise_model", "clip_name", "vae_name", "latent")
+FILE_INPUTS = ("model_name", "high_noise_model", "low_noise_model", "clip_name", "vae_name", "latent", "model_file")
 LISTED_FILES = "<files in the folder>"
 NODE_KEYS = ("name", "display_name", "category", "output_node", "output", "output_is_list", "output_name",
              "python_module")

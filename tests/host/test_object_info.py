@@ -10,9 +10,10 @@ import json
 
 import pytest
 
-from tests.host.node_contract import FIXTURE, core_version, wanfit_contracts
+from tests.host.node_contract import FIXTURE, LISTED_FILES, core_version, wanfit_contracts
 
-ADDED_INPUTS = {"WanFitOffloadPlan": {"optional": {"device": ["WANFIT_DEVICE", {}]}}}
+ADDED_INPUTS = {"WanFitOffloadPlan": {"optional": {"device": ["WANFIT_DEVICE", {}],
+                                                  "model_file": ["COMBO", {"default": "none", "options": LISTED_FILES}]}}}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,12 @@ def test_hidden_inputs_are_kept(object_info, recorded):
     assert not lost, f"hidden inputs the nodes no longer get: {lost}"
 
 
-def test_the_plan_takes_a_device_after_its_widgets(object_info):
+def test_the_plan_takes_a_device_and_a_model_file_after_its_widgets(object_info):
+    """Both optional and last, so a saved workflow's widget values and an API prompt without them keep working."""
     info = object_info["WanFitOffloadPlan"]
     assert info["input"]["optional"]["device"][0] == "WANFIT_DEVICE"
-    assert info["input_order"]["optional"] == ["device"]
+    assert info["input_order"]["optional"] == ["device", "model_file"]
+    model_file = info["input"]["optional"]["model_file"]
+    options = model_file[0] if isinstance(model_file[0], list) else model_file[1]["options"]
+    assert options[0] == "none" and "wanfit_tiny_ti2v_5B.safetensors" in options
     assert object_info["WanFitDeviceInfo"]["output"][1] == "WANFIT_DEVICE"

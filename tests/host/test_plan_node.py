@@ -163,3 +163,37 @@ def test_the_preview_of_a_plan_that_fits_carries_the_summary_the_node_shows(clie
     assert status_code == 200 and preview["status"] == 200 and preview["fits"] is True
     assert preview["summary"].startswith("WanFit plan: TI2V-5B 320x192x9")
     assert preview["predicted_peak_ram_bytes"] > 0
+
+
+def test_the_plan_node_sizes_the_model_from_a_connected_file(client):
+    """model_file names a diffusion model in the models folder: its header sizes the plan, and weight_dtype auto
+    takes the file's format."""
+    entry = client.run(plan_graph(width=96, height=64, frames=5, mode="CONSUMER_8GB",
+                                  model_file="wanfit_tiny_ti2v_5B.safetensors"), timeout_s=60)
+    plan = entry["outputs"]["1"]["wanfit_plan"][0]
+    assert plan["model_file"].endswith("diffusion_models/wanfit_tiny_ti2v_5B.safetensors")
+    assert plan["weight_dtype"] == "fp16" and plan["model_weight_bytes"] < 10 * 2**20
+    assert plan["model_file_sizing"].startswith(f"sized from {plan['model_file']}: 0.0 GB, fp16 weights")
+    assert f"sized from {plan['model_file']}: 0.0 GB, fp16 weights" in entry["outputs"]["1"]["text"][0]
+
+
+def test_the_plan_node_refuses_a_model_file_of_another_variant_naming_the_fix(client):
+    with pytest.raises(PromptFailedError) as failure:
+        client.run(plan_graph(model_variant="t2v_a14b", width=96, height=64, frames=5, mode="CONSUMER_8GB",
+                              model_file="wanfit_tiny_ti2v_5B.safetensors"))
+    message = failure.value.execution_error["exception_message"]
+    assert message.startswith("model_file='") and "ti2v_5B.safetensors' (" in message, message
+    assert "Fix: it is a ti2v_5b file stored as fp16: plan model_variant ti2v_5b with weight_dtype fp16" in message
+
+
+@pytest.mark.parametrize("name, says", [
+    ("../../../../etc/passwd", "Model file missing: "),
+    ("wanfit_damaged_header.safetensors", "wanfit_damaged_header.safetensors"),
+])
+def test_the_plan_node_refuses_a_bad_model_file_before_the_prompt_is_queued(client, server, name, says):
+    from tests.host.test_loader_nodes import rejected_text
+
+    damaged = server.scratch_models / "diffusion_models" / "wanfit_damaged_header.safetensors"
+    damaged.write_bytes((10**9).to_bytes(8, "little") + b"{")  # a header length far past the file's end
+    text = rejected_text(client, plan_graph(width=96, height=64, frames=5, model_file=name))
+    assert says in text and "model_file" in text, text
