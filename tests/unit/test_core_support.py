@@ -18,6 +18,7 @@ from wanfit.models import (QUANT_FORMATS, CoreQuantSupport, ModelMismatchError, 
 REPO = Path(__file__).resolve().parents[2]
 VENV_ROOT = Path(os.environ.get("WANFIT_VENV_ROOT") or Path.home() / ".cache/wanfit/venv")
 NEWEST_VENV_PYTHON = VENV_ROOT / "0.33.0" / "bin" / "python"
+OLDEST_VENV_PYTHON = VENV_ROOT / "0.3.64" / "bin" / "python"  # no comfy-kitchen: 0.3.64 does not use it
 # The releases where a format arrived (and the oldest), per the first_core column of QUANT_FORMATS.
 RELEASES = ("0.3.64", "0.3.68", "0.3.76", "0.8.2", "0.18.1", "0.28.0", "0.31.0", "0.33.0")
 
@@ -172,3 +173,77 @@ def test_check_file_says_whether_the_importable_core_loads_it(tmp_path):
     assert ("Fix: nvfp4 needs ComfyUI 0.8.2 or later: update ComfyUI, or use the fp8_scaled or fp16 file"
             in oldest.stderr)
     assert "loads with" not in oldest.stdout
+
+
+def test_a_core_whose_comfy_kitchen_is_missing_loads_nothing_quantized(tmp_path):
+    assert support_of(SimpleNamespace(QUANT_ALGOS={"nvfp4": {}}, _CK_AVAILABLE=False), SimpleNamespace(),
+                      SimpleNamespace(convert_old_quants=None)) == CoreQuantSupport(
+        frozenset(), False, "comfy.quant_ops without comfy-kitchen (its import failed)", missing_kitchen=True,
+        reads_fp8_scaled_as_float8=True)
+    stub = SimpleNamespace(QUANT_ALGOS={"nvfp4": {}}, QuantizedTensor=type("QuantizedTensor", (), {}))
+    assert support_of(stub, SimpleNamespace(), SimpleNamespace()).missing_kitchen
+    without = support_of(stub, SimpleNamespace(), SimpleNamespace())
+    verdict = core_verdict(info_for(tmp_path, "nvfp4"), without)
+    assert (verdict.loads, verdict.reason) == (False, "this core loads its quantized layers through comfy-kitchen, "
+                                                      "which failed to import")
+    assert verdict.fix.startswith("install comfy-kitchen into ComfyUI's Python (pip install -r requirements.txt")
+    scaled = detect_variant(write_safetensors(tmp_path / "s.safetensors", wan_dit(16, 16, fp8_scaled=True)))
+    assert core_verdict(scaled, without).loads  # a core that reads fp8_scaled itself, not through quant_ops
+
+
+# Run on a real release without comfy-kitchen: a real fp8_scaled WAN (the core's own WanModel, random weights),
+# WanFit's verdict, and the core's own load of it.
+KITCHEN_PROBE = """
+import json, re, sys
+path = sys.argv[1]
+sys.argv = sys.argv[:1] + ["--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch, safetensors.torch
+import comfy.ldm.wan.model, comfy.ops, comfy.sd
+from wanfit.models import core_verdict, detect_variant, running_core_support
+
+model = comfy.ldm.wan.model.WanModel(in_dim=16, dim=128, ffn_dim=256, num_heads=1, num_layers=2, out_dim=16,
+                                     operations=comfy.ops.disable_weight_init)
+state = {}
+for name, tensor in model.state_dict().items():
+    tensor = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(len(state))) * 0.02
+    if re.search(r"blocks\\.\\d+\\.((self|cross)_attn\\.[qkvo]|ffn\\.[02])\\.weight$", name):
+        scale = tensor.abs().max() / 448
+        state[name] = (tensor / scale).to(torch.float8_e4m3fn)
+        state[name[:-len("weight")] + "scale_weight"] = scale.reshape(1)
+    else:
+        state[name] = tensor.half()
+state["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+safetensors.torch.save_file(state, path)
+verdict = core_verdict(detect_variant(path), running_core_support())
+try:
+    comfy.sd.load_diffusion_model(path)
+    core = "loaded"
+except Exception as error:
+    core = f"{type(error).__name__}: {error}"
+print(json.dumps({"loads": verdict.loads, "reason": verdict.reason, "fix": verdict.fix, "core": core}))
+"""
+
+
+@pytest.mark.parametrize("python, kitchen", [(OLDEST_VENV_PYTHON, False), (NEWEST_VENV_PYTHON, True)],
+                         ids=["without-comfy-kitchen", "with-comfy-kitchen"])
+def test_on_0_8_2_the_verdict_on_an_fp8_scaled_file_is_what_the_core_does(tmp_path, python, kitchen):
+    """0.8.2 lists nvfp4 in QUANT_ALGOS whether or not comfy-kitchen imports; without it the core fails on every
+    quantized file, fp8_scaled too. WanFit's verdict must say so before the load, and agree with it with the kitchen."""
+    if not (release_path("0.8.2") / "main.py").is_file() or not python.is_file():
+        pytest.skip("no ComfyUI 0.8.2 checkout or no venv to import it with")
+    has_kitchen = subprocess.run([str(python), "-c", "import comfy_kitchen"], capture_output=True).returncode == 0
+    if has_kitchen != kitchen:
+        pytest.skip(f"{python} {'has' if has_kitchen else 'lacks'} comfy-kitchen, which this case needs "
+                    f"{'present' if kitchen else 'absent'}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(release_path("0.8.2"))]), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([str(python), "-c", KITCHEN_PROBE, str(tmp_path / "wan_fp8_scaled.safetensors")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["loads"] == (found["core"] == "loaded") == kitchen, found
+    if not kitchen:
+        assert found["reason"] == ("this core loads fp8_scaled, which it reads as float8_e4m3fn, through comfy-kitchen, "
+                                   "which failed to import")
+        assert "'NoneType' object has no attribute 'Params'" in found["core"]
