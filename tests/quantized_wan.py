@@ -78,10 +78,12 @@ def quantize_block_linears(state, fmt, num_layers, input_scale=False, comfy_quan
     return state
 
 
-def quantized_wan(fmt, dtype, seed=0, input_scale=False):
+def quantized_wan(fmt, dtype, seed=0, input_scale=False, dequantized=False):
     """The core's WanModel (dim 128, 2 blocks) with every block linear stored in `fmt`, computed in `dtype`.
 
-    input_scale=True stores a per-layer `input_scale` as a calibrated file does (nvfp4 and fp8 take it)."""
+    input_scale=True stores a per-layer `input_scale` as a calibrated file does (nvfp4 and fp8 take it).
+    dequantized=True builds what a card without the format's compute runs: full_precision_mm, each layer
+    dequantized to `dtype` by the core's own cast as it runs."""
     import comfy.ldm.wan.model as wan
     import comfy.ops
 
@@ -90,9 +92,9 @@ def quantized_wan(fmt, dtype, seed=0, input_scale=False):
                                    comfy_quant=not by_layer)
     if by_layer:  # the layers' formats go to the ops, not into the state dict
         layers = {f"blocks.{index}.{name}": {"format": fmt} for index in range(LAYERS) for name in BLOCK_LINEAR}
-        operations = comfy.ops.mixed_precision_ops(layers, dtype)
-    else:
-        operations = comfy.ops.mixed_precision_ops({}, dtype)  # no format disabled (the default)
+        operations = comfy.ops.mixed_precision_ops(layers, dtype, full_precision_mm=dequantized)
+    else:  # no format disabled (the default), or every layer dequantized
+        operations = comfy.ops.mixed_precision_ops({}, dtype, full_precision_mm=dequantized)
     model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
                          text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
                          operations=operations)

@@ -64,6 +64,9 @@ class CoreReplay:
     block_patches: bool  # attn1_patch / attn2_patch inside the block (0.11 on)
     fused_ffn_activation: bool  # FFN down-projection through comfy.ops.linear_input_act where the block's ffn is WanFeedForward (0.31 on)
     offloadable_casts: bool  # cast_bias_weight(offloadable=True) + uncast_bias_weight (dynamic-VRAM era)
+    # what cast_bias_weight takes of (compute_dtype, want_requant): 0.12 added the first, 0.16 the second; the
+    # quantized layers' own cast passes them where they exist
+    cast_keywords: tuple = ()
 
 
 def _source(function):
@@ -119,7 +122,8 @@ def replay_for_running_core(core_version=None):
     cast_parameters = inspect.signature(comfy.ops.cast_bias_weight).parameters
     offloadable = "offloadable" in cast_parameters and hasattr(comfy.ops, "uncast_bias_weight")
     return CoreReplay(core, block_patches=block_patches, fused_ffn_activation=fused,
-                      offloadable_casts=offloadable)
+                      offloadable_casts=offloadable,
+                      cast_keywords=tuple(name for name in ("compute_dtype", "want_requant") if name in cast_parameters))
 
 
 # --- chunk sizes ----------------------------------------------------------------
@@ -293,7 +297,8 @@ class _Linear:
         if self.replay.offloadable_casts:
             kwargs = {"offloadable": True}
             if self.path == "mixed_cast":
-                kwargs.update(compute_dtype=like.dtype, want_requant=False)
+                wanted = {"compute_dtype": like.dtype, "want_requant": False}
+                kwargs.update({name: wanted[name] for name in self.replay.cast_keywords})
             weight, bias, offload = comfy.ops.cast_bias_weight(module, like, **kwargs)
             shared = offload is not None and (offload[0] is not None or hasattr(module, "_v"))
             if shared:

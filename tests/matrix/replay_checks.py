@@ -127,8 +127,9 @@ LEAN_FORMATS = {"float8_e4m3fn": ("bfloat16",), "int8_tensorwise": ("bfloat16",)
 
 
 def check_lean_forward_formats(release, failed=CheckFailed):
-    """On each quantized format this release has (its own QUANT_ALGOS), on the quantized-matmul path: the
-    lean forward (mode on) equals the release's blocks exactly (tests/quantized_wan.py builds the model)."""
+    """On each quantized format this release has (its own QUANT_ALGOS), on the quantized-matmul path and
+    dequantized per layer: the lean forward (mode on) equals the release's blocks exactly
+    (tests/quantized_wan.py builds the model)."""
     import torch
 
     release.require("comfy.ops", "comfy.ldm.wan.model")
@@ -139,11 +140,13 @@ def check_lean_forward_formats(release, failed=CheckFailed):
     for fmt, dtypes in LEAN_FORMATS.items():
         if fmt not in known:
             continue
-        for dtype_name in dtypes:
+        # the quantized-matmul path in every dtype; the dequantized one (a card without the format's compute: the
+        # core's own cast per layer) in bf16, its arithmetic being the plain layers' once cast
+        for dtype_name, dequantized in [(name, False) for name in dtypes] + [("bfloat16", True)]:
             dtype = getattr(torch, dtype_name)
-            where = f"{fmt} {dtype_name}"
+            where = f"{fmt} {dtype_name}{' dequantized' if dequantized else ''}"
             try:
-                model = quantized_wan.quantized_wan(fmt, dtype)
+                model = quantized_wan.quantized_wan(fmt, dtype, dequantized=dequantized)
             except Exception as error:  # noqa: BLE001 - the release's loader refusing its own format is a finding
                 problems.append(f"{where}: the release's own loader: {type(error).__name__}: {str(error)[:200]}")
                 continue
