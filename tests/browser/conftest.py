@@ -116,16 +116,38 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def editor(browser, server):
-    """The graph editor, freshly opened in a new browser context (no tabs or storage from another test);
-    console messages and failed answers recorded from the start."""
+def opened_editor(browser, server):
+    """(context, Editor): the graph editor opened in a new browser context, console messages and failed answers
+    recorded from the start."""
     from tests.browser.editor import Editor
 
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(30_000)
-    session = Editor(context.new_page(), server.url)
-    session.open()
+    return context, Editor(context.new_page(), server.url).open()
+
+
+@pytest.fixture
+def editor(browser, server):
+    """The graph editor, freshly opened in a new browser context (no tabs or storage from another test)."""
+    context, session = opened_editor(browser, server)
+    yield session
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def workflow_editor(browser, server):
+    """One editor for a module's tests that each open a shipped workflow in a new tab and read what is drawn: the
+    front end starts (4-5 s of this 2-core CPU) once a module rather than once a test."""
+    context, session = opened_editor(browser, server)
+    yield session
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_answers_editor(browser, server):
+    """One editor for the misbehaving-answer cases, apart from workflow_editor: the failed answers they provoke
+    must not reach another test's checks."""
+    context, session = opened_editor(browser, server)
     yield session
     context.close()
 
@@ -134,8 +156,9 @@ def editor(browser, server):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.when == "call" and report.failed and "editor" in item.funcargs:
-        session = item.funcargs["editor"]
+    sessions = [value for name, value in getattr(item, "funcargs", {}).items() if name.endswith("editor")]
+    if report.when == "call" and report.failed and sessions:
+        session = sessions[0]
         report.sections.append(("browser console", "\n".join(session.console_lines()[-60:])))
         if "artifacts" in item.funcargs:
             session.page.screenshot(path=str(item.funcargs["artifacts"] / f"FAILED_{item.name}.png"))

@@ -82,9 +82,10 @@ def capture_thumbnail(editor, name, path):
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES))
-def test_a_thumbnail_is_a_picture_of_its_graph(editor, artifacts, version, publish, name):
+def test_a_thumbnail_is_a_picture_of_its_graph(workflow_editor, artifacts, version, publish, name):
     from PIL import Image, ImageStat
 
+    editor = workflow_editor
     fresh = artifacts / "thumbnails" / f"{TEMPLATE_NAMES[name]}.jpg"
     fresh.parent.mkdir(exist_ok=True)
     capture_thumbnail(editor, name, fresh)
