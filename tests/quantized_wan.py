@@ -16,7 +16,9 @@ import torch
 
 BLOCK_LINEAR = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
                 "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
-DIM, FFN_DIM, HEADS, LAYERS = 128, 256, 2, 2
+DIM, HEADS, LAYERS = 128, 2, 2  # the FFN is 2 * dim wide
+# Formats whose layouts take inputs in multiples of 256 (their weights in groups of 256): a model this wide.
+WIDE_FORMATS = {"convrot_w4a4": 256, "asym_w4a8_int8": 256}
 
 
 def core_formats():
@@ -28,11 +30,11 @@ def core_formats():
     return tuple(QUANT_ALGOS)
 
 
-def _float_model(dtype, seed):
+def _float_model(dtype, seed, dim=DIM):
     import comfy.ldm.wan.model as wan
     import comfy.ops
 
-    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
+    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=dim, ffn_dim=2 * dim, freq_dim=256,
                          text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
                          operations=comfy.ops.disable_weight_init)
     generator = torch.Generator().manual_seed(seed)
@@ -88,14 +90,15 @@ def quantized_wan(fmt, dtype, seed=0, input_scale=False, dequantized=False):
     import comfy.ops
 
     by_layer = "layer_quant_config" in inspect.signature(comfy.ops.mixed_precision_ops).parameters  # 0.3.76
-    state = quantize_block_linears(_float_model(dtype, seed).state_dict(), fmt, LAYERS, input_scale=input_scale,
+    dim = WIDE_FORMATS.get(fmt, DIM)
+    state = quantize_block_linears(_float_model(dtype, seed, dim).state_dict(), fmt, LAYERS, input_scale=input_scale,
                                    comfy_quant=not by_layer)
     if by_layer:  # the layers' formats go to the ops, not into the state dict
         layers = {f"blocks.{index}.{name}": {"format": fmt} for index in range(LAYERS) for name in BLOCK_LINEAR}
         operations = comfy.ops.mixed_precision_ops(layers, dtype, full_precision_mm=dequantized)
     else:  # no format disabled (the default), or every layer dequantized
         operations = comfy.ops.mixed_precision_ops({}, dtype, full_precision_mm=dequantized)
-    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=DIM, ffn_dim=FFN_DIM, freq_dim=256,
+    model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=dim, ffn_dim=2 * dim, freq_dim=256,
                          text_dim=4096, out_dim=16, num_heads=HEADS, num_layers=LAYERS, device="cpu", dtype=dtype,
                          operations=operations)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -104,8 +107,10 @@ def quantized_wan(fmt, dtype, seed=0, input_scale=False, dequantized=False):
     return model.eval().requires_grad_(False)
 
 
-def inputs(dtype, frames=3, height=24, width=40, seed=1):
-    """(x, timestep, context) for one forward: 3 x 12 x 20 = 720 tokens."""
+def inputs(dtype, frames=3, height=24, width=40, seed=1, fmt=None):
+    """(x, timestep, context) for one forward: 3 x 12 x 20 = 720 tokens; 240 (one frame) for a WIDE_FORMATS model,
+    whose layers comfy-kitchen's CPU backend computes about 5x slower."""
+    frames = 1 if fmt in WIDE_FORMATS else frames
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 16, frames, height, width, generator=generator).to(dtype)
     context = torch.randn(1, 512, 4096, generator=generator).to(dtype)
