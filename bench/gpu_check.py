@@ -383,7 +383,7 @@ def build_wan_state_dict(config, device, seed, init=True):
     import torch
     import comfy.ldm.wan.model
     import comfy.ops
-    from tests.fixtures.generate import TEXT_DIM, _init_
+    from tests.fixtures.generate import TEXT_DIM, init_random_weights
 
     with torch.device(device):
         model = comfy.ldm.wan.model.WanModel(
@@ -391,20 +391,20 @@ def build_wan_state_dict(config, device, seed, init=True):
             freq_dim=256, text_dim=TEXT_DIM, num_heads=config.dim // 128, num_layers=config.num_layers,
             operations=comfy.ops.disable_weight_init, dtype=torch.float16, device=device)
         if init:
-            _init_(model, torch.Generator(device=device).manual_seed(seed), conv_gain=1.0)
+            init_random_weights(model, torch.Generator(device=device).manual_seed(seed), conv_gain=1.0)
     return model.state_dict()
 
 
 def build_wan22_vae_state_dict(device, seed=22, init=True):
     import importlib
     import torch
-    from tests.fixtures.generate import VAES, _init_
+    from tests.fixtures.generate import VAES, init_random_weights
 
     module_name, ddconfig, _ = VAES[WAN22_VAE_FILE]
     with torch.device(device):
         model = importlib.import_module(f"comfy.ldm.wan.{module_name}").WanVAE(**ddconfig)
         if init:
-            _init_(model, torch.Generator(device=device).manual_seed(seed), conv_gain=0.7)
+            init_random_weights(model, torch.Generator(device=device).manual_seed(seed), conv_gain=0.7)
     return {key: value.to(torch.float16) for key, value in model.state_dict().items()}
 
 
