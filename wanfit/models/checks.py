@@ -117,9 +117,9 @@ def check_loadable_diffusion_model(path):
     return info
 
 
-def check_loadable_expert_pair(high_path, low_path, gguf_allowed=False):
+def check_loadable_expert_pair(high_path, low_path):
     """The queue-time gate for two experts: check_expert_pair, then the running core's formats for each."""
-    pair = check_expert_pair(high_path, low_path, gguf_allowed)
+    pair = check_expert_pair(high_path, low_path)
     for info in (pair.high, pair.low):
         check_loads_on_core(info)
     return pair
